@@ -1,0 +1,33 @@
+# soupflow: hyperparameter grid -> fine-tuned checkpoints -> model soups -> Parquet metrics, plots, report.
+# Thin on purpose: configuration and validation live in src/soupflow/config.py, rules in workflow/rules/.
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+# `--configfile my.yaml` replaces config.yaml instead of being merged into it (merging would leak the
+# default grid axes into a user's experiment).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/init.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/soups.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/plots.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.summary.output,
+        rules.plots.output,
+
+
+onsuccess:
+    print_summary()

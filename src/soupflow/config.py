@@ -1,0 +1,181 @@
+"""Experiment configuration: defaults, validation against the JSON schema, and checks a schema cannot make.
+
+Every problem is reported as one line that names the key and what is allowed, before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+#: Hyperparameters of one fine-tune, in the order they are shown in tables.
+HYPERPARAMETERS = (
+    "lr", "weight_decay", "epochs", "batch_size", "label_smoothing", "augmentation", "optimizer",
+    "momentum", "nesterov", "schedule", "warmup_fraction", "seed", "branch_epoch",
+)
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "data": {
+        "name": "fashion_mnist",
+        "root": "/usr/share/datasets/fashion-mnist",
+        "download": False,
+        "image_size": None,
+        "pretrain_fraction": 0.0,
+        "val_fraction": 0.1,
+        "max_train": None,
+        "max_test": None,
+    },
+    "model": {"name": "resnet10t", "kwargs": {}, "init": "pretrain", "file": None, "head_seed": 0},
+    "pretrain": {
+        "epochs": 3, "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128, "optimizer": "sgd",
+        "momentum": 0.9, "schedule": "onecycle", "augmentation": "flip_shift", "seed": 0,
+        "keep_every": 1,
+    },
+    "finetune": {
+        "lr": 0.01, "weight_decay": 1e-4, "epochs": 2, "batch_size": 128, "label_smoothing": 0.0,
+        "augmentation": "none", "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
+        "schedule": "onecycle", "warmup_fraction": 0.3, "seed": 0, "branch_epoch": None,
+    },
+    "grid": {},
+    "runs": [],
+    "search": {"n": 0, "seed": 0, "space": {}},
+    "soups": [{"recipe": "uniform"}, {"recipe": "greedy"}],
+    "evaluation": {"batch_size": 1000, "device": "auto"},
+    "plots": {"heatmap_axes": ["lr", "weight_decay"]},
+}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message is one line naming the key and what is allowed."""
+
+
+def merge_defaults(user: dict[str, Any], defaults: dict[str, Any] = DEFAULTS) -> dict[str, Any]:
+    """Return the user's config with every missing key filled from ``defaults`` (dicts merge deeply)."""
+    merged = copy.deepcopy(defaults)
+    for key, value in (user or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "kwargs":
+            merged[key] = merge_defaults(value, merged[key])
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _describe(error) -> str:
+    """Turn one jsonschema error into 'key: problem; allowed: ...'."""
+    validator, schema = error.validator, error.schema
+    key = _key_path(error)
+    if validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        where = key if key != "(top level)" else "config"
+        for name in extra:
+            return f"config key '{_join(where, name)}' is unknown; allowed keys of {where}: {', '.join(allowed)}"
+    if validator == "enum":
+        return f"config key '{key}' is {error.instance!r}; allowed values: {', '.join(map(str, schema['enum']))}"
+    if validator == "propertyNames":
+        return f"config key '{key}' has an unknown name; {error.message}"
+    if validator == "required":
+        return f"config key '{key}' is missing a required key: {error.message}"
+    if validator in {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"}:
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[validator]
+        return f"config key '{key}' is {error.instance!r}; allowed: a number {op} {error.validator_value}"
+    if validator == "minItems":
+        return f"config key '{key}' is empty; allowed: a list of at least {error.validator_value} value(s)"
+    if validator == "type":
+        return f"config key '{key}' is {error.instance!r}; allowed type: {error.validator_value}"
+    return f"config key '{key}': {error.message}"
+
+
+def _join(prefix: str, name: str) -> str:
+    return name if prefix == "config" else f"{prefix}.{name}"
+
+
+def load_schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def validate_schema(config: dict[str, Any]) -> None:
+    """Check ``config`` against the JSON schema; raise ConfigError on the first (most specific) problem."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = list(validator.iter_errors(config))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        # best_match prefers shallow errors; report the deepest leaf of a oneOf/anyOf tree.
+        while best.context:
+            best = jsonschema.exceptions.best_match(best.context)
+        raise ConfigError(_describe(best))
+
+
+def check_semantics(config: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> None:
+    """Checks beyond the schema: names that must exist, fractions that must fit, unique soup names."""
+    data, model = config["data"], config["model"]
+    if data["pretrain_fraction"] + data["val_fraction"] >= 1:
+        raise ConfigError(
+            "config keys 'data.pretrain_fraction' + 'data.val_fraction' must be < 1 so that images remain to fine-tune on"
+        )
+    if model["init"] == "pretrain" and data["pretrain_fraction"] <= 0:
+        raise ConfigError("config key 'data.pretrain_fraction' must be > 0 when model.init is 'pretrain'")
+    if check_paths:
+        root = data.get("root")
+        needs_root = not (data["name"] in {"cifar10", "cifar100"} and data["download"])
+        if needs_root and (not root or not os.path.isdir(root)):
+            hint = " (install Debian's dataset-fashion-mnist or point data.root at the IDX files)" if data["name"] == "fashion_mnist" else ""
+            raise ConfigError(f"config key 'data.root' is {root!r}, which is not an existing folder{hint}")
+        if model["init"] == "file" and not (model.get("file") and os.path.isfile(model["file"])):
+            raise ConfigError(f"config key 'model.file' is {model.get('file')!r}; allowed: an existing .safetensors or .pth file when model.init is 'file'")
+    if check_model:
+        import timm
+
+        if not timm.is_model(model["name"]):
+            close = timm.list_models(f"*{model['name'][:6]}*")[:8]
+            hint = f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()"
+            raise ConfigError(f"config key 'model.name' is {model['name']!r}, which timm does not know{hint}")
+    names = [soup.get("name", soup["recipe"]) for soup in config["soups"]]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"config key 'soups' names {', '.join(duplicates)} more than once; give each entry a unique 'name'")
+    for axis in config["plots"]["heatmap_axes"]:
+        if axis not in HYPERPARAMETERS:
+            raise ConfigError(f"config key 'plots.heatmap_axes' has {axis!r}; allowed values: {', '.join(HYPERPARAMETERS)}")
+    for name, spec in config["search"]["space"].items():
+        if spec["distribution"] == "choice" and not spec.get("values"):
+            raise ConfigError(f"config key 'search.space.{name}' needs 'values' for distribution 'choice'")
+        if spec["distribution"] != "choice" and not ("low" in spec and "high" in spec and spec["low"] <= spec["high"]):
+            raise ConfigError(f"config key 'search.space.{name}' needs 'low' <= 'high' for distribution {spec['distribution']!r}")
+        if spec["distribution"] == "log_uniform" and spec["low"] <= 0:
+            raise ConfigError(f"config key 'search.space.{name}.low' must be > 0 for distribution 'log_uniform'")
+
+
+def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> dict[str, Any]:
+    """Validate a user's config and return it with defaults filled in. Raises ConfigError."""
+    if not isinstance(user, dict):
+        raise ConfigError("the config must be a mapping of keys to values")
+    validate_schema(user)
+    config = merge_defaults(user)
+    validate_schema(config)
+    check_semantics(config, check_model=check_model, check_paths=check_paths)
+    from soupflow.grid import expand_runs
+
+    if not expand_runs(config):
+        raise ConfigError("config keys 'grid', 'runs' and 'search.n' describe no fine-tune; allowed: at least one grid axis value, run or draw")
+    return config
+
+
+def soup_specs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Soup entries keyed by their output name."""
+    return {soup.get("name", soup["recipe"]): dict(soup) for soup in config["soups"]}

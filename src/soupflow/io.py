@@ -1,0 +1,65 @@
+"""Atomic writes: every output is written to a temporary file beside it and renamed into place,
+so a killed job never leaves a truncated checkpoint or table at a final path."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> None:
+    """Save tensors as safetensors (contiguous, no shared storage) atomically."""
+    from safetensors.torch import save_file
+
+    plain, seen = {}, set()
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.data_ptr() in seen:  # safetensors refuses tensors that share memory (tied weights)
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        plain[name] = tensor
+    with atomic_path(path) as tmp:
+        save_file(plain, tmp, metadata=metadata)
+
+
+def atomic_write_parquet(table: Any, path: str | os.PathLike) -> None:
+    """Write a pandas DataFrame or pyarrow Table as Parquet atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def atomic_write_yaml(data: Any, path: str | os.PathLike) -> None:
+    import yaml
+
+    atomic_write_text(yaml.safe_dump(data, sort_keys=False), path)

@@ -1,0 +1,253 @@
+"""The work of each workflow step, as plain functions of paths and settings.
+
+Snakemake's scripts in ``workflow/scripts/`` only unpack the ``snakemake`` object and call these, so each
+step can also be run (and tested) without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from soupflow.data import PreparedData
+from soupflow.evaluate import Evaluator, Scores, scores_from_logits
+from soupflow.io import atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
+from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
+
+log = logging.getLogger("soupflow")
+
+
+def setup_logging(log_file: str | None = None) -> None:
+    """Progress to stderr (shown by Snakemake) and to the job's log file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def _model_for(data: PreparedData, model_config: dict[str, Any], pretrained: bool = False) -> torch.nn.Module:
+    images, _ = data.split("val")
+    return create_model(model_config, data.num_classes, images.shape[1], pretrained=pretrained)
+
+
+def checkpoint_metadata(model_config: dict[str, Any], data: PreparedData, **extra: Any) -> dict[str, str]:
+    """What plain timm needs to rebuild the architecture, stored in the safetensors header."""
+    images, _ = data.split("val")
+    meta = {"model": model_config["name"], "num_classes": str(data.num_classes), "in_chans": str(images.shape[1]),
+            "kwargs": json.dumps(model_config.get("kwargs", {})), "format": "soupflow state_dict"}
+    meta.update({k: str(v) for k, v in extra.items()})
+    return meta
+
+
+# ---------------------------------------------------------------- shared init
+def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_paths: dict[int, str],
+              threads: int = 1) -> None:
+    """Produce the weights every fine-tune starts from: pretrained here, read from a file, or from timm's hub.
+
+    All fine-tunes share this checkpoint *including the classifier head*: heads re-initialised per run
+    with different seeds would put runs in different basins and break averaging.
+    """
+    set_threads(threads)
+    data, model_config = PreparedData(data_path), config["model"]
+    device = pick_device(config["evaluation"]["device"])
+    torch.manual_seed(int(model_config.get("head_seed", 0)))
+    init = model_config["init"]
+    if init == "timm":
+        try:
+            model = _model_for(data, model_config, pretrained=True)
+        except Exception as error:  # network errors surface as many exception types
+            raise RuntimeError(
+                f"could not load timm weights for {model_config['name']!r} ({type(error).__name__}: {error}). "
+                "model.init: timm needs network access to the Hugging Face hub (or a filled HF cache); "
+                "offline, use model.init: pretrain or model.init: file") from None
+    else:
+        model = _model_for(data, model_config)
+    meta = checkpoint_metadata(model_config, data, init=init)
+    if init == "file":
+        state, own = load_checkpoint(model_config["file"]), model.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(own) - set(fitting))
+        if len(fitting) < len(own) // 2:
+            raise RuntimeError(f"model.file {model_config['file']!r} does not fit {model_config['name']!r}: "
+                               f"{len(own) - len(fitting)} of {len(own)} tensors missing or of another shape")
+        model.load_state_dict(fitting, strict=False)
+        log.info("loaded %s; kept fresh (seed %s) weights for: %s", model_config["file"],
+                 model_config.get("head_seed", 0), ", ".join(skipped) or "nothing")
+    if 0 in epoch_paths:
+        save_checkpoint(model.state_dict(), epoch_paths[0], {**meta, "epoch": "0"})
+    if init == "pretrain":
+        from soupflow.train import train
+
+        hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3}
+        images, labels = data.split("pretrain")
+
+        def keep(epoch: int, trained: torch.nn.Module) -> None:
+            if epoch in epoch_paths:
+                save_checkpoint(trained.state_dict(), epoch_paths[epoch], {**meta, "epoch": str(epoch)})
+
+        result = train(model, images, labels, data, hp, device, name="pretrain", on_epoch_end=keep)
+        if result.status != "ok":
+            raise RuntimeError("pretraining diverged; lower pretrain.lr")
+        scores = Evaluator(model, data, "val", device).scores()
+        log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
+    save_checkpoint(model.state_dict(), out_model, meta)
+
+
+# ---------------------------------------------------------------- one fine-tune
+def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path: str, init_path: str,
+             out_dir: str, threads: int = 1) -> dict[str, Any]:
+    """Fine-tune one configuration from the shared init; write its checkpoint, logits, metrics and config.
+
+    A run whose loss stops being finite is recorded with ``status=diverged`` (and left out of soups); its
+    outputs are still written so the rest of the workflow completes.
+    """
+    from soupflow.train import train
+
+    set_threads(threads)
+    out = Path(out_dir)
+    data, model_config = PreparedData(data_path), config["model"]
+    device = pick_device(config["evaluation"]["device"])
+    model = _model_for(data, model_config)
+    model.load_state_dict(load_checkpoint(init_path))
+    images, labels = data.split("train")
+    log.info("fine-tune %s on %d images, %s: %s", run_id, labels.numel(), device, json.dumps(hp))
+    result = train(model, images, labels, data, hp, device, name=run_id)
+    row: dict[str, Any] = {"run_id": run_id, **{f"hp_{k}": v for k, v in hp.items()}, "status": result.status,
+                           "epochs_done": result.epochs_done, "train_loss": result.train_loss,
+                           "train_seconds": result.seconds, "train_images_per_second": result.images_per_second,
+                           "n_parameters": count_parameters(model), "device": device.type}
+    logits = {}
+    for split in ("val", "test"):
+        evaluator = Evaluator(model, data, split, device, config["evaluation"]["batch_size"])
+        split_logits, features = evaluator.outputs(features=True)
+        scores = scores_from_logits(split_logits, evaluator.labels)
+        if result.status == "ok" and not torch.isfinite(split_logits).all():
+            row["status"] = "diverged"
+        row[f"{split}_accuracy"], row[f"{split}_loss"] = scores.accuracy, scores.loss
+        logits[f"{split}_logits"], logits[f"{split}_features"] = split_logits, features
+    log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run_id, row["status"],
+             row["val_accuracy"], row["test_accuracy"], result.seconds)
+    meta = checkpoint_metadata(model_config, data, run_id=run_id, status=row["status"])
+    save_checkpoint(model.state_dict(), out / "model.safetensors", meta)
+    atomic_save_safetensors(logits, out / "outputs.safetensors")
+    atomic_write_yaml({"run_id": run_id, "hyperparameters": hp, "model": model_config,
+                       "data": config["data"]["name"], "init": init_path}, out / "config.yaml")
+    atomic_write_parquet(pd.DataFrame([row]), out / "metrics.parquet")
+    return row
+
+
+# ---------------------------------------------------------------- soups
+def _ingredients(run_dirs: list[str]):
+    from safetensors.torch import load_file
+
+    from soupflow.recipes import Ingredient
+
+    rows = pd.concat([pd.read_parquet(Path(d) / "metrics.parquet") for d in run_dirs], ignore_index=True)
+    usable = rows[rows["status"] == "ok"]
+    left_out = rows[rows["status"] != "ok"]
+    for _, row in left_out.iterrows():
+        log.warning("leaving %s out of soups: status %s", row["run_id"], row["status"])
+    by_id = {Path(d).name: d for d in run_dirs}
+    return [Ingredient(row.run_id, Scores(row.val_loss, row.val_accuracy),
+                       (lambda p=str(Path(by_id[row.run_id]) / "model.safetensors"): load_file(p)))
+            for row in usable.itertuples()], by_id
+
+
+def _ensemble(names: list[str], by_id: dict[str, str], split: str, labels: torch.Tensor) -> Scores | None:
+    """Scores of the logit ensemble (mean of cached logits): k forward passes at inference."""
+    from safetensors import safe_open
+
+    if not names or any(n not in by_id for n in names):
+        return None
+    total = None
+    for name in names:
+        with safe_open(str(Path(by_id[name]) / "outputs.safetensors"), framework="pt") as handle:
+            logits = handle.get_tensor(f"{split}_logits")
+        total = logits if total is None else total + logits
+    return scores_from_logits(total / len(names), labels)
+
+
+def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path: str, run_dirs: list[str],
+              out_model: str, out_metrics: str, out_trace: str, threads: int = 1) -> pd.DataFrame:
+    """Cook one soup recipe from the fine-tuned runs; select on val, report on test."""
+    from soupflow.recipes import Kitchen, cook
+
+    set_threads(threads)
+    start = time.perf_counter()
+    data, model_config = PreparedData(data_path), config["model"]
+    device = pick_device(config["evaluation"]["device"])
+    batch = config["evaluation"]["batch_size"]
+    ingredients, by_id = _ingredients(run_dirs)
+    val_eval = Evaluator(_model_for(data, model_config), data, "val", device, batch)
+    test_eval = Evaluator(_model_for(data, model_config), data, "test", device, batch)
+
+    def observe(row: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+        scores = test_eval.scores(state)  # reporting only: the recipe never reads these
+        row["test_accuracy"], row["test_loss"] = scores.accuracy, scores.loss
+
+    def fresh_init(seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)
+        return _model_for(data, model_config).state_dict()
+
+    kitchen = Kitchen(ingredients, val_eval.scores, fresh_init, observe)
+    log.info("soup %s (%s): %d candidate ingredients", name, spec["recipe"], len(ingredients))
+    soups = cook(spec["recipe"], kitchen, spec)
+    rows, traces, best = [], [], None
+    for soup in soups:
+        state = soup.total.mean()
+        test = test_eval.scores(state)
+        ensemble = {s: _ensemble(soup.ingredients, by_id, s, e.labels) for s, e in (("val", val_eval), ("test", test_eval))}
+        rows.append({
+            "soup": name, "recipe": spec["recipe"], "metric": spec.get("metric", "accuracy"), "repeat": soup.repeat,
+            "ingredients": list(soup.ingredients), "n_ingredients": len(soup.ingredients),
+            "n_candidates": len(ingredients), "val_accuracy": soup.val.accuracy, "val_loss": soup.val.loss,
+            "test_accuracy": test.accuracy, "test_loss": test.loss,
+            "ensemble_val_accuracy": ensemble["val"].accuracy if ensemble["val"] else float("nan"),
+            "ensemble_test_accuracy": ensemble["test"].accuracy if ensemble["test"] else float("nan"),
+            "ensemble_test_loss": ensemble["test"].loss if ensemble["test"] else float("nan"),
+            "inference_passes_soup": 1, "inference_passes_ensemble": len(soup.ingredients),
+            "selection_passes": soup.selection_passes,
+            "options": json.dumps({k: v for k, v in spec.items() if k not in {"name", "recipe"}}, sort_keys=True),
+        })
+        traces += [{"soup": name, "recipe": spec["recipe"], **r} for r in soup.trace]
+        if best is None or soup.val.value(rows[-1]["metric"]) > best[0].val.value(rows[-1]["metric"]):
+            best = (soup, state)
+    seconds = time.perf_counter() - start
+    for row in rows:
+        row["seconds"] = seconds / len(rows)
+    frame = pd.DataFrame(rows)
+    meta = checkpoint_metadata(model_config, data, soup=name, recipe=spec["recipe"],
+                               ingredients=json.dumps(best[0].ingredients))
+    save_checkpoint(best[1], out_model, meta)
+    atomic_write_parquet(frame, out_metrics)
+    trace = pd.DataFrame(traces)
+    extra = [c for c in trace.columns if c not in _TRACE_COLUMNS]
+    atomic_write_parquet(trace.reindex(columns=_TRACE_COLUMNS + extra), out_trace)
+    for row in rows:
+        log.info("soup %s%s: %d ingredients, val %.4f, test %.4f (%.0f s)", name,
+                 f" repeat {row['repeat']}" if len(rows) > 1 else "", row["n_ingredients"], row["val_accuracy"],
+                 row["test_accuracy"], seconds)
+    return frame
+
+
+_TRACE_COLUMNS = ["soup", "recipe", "repeat", "pass", "step", "candidate", "accepted", "n_ingredients",
+                  "val_score", "val_accuracy", "val_loss", "test_accuracy", "test_loss"]
+
+
+# ---------------------------------------------------------------- tables
+def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
+    """One table from many one-job tables (runs, soups, traces), written atomically."""
+    frames = [pd.read_parquet(p) for p in paths]
+    frames = [f for f in frames if len(f)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    atomic_write_parquet(frame, out)
+    return frame

@@ -1,0 +1,65 @@
+"""timm models, devices and checkpoints as plain state dicts.
+
+Checkpoints are safetensors files of ``model.state_dict()``, readable by plain timm + safetensors:
+``model = timm.create_model(name, num_classes=n, **kwargs); model.load_state_dict(load_file(path))``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from soupflow.io import atomic_save_safetensors
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("evaluation.device is 'cuda' but no CUDA device is available")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_threads(threads: int | None) -> None:
+    """Use the cores Snakemake gave this job, no more."""
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+
+
+def in_chans_of(image_shape: tuple[int, ...]) -> int:
+    return int(image_shape[1])
+
+
+def create_model(model_config: dict[str, Any], num_classes: int, in_chans: int,
+                 pretrained: bool = False) -> torch.nn.Module:
+    """A timm model for this experiment's classes and channels (kwargs from config win)."""
+    import timm
+
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans, **model_config.get("kwargs", {})}
+    return timm.create_model(model_config["name"], pretrained=pretrained, **kwargs)
+
+
+def save_checkpoint(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                    metadata: dict[str, str] | None = None) -> None:
+    atomic_save_safetensors(state_dict, path, metadata)
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file (or a .pth/.pt file holding one, for ``model.init = file``)."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device=str(device))
+    state = torch.load(path, map_location=device, weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,18 @@
+"""Glue between a Snakemake ``script:`` job and soupflow's functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from soupflow.config import merge_defaults
+from soupflow.jobs import setup_logging
+
+
+def start(snakemake: Any) -> dict[str, Any]:
+    """Set up logging to the job's log file and return the experiment config with defaults filled in.
+
+    Settings read here (evaluation batch size, device) are deliberately not rule params: changing them
+    must not retrain finished runs.
+    """
+    setup_logging(snakemake.log[0] if snakemake.log else None)
+    return merge_defaults(snakemake.config)

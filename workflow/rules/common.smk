@@ -1,0 +1,59 @@
+# Validated configuration, the expanded runs and helpers shared by the rules.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works with or without `pip install -e .`
+
+from snakemake.exceptions import WorkflowError
+
+from soupflow.config import ConfigError, resolve_config, soup_specs
+from soupflow.grid import expand_runs
+
+try:
+    CONFIG = resolve_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"invalid soupflow config: {error}") from None
+
+RUNS = expand_runs(CONFIG)  # {run_id: hyperparameters}
+SOUPS = soup_specs(CONFIG)  # {soup name: recipe entry}
+RESULTS = "results"
+DATA = f"{RESULTS}/data/dataset.safetensors"
+INIT = f"{RESULTS}/init/model.safetensors"
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+
+
+def kept_epochs():
+    """Epochs of the pretraining trajectory that are kept as branch points (0 = before pretraining)."""
+    if CONFIG["model"]["init"] != "pretrain":
+        return [0]
+    every, epochs = CONFIG["pretrain"]["keep_every"], CONFIG["pretrain"]["epochs"]
+    return sorted({0, *range(every, epochs + 1, every)})
+
+
+def epoch_checkpoint(epoch):
+    return f"{RESULTS}/init/epoch_{int(epoch):03d}.safetensors"
+
+
+def init_of(wildcards):
+    """The checkpoint a run starts from: the shared init, or a branch point of the pretraining."""
+    branch = RUNS[wildcards.run_id].get("branch_epoch")
+    return INIT if branch is None else epoch_checkpoint(branch)
+
+
+def run_file(name, runs=None):
+    return [f"{RESULTS}/runs/{run_id}/{name}" for run_id in (RUNS if runs is None else runs)]
+
+
+def print_summary():
+    summary = Path(RESULTS) / "summary.txt"
+    if summary.exists():
+        print("\n" + summary.read_text(), file=sys.stderr)
+
+
+for run_id, hp in RUNS.items():
+    branch = hp.get("branch_epoch")
+    if branch is not None and branch not in kept_epochs():
+        raise WorkflowError(
+            f"invalid soupflow config: 'branch_epoch' {branch} of {run_id} is not a kept pretraining epoch; "
+            f"allowed values: {', '.join(map(str, kept_epochs()))} (see pretrain.keep_every)"
+        )

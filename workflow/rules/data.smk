@@ -1,0 +1,14 @@
+rule prepare_data:
+    """Decode the data set once into uint8 tensors and write the seeded pretrain/train/val/test split."""
+    output:
+        tensors=DATA,
+        splits=f"{RESULTS}/data/splits.json",
+    params:
+        data=CONFIG["data"],
+        seed=CONFIG["seed"],
+    log:
+        f"{RESULTS}/logs/prepare_data.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/prepare_data.py"

@@ -1,0 +1,23 @@
+rule finetune:
+    """One grid point: fine-tune from the shared init. Its params are only its own hyperparameters, so
+    adding grid points never re-triggers existing runs."""
+    input:
+        data=DATA,
+        init=init_of,
+    output:
+        model=f"{RESULTS}/runs/{{run_id}}/model.safetensors",
+        outputs=f"{RESULTS}/runs/{{run_id}}/outputs.safetensors",
+        metrics=f"{RESULTS}/runs/{{run_id}}/metrics.parquet",
+        config=f"{RESULTS}/runs/{{run_id}}/config.yaml",
+    params:
+        hp=lambda wildcards: RUNS[wildcards.run_id],
+        model=CONFIG["model"],
+    wildcard_constraints:
+        run_id="run-[0-9a-f]{10}",
+    threads: 1
+    log:
+        f"{RESULTS}/runs/{{run_id}}/train.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,18 @@
+rule init:
+    """The weights every fine-tune starts from (classifier head included), plus kept branch points."""
+    input:
+        data=DATA,
+    output:
+        model=INIT,
+        epochs=[epoch_checkpoint(e) for e in kept_epochs()],
+    params:
+        # only what changes the init's weights: editing soups or grids never retrains it
+        model=CONFIG["model"],
+        pretrain=CONFIG["pretrain"] if CONFIG["model"]["init"] == "pretrain" else None,
+    threads: 4
+    log:
+        f"{RESULTS}/logs/init.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/make_init.py"

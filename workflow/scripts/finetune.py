@@ -1,0 +1,9 @@
+import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
+from pathlib import Path
+
+from soupflow.jobs import finetune
+from soupflow.snakemake_job import start
+
+config = start(snakemake)
+finetune({**config, "model": snakemake.params.model}, snakemake.wildcards.run_id, snakemake.params.hp,
+         snakemake.input.data, snakemake.input.init, str(Path(snakemake.output.model).parent), snakemake.threads)
