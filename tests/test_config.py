@@ -1,0 +1,92 @@
+"""Each invalid config is rejected with one line that names the key and what is allowed."""
+
+import copy
+
+import pytest
+import yaml
+
+from soupflow.config import ConfigError, resolve_config
+from conftest import ROOT
+
+DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def rejected(mutate) -> str:
+    config = copy.deepcopy(DEFAULT)
+    mutate(config)
+    with pytest.raises(ConfigError) as info:
+        resolve_config(config)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_the_default_config_is_valid():
+    config = resolve_config(copy.deepcopy(DEFAULT), check_paths=False)
+    assert config["model"]["init"] == "pretrain"
+
+
+def test_unknown_top_level_key():
+    message = rejected(lambda c: c.update(grdi={"lr": [0.1]}))
+    assert "'grdi'" in message and "grid" in message
+
+
+def test_unknown_nested_key_lists_the_allowed_ones():
+    message = rejected(lambda c: c["grid"].update(learning_rate=[0.1]))
+    assert "grid.learning_rate" in message and "weight_decay" in message
+
+
+def test_wrong_type():
+    message = rejected(lambda c: c["finetune"].update(epochs="two"))
+    assert "finetune.epochs" in message and "integer" in message
+
+
+def test_empty_grid_axis():
+    message = rejected(lambda c: c["grid"].update(lr=[]))
+    assert "grid.lr" in message and "empty" in message
+
+
+def test_no_fine_tune_at_all():
+    message = rejected(lambda c: c.update(grid={}))
+    assert "grid" in message and "at least one" in message
+
+
+def test_unknown_recipe():
+    message = rejected(lambda c: c["soups"].append({"recipe": "gazpacho"}))
+    assert "soups.10.recipe" in message and "greedy" in message and "uniform" in message
+
+
+def test_unknown_augmentation_value():
+    message = rejected(lambda c: c["grid"].update(augmentation=["flip", "mixup"]))
+    assert "grid.augmentation.1" in message and "flip_shift" in message
+
+
+def test_unknown_timm_model():
+    message = rejected(lambda c: c["model"].update(name="resnet10000"))
+    assert "model.name" in message and "timm" in message
+
+
+def test_missing_data_root():
+    message = rejected(lambda c: c["data"].update(root="/nonexistent/fashion"))
+    assert "data.root" in message and "/nonexistent/fashion" in message
+
+
+@pytest.mark.parametrize("value", [0, -0.1])
+def test_val_fraction_must_be_positive(value):
+    message = rejected(lambda c: c["data"].update(val_fraction=value))
+    assert "data.val_fraction" in message and "> 0" in message
+
+
+def test_duplicate_soup_names():
+    message = rejected(lambda c: c["soups"].append({"recipe": "greedy"}))
+    assert "soups" in message and "greedy" in message and "unique" in message
+
+
+def test_init_file_must_exist():
+    message = rejected(lambda c: c["model"].update(init="file", file="/nonexistent.safetensors"))
+    assert "model.file" in message
+
+
+def test_unknown_heatmap_axis():
+    message = rejected(lambda c: c["plots"].update(heatmap_axes=["lr", "colour"]))
+    assert "plots.heatmap_axes" in message and "weight_decay" in message

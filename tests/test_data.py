@@ -1,0 +1,68 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from soupflow.data import DataError, PreparedData, prepare, read_idx, split_indices
+
+
+def write_idx(path, array: np.ndarray):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_idx(tmp_path):
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (200, 28, 28)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(200) % 10)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28)))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(50) % 10)
+    return tmp_path
+
+
+def test_idx_round_trip(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "x.gz", array)
+    assert np.array_equal(read_idx(tmp_path / "x.gz"), array)
+
+
+def test_splits_are_disjoint_complete_and_seeded():
+    a = split_indices(1000, 0.5, 0.1, seed=3)
+    assert sum(len(v) for v in a.values()) == 1000
+    assert len(np.unique(np.concatenate(list(a.values())))) == 1000
+    assert len(a["pretrain"]) == 500 and len(a["val"]) == 100
+    b = split_indices(1000, 0.5, 0.1, seed=3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["val"], split_indices(1000, 0.5, 0.1, seed=4)["val"])
+
+
+def test_prepare_writes_tensors_and_the_split(tiny_idx, tmp_path):
+    config = {"name": "fashion_mnist", "root": str(tiny_idx), "pretrain_fraction": 0.5, "val_fraction": 0.2,
+              "max_train": None, "max_test": None}
+    sizes = prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
+    assert sizes == {"pretrain": 100, "train": 60, "val": 40, "test": 50}
+    data = PreparedData(tmp_path / "d.safetensors")
+    images, labels = data.split("val")
+    assert images.dtype == torch.uint8 and images.shape == (40, 1, 28, 28) and labels.dtype == torch.int64
+    split = json.loads((tmp_path / "s.json").read_text())
+    assert len(split["val"]) == 40 and len(split["test"]) == 50
+    batch = data.normalise(images)
+    assert batch.dtype == torch.float32 and abs(float(batch.mean())) < 0.5
+
+
+def test_missing_files_say_where_to_put_them(tmp_path):
+    config = {"name": "fashion_mnist", "root": str(tmp_path), "pretrain_fraction": 0.5, "val_fraction": 0.2}
+    with pytest.raises(DataError, match="data.root"):
+        prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_cifar_without_files_or_network_is_one_clear_message(tmp_path):
+    from soupflow.data import load_cifar
+
+    with pytest.raises(DataError, match="data.download"):
+        load_cifar("cifar10", str(tmp_path), download=False)

@@ -1,0 +1,53 @@
+from soupflow.config import merge_defaults
+from soupflow.grid import expand_runs, run_id, search_points
+
+
+def runs_of(grid=None, runs=None, search=None):
+    return expand_runs(merge_defaults({"grid": grid or {}, "runs": runs or [], "search": search or {}}))
+
+
+def test_grid_is_the_cartesian_product():
+    runs = runs_of({"lr": [0.1, 0.01], "weight_decay": [0.0, 1e-4, 1e-3]})
+    assert len(runs) == 6
+    assert {(h["lr"], h["weight_decay"]) for h in runs.values()} == {
+        (lr, wd) for lr in (0.1, 0.01) for wd in (0.0, 1e-4, 1e-3)}
+
+
+def test_inserting_a_value_in_the_middle_of_an_axis_renames_nothing():
+    before = runs_of({"lr": [0.01, 0.1], "seed": [0, 1]})
+    after = runs_of({"lr": [0.01, 0.03, 0.1], "seed": [0, 1]})
+    assert set(before) < set(after)
+    assert len(set(after) - set(before)) == 2
+    for rid in before:
+        assert before[rid] == after[rid]
+
+
+def test_ids_ignore_spelling_of_numbers_and_key_order():
+    assert run_id({"lr": 1, "epochs": 2}) == run_id({"epochs": 2.0, "lr": 1.0})
+    assert run_id({"lr": 0.1}) != run_id({"lr": 0.01})
+
+
+def test_explicit_runs_and_duplicates_of_grid_points_merge():
+    runs = runs_of({"lr": [0.01, 0.1]}, runs=[{"lr": 0.1}, {"lr": 0.5, "epochs": 3}])
+    assert len(runs) == 3
+    assert any(h["epochs"] == 3 and h["lr"] == 0.5 for h in runs.values())
+
+
+def test_random_search_keeps_its_first_draws_when_n_grows():
+    space = {"lr": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-1},
+             "augmentation": {"distribution": "choice", "values": ["none", "flip"]},
+             "epochs": {"distribution": "int_uniform", "low": 1, "high": 3}}
+    five = search_points({"n": 5, "seed": 7, "space": space})
+    eight = search_points({"n": 8, "seed": 7, "space": space})
+    assert eight[:5] == five
+    assert all(1e-4 <= p["lr"] <= 1e-1 and p["epochs"] in (1, 2, 3) for p in eight)
+    assert len({p["lr"] for p in eight}) == 8
+    assert search_points({"n": 5, "seed": 8, "space": space}) != five
+
+
+def test_adding_a_search_dimension_keeps_the_other_dimensions_draws():
+    lr = {"lr": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-1}}
+    with_wd = {**lr, "weight_decay": {"distribution": "uniform", "low": 0, "high": 1e-3}}
+    a = search_points({"n": 4, "space": lr})
+    b = search_points({"n": 4, "space": with_wd})
+    assert [p["lr"] for p in a] == [p["lr"] for p in b]

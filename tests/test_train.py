@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from soupflow.train import AUGMENTATIONS, lr_factor, random_flip, random_shift, train
+
+
+def test_flip_mirrors_some_images_and_keeps_the_rest():
+    images = torch.arange(2 * 1 * 3 * 4, dtype=torch.uint8).reshape(2, 1, 3, 4).repeat(50, 1, 1, 1)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = (out == images.flip(-1)).flatten(1).all(1)
+    same = (out == images).flatten(1).all(1)
+    assert (flipped | same).all() and flipped.any() and same.any()
+
+
+def test_shift_translates_each_image_within_the_pad():
+    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    image[0, 0, 4, 4] = 255
+    out = random_shift(image.repeat(64, 1, 1, 1), torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == (64, 1, 8, 8) and out.dtype == torch.uint8
+    positions = {tuple(torch.nonzero(o[0])[0].tolist()) for o in out}
+    assert len(positions) > 5
+    assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in positions)
+
+
+@pytest.mark.parametrize("name", list(AUGMENTATIONS))
+def test_augmentations_keep_shape_and_dtype(name):
+    images = torch.randint(0, 255, (16, 3, 10, 10), dtype=torch.uint8)
+    out = AUGMENTATIONS[name](images, torch.Generator().manual_seed(1))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+
+
+def test_one_cycle_warms_up_then_anneals_to_zero():
+    factors = [lr_factor(s, 100, "onecycle", 0.3) for s in range(101)]
+    assert factors[0] < factors[30] == pytest.approx(1.0)
+    assert factors[100] == pytest.approx(0.0, abs=1e-9)
+    assert all(a >= b for a, b in zip(factors[30:], factors[31:]))
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class FakeData:
+    def normalise(self, images):
+        return images.float() / 255.0
+
+
+def test_training_reduces_the_loss_and_is_deterministic():
+    images = torch.randint(0, 255, (256, 1, 4, 4), dtype=torch.uint8)
+    labels = (images.flatten(1).float().mean(1) > 127).long()
+    hp = {"lr": 0.5, "weight_decay": 0.0, "epochs": 5, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
+          "seed": 3, "schedule": "onecycle", "augmentation": "none"}
+    results, weights = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = Tiny()
+        results.append(train(model, images, labels, FakeData(), hp, torch.device("cpu")))
+        weights.append(model.state_dict()["net.1.weight"].clone())
+    assert results[0].status == "ok"
+    assert results[0].epoch_losses[-1] < results[0].epoch_losses[0]
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_a_diverging_run_stops_with_status_diverged():
+    images = torch.randint(0, 255, (128, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.randint(0, 4, (128,))
+    hp = {"lr": 1e12, "weight_decay": 0.0, "epochs": 3, "batch_size": 16, "optimizer": "sgd", "momentum": 0.99,
+          "seed": 0, "schedule": "constant"}
+    result = train(Tiny(), images, labels, FakeData(), hp, torch.device("cpu"), log_every=1)
+    assert result.status == "diverged" and result.epochs_done < 3

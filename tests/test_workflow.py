@@ -1,0 +1,164 @@
+"""End to end: snakemake on tests/smoke.yaml in a temporary folder, then what a rerun would schedule."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import timm
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import ROOT
+
+SMOKE = yaml.safe_load((ROOT / "tests" / "smoke.yaml").read_text())
+
+
+def snakemake(work, config, *args):
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", str(path),
+               "--directory", str(work), "--cores", "2", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1200)
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run, as {rule: count}."""
+    if "Nothing to be done" in dry_run_output:
+        return {}
+    table = dry_run_output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    result = snakemake(work, SMOKE)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return work, result
+
+
+@pytest.fixture(scope="module")
+def runs(finished):
+    return pd.read_parquet(finished[0] / "results/metrics/runs.parquet")
+
+
+@pytest.fixture(scope="module")
+def soups(finished):
+    return pd.read_parquet(finished[0] / "results/metrics/soups.parquet")
+
+
+def test_every_output_exists(finished, runs):
+    work, _ = finished
+    results = work / "results"
+    assert len(runs) == 5  # 2 x 2 grid + 1 explicit run
+    for run_id in runs.run_id:
+        for name in ("model.safetensors", "outputs.safetensors", "metrics.parquet", "config.yaml", "train.log"):
+            assert (results / "runs" / run_id / name).stat().st_size > 0
+    names = [s.get("name", s["recipe"]) for s in SMOKE["soups"]]
+    for name in names:
+        for file in ("model.safetensors", "metrics.parquet", "trace.parquet"):
+            assert (results / "soups" / name / file).exists()
+    for table in ("runs", "soups", "soup_trace"):
+        assert (results / "metrics" / f"{table}.parquet").exists()
+    for plot in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes"):
+        assert (results / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "best individual" in (results / "summary.txt").read_text()
+    splits = json.loads((results / "data/splits.json").read_text())
+    assert not set(splits["val"]) & set(splits["train"]) and not set(splits["val"]) & set(splits["pretrain"])
+
+
+def test_run_table_has_hyperparameters_and_scores(runs):
+    for column in ("hp_lr", "hp_weight_decay", "hp_seed", "status", "val_accuracy", "test_accuracy",
+                   "val_loss", "test_loss", "train_seconds", "n_parameters"):
+        assert column in runs
+    ok = runs[runs.status == "ok"]
+    assert len(ok) == 4 and ok.val_accuracy.between(0, 1).all()
+
+
+def test_a_diverged_run_is_recorded_and_left_out_of_soups(runs, soups):
+    diverged = runs[runs.hp_lr == 100000.0]
+    assert list(diverged.status) == ["diverged"]
+    bad = diverged.run_id.iloc[0]
+    assert not any(bad in ingredients for ingredients in soups.ingredients)
+
+
+def test_soup_checkpoints_load_in_plain_timm(finished):
+    work, _ = finished
+    path = work / "results/soups/greedy/model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"]),
+                              **json.loads(meta["kwargs"]))
+    model.load_state_dict(load_file(str(path)))  # strict: every key and shape matches
+    model.eval()
+    assert model(torch.zeros(2, int(meta["in_chans"]), 28, 28)).shape == (2, int(meta["num_classes"]))
+
+
+def test_uniform_soup_is_the_mean_of_its_ingredients(finished, soups):
+    work, _ = finished
+    row = soups[soups.soup == "uniform"].iloc[0]
+    soup = load_file(str(work / "results/soups/uniform/model.safetensors"))
+    states = [load_file(str(work / "results/runs" / r / "model.safetensors")) for r in row.ingredients]
+    assert len(states) == 4
+    for name, tensor in soup.items():
+        if tensor.is_floating_point():
+            mean = torch.stack([s[name].double() for s in states]).mean(0).to(tensor.dtype)
+            assert torch.equal(tensor, mean), name
+        else:
+            assert torch.equal(tensor, states[0][name])
+
+
+def test_self_soup_is_the_best_model_exactly(finished, runs):
+    work, _ = finished
+    best = runs[runs.status == "ok"].sort_values(["val_accuracy", "run_id"], ascending=[False, True]).run_id.iloc[0]
+    soup = load_file(str(work / "results/soups/self_soup/model.safetensors"))
+    model = load_file(str(work / f"results/runs/{best}/model.safetensors"))
+    assert all(torch.equal(soup[k], model[k]) for k in model)
+
+
+def test_greedy_is_selected_on_val_and_never_loses_val_score(finished, soups, runs):
+    work, _ = finished
+    trace = pd.read_parquet(work / "results/metrics/soup_trace.parquet")
+    greedy = trace[trace.soup == "greedy"]
+    accepted = greedy[greedy.accepted].val_score.tolist()
+    assert accepted == sorted(accepted)
+    best_val = runs[runs.status == "ok"].val_accuracy.max()
+    assert soups[soups.soup == "greedy"].val_accuracy.iloc[0] >= best_val
+    assert greedy[greedy.accepted].test_accuracy.notna().all()  # reported for each accepted state
+
+
+def test_adding_a_grid_point_schedules_exactly_one_fine_tune(finished):
+    work, _ = finished
+    grown = json.loads(json.dumps(SMOKE))
+    grown["grid"]["lr"] = [0.01, 0.02, 0.03]
+    grown["grid"]["weight_decay"] = [0.00001]  # remove one value, add one: 1 new run (lr 0.02, wd 1e-5)
+    result = snakemake(work, grown, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts.get("finetune") == 1
+    assert "init" not in counts and "prepare_data" not in counts
+    assert counts.get("soup") == len(SMOKE["soups"]) and counts.get("plots") == 1
+
+
+def test_changing_only_a_soup_setting_trains_nothing(finished):
+    work, _ = finished
+    changed = json.loads(json.dumps(SMOKE))
+    changed["soups"][4]["passes"] = 3  # the pruned soup
+    result = snakemake(work, changed, "-n")
+    counts = job_counts(result.stdout + result.stderr)
+    assert "finetune" not in counts and "init" not in counts
+    assert counts.get("soup") == 1
+
+
+def test_invalid_config_is_rejected_before_any_job(tmp_path):
+    bad = json.loads(json.dumps(SMOKE))
+    bad["soups"].append({"recipe": "minestrone"})
+    result = snakemake(tmp_path, bad)
+    assert result.returncode != 0
+    assert "soups.8.recipe" in result.stderr and "greedy_random" in result.stderr
+    assert not (tmp_path / "results").exists()
