@@ -69,7 +69,7 @@ def test_training_reduces_the_loss_and_is_deterministic():
 def test_a_diverging_run_stops_with_status_diverged():
     images = torch.randint(0, 255, (128, 1, 4, 4), dtype=torch.uint8)
     labels = torch.randint(0, 4, (128,))
-    hp = {"lr": 1e12, "weight_decay": 0.0, "epochs": 3, "batch_size": 16, "optimizer": "sgd", "momentum": 0.99,
+    hp = {"lr": 1e38, "weight_decay": 0.0, "epochs": 3, "batch_size": 16, "optimizer": "sgd", "momentum": 0.99,
           "seed": 0, "schedule": "constant"}
     result = train(Tiny(), images, labels, FakeData(), hp, torch.device("cpu"), log_every=1)
     assert result.status == "diverged" and result.epochs_done < 3
