@@ -66,3 +66,22 @@ def test_cifar_without_files_or_network_is_one_clear_message(tmp_path):
 
     with pytest.raises(DataError, match="data.download"):
         load_cifar("cifar10", str(tmp_path), download=False)
+
+
+def test_image_folder_is_decoded_once_and_resized(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for label in ("cat", "dog"):
+            folder = tmp_path / "imgs" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    config = {"name": "image_folder", "root": str(tmp_path / "imgs"), "image_size": 16, "pretrain_fraction": 0.0,
+              "val_fraction": 0.25}
+    sizes = prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
+    assert sizes == {"pretrain": 0, "train": 18, "val": 6, "test": 8}
+    data = PreparedData(tmp_path / "d.safetensors")
+    assert data.classes == ["cat", "dog"]
+    assert data.split("test")[0].shape == (8, 3, 16, 16)

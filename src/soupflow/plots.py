@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from soupflow.io import atomic_path  # noqa: E402
 
@@ -74,6 +75,7 @@ def plot_greedy_ingredients(runs: pd.DataFrame, trace: pd.DataFrame, path: str) 
         best = _best_individual(runs)
         if best is not None:
             ax.axhline(best.test_accuracy, ls="--", color="grey", label="best individual (by val)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="number of ingredients", ylabel="test accuracy", title="Greedy soup vs number of ingredients")
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -92,6 +94,8 @@ def plot_pruned_passes(trace: pd.DataFrame, path: str) -> None:
     else:
         sns.lineplot(data=ends, x="pass", y="test_accuracy", hue="soup", errorbar="sd", marker="o", ax=left)
         sns.lineplot(data=ends, x="pass", y="n_ingredients", hue="soup", errorbar="sd", marker="o", ax=right)
+        for ax in (left, right):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         left.set(xlabel="passes", ylabel="test accuracy", title="Pruned soup accuracy vs passes")
         right.set(xlabel="passes", ylabel="ingredients", title="Pruned soup size vs passes")
     _save(fig, path)

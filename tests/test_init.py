@@ -1,0 +1,49 @@
+"""The shared init: from a local file (head re-created when it does not fit), and timm's hub offline."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from soupflow.config import merge_defaults
+from soupflow.data import prepare
+from soupflow.jobs import make_init
+from soupflow.models import create_model
+
+
+@pytest.fixture
+def data_path(tmp_path):
+    from test_data import write_idx
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (120, 28, 28)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(120) % 10)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    config = {"name": "fashion_mnist", "root": str(tmp_path), "pretrain_fraction": 0.5, "val_fraction": 0.2}
+    prepare(config, 0, str(tmp_path / "data.safetensors"), str(tmp_path / "splits.json"))
+    return str(tmp_path / "data.safetensors")
+
+
+def test_init_from_a_file_keeps_its_body_and_recreates_a_head_of_another_size(tmp_path, data_path):
+    source = create_model({"name": "test_resnet"}, num_classes=7, in_chans=1).state_dict()
+    save_file(source, str(tmp_path / "other.safetensors"))
+    config = merge_defaults({"model": {"name": "test_resnet", "init": "file", "file": str(tmp_path / "other.safetensors")}})
+    make_init(config, data_path, str(tmp_path / "init.safetensors"), {0: str(tmp_path / "e0.safetensors")})
+    init = load_file(str(tmp_path / "init.safetensors"))
+    head = [k for k in source if source[k].shape != init[k].shape]
+    assert head and all(init[k].shape[0] == 10 for k in head)
+    body = [k for k in source if k not in head and source[k].is_floating_point()]
+    assert all(torch.equal(source[k], init[k]) for k in body)
+    assert torch.equal(load_file(str(tmp_path / "e0.safetensors"))[body[0]], init[body[0]])
+
+
+def test_timm_hub_weights_offline_fail_with_one_clear_message(tmp_path, data_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail fast instead of waiting on network time-outs
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    config = merge_defaults({"model": {"name": "resnet10t", "init": "timm"}})
+    with pytest.raises(RuntimeError, match="needs network access"):
+        make_init(config, data_path, str(tmp_path / "init.safetensors"), {})
+    assert not (tmp_path / "init.safetensors").exists()
