@@ -14,14 +14,19 @@ def write_idx(path, array: np.ndarray):
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
+def write_tiny_idx_dataset(folder, n_train=200, n_test=50):
+    """A random MNIST-format data set of 28x28 images and cycling labels, gzipped like Debian's files."""
+    rng = np.random.default_rng(0)
+    write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28)))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)
+    return folder
+
+
 @pytest.fixture
 def tiny_idx(tmp_path):
-    rng = np.random.default_rng(0)
-    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (200, 28, 28)))
-    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(200) % 10)
-    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28)))
-    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(50) % 10)
-    return tmp_path
+    return write_tiny_idx_dataset(tmp_path)
 
 
 def test_idx_round_trip(tmp_path):

@@ -1,6 +1,5 @@
 """The shared init: from a local file (head re-created when it does not fit), and timm's hub offline."""
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -13,13 +12,9 @@ from soupflow.models import create_model
 
 @pytest.fixture
 def data_path(tmp_path):
-    from test_data import write_idx
+    from test_data import write_tiny_idx_dataset
 
-    rng = np.random.default_rng(0)
-    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (120, 28, 28)))
-    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(120) % 10)
-    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
-    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    write_tiny_idx_dataset(tmp_path, n_train=120, n_test=20)
     config = {"name": "fashion_mnist", "root": str(tmp_path), "pretrain_fraction": 0.5, "val_fraction": 0.2}
     prepare(config, 0, str(tmp_path / "data.safetensors"), str(tmp_path / "splits.json"))
     return str(tmp_path / "data.safetensors")
