@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,8 +83,13 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
         model.load_state_dict(fitting, strict=False)
         log.info("loaded %s; kept fresh (seed %s) weights for: %s", model_config["file"],
                  model_config.get("head_seed", 0), ", ".join(skipped) or "nothing")
-    if 0 in epoch_paths:
-        save_checkpoint(model.state_dict(), epoch_paths[0], {**meta, "epoch": "0"})
+    # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:
+    # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
+    staging = Path(out_model).parent / ".staging"
+    staged = {epoch: staging / Path(path).name for epoch, path in epoch_paths.items()}
+    if 0 in staged and not staged[0].exists():
+        save_checkpoint(model.state_dict(), staged[0], {**meta, "epoch": "0"})
+    resume_path = Path(out_model).parent / "resume.pt"
     if init == "pretrain":
         from soupflow.train import train
 
@@ -91,15 +97,33 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
         images, labels = data.split("pretrain")
 
         def keep(epoch: int, trained: torch.nn.Module) -> None:
-            if epoch in epoch_paths:
-                save_checkpoint(trained.state_dict(), epoch_paths[epoch], {**meta, "epoch": str(epoch)})
+            if epoch in staged:
+                save_checkpoint(trained.state_dict(), staged[epoch], {**meta, "epoch": str(epoch)})
 
-        result = train(model, images, labels, data, hp, device, name="pretrain", on_epoch_end=keep)
+        result = train(model, images, labels, data, hp, device, name="pretrain", on_epoch_end=keep,
+                       resume=_resume(config, resume_path), precision=config["training"]["precision"])
         if result.status != "ok":
             raise RuntimeError("pretraining diverged; lower pretrain.lr")
         scores = Evaluator(model, data, "val", device).scores()
         log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
+    for epoch, path in staged.items():
+        os.replace(path, epoch_paths[epoch])
+    if staging.exists() and not any(staging.iterdir()):
+        staging.rmdir()
     save_checkpoint(model.state_dict(), out_model, meta)
+    _forget(resume_path)
+
+
+def _resume(config: dict[str, Any], path: Path):
+    from soupflow.train import Resume
+
+    return Resume(str(path), int(config["training"]["checkpoint_every_steps"]))
+
+
+def _forget(path: Path) -> None:
+    """Remove a training state once the outputs it led to are in place."""
+    if path.exists():
+        path.unlink()
 
 
 # ---------------------------------------------------------------- one fine-tune
@@ -120,8 +144,10 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     model.load_state_dict(load_checkpoint(init_path))
     images, labels = data.split("train")
     log.info("fine-tune %s on %d images, %s: %s", run_id, labels.numel(), device, json.dumps(hp))
-    result = train(model, images, labels, data, hp, device, name=run_id)
+    result = train(model, images, labels, data, hp, device, name=run_id, resume=_resume(config, out / "resume.pt"),
+                   precision=config["training"]["precision"])
     row: dict[str, Any] = {"run_id": run_id, **{f"hp_{k}": v for k, v in hp.items()}, "status": result.status,
+                           "resumed_from_step": result.resumed_from_step,
                            "epochs_done": result.epochs_done, "train_loss": result.train_loss,
                            "train_seconds": result.seconds, "train_images_per_second": result.images_per_second,
                            "n_parameters": count_parameters(model), "device": device.type}
@@ -142,6 +168,7 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     atomic_write_yaml({"run_id": run_id, "hyperparameters": hp, "model": model_config,
                        "data": config["data"]["name"], "init": init_path}, out / "config.yaml")
     atomic_write_parquet(pd.DataFrame([row]), out / "metrics.parquet")
+    _forget(out / "resume.pt")
     return row
 
 

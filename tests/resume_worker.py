@@ -1,0 +1,54 @@
+"""A small training job for the resume tests: ``python resume_worker.py STATE OUT``.
+
+Trains a conv net with BatchNorm, dropout and flip/shift augmentation (so every kind of state matters:
+optimiser momentum, running statistics, the data-order generator and torch's global RNG), saving its full
+state every 3 steps to STATE, and writes the final weights to OUT.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from safetensors.torch import save_file  # noqa: E402
+
+from soupflow.train import Resume, train  # noqa: E402
+
+
+class Data:
+    def normalise(self, images):
+        return images.float() / 255.0
+
+
+class SlowNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+            torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 4))
+
+    def forward(self, x):
+        time.sleep(0.01)  # long enough to be killed mid-run
+        return self.net(x)
+
+
+def main(state: str, out: str) -> None:
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (320, 1, 12, 12), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 4, (320,), generator=g)
+    torch.manual_seed(123)
+    model = SlowNet()
+    hp = {"lr": 0.05, "weight_decay": 1e-4, "epochs": 4, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
+          "nesterov": True, "seed": 7, "schedule": "onecycle", "augmentation": "flip_shift"}
+    result = train(model, images, labels, Data(), hp, torch.device("cpu"), log_every=10**6,
+                   resume=Resume(state, every_steps=3))
+    save_file(model.state_dict(), out)
+    print(f"resumed_from_step={result.resumed_from_step}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
