@@ -21,6 +21,9 @@ include: "workflow/rules/soups.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/plots.smk"
 
+# Seconds of pandas: on a cluster they run where Snakemake runs instead of waiting in the queue.
+localrules: all, table, summary
+
 
 rule all:
     default_target: True

@@ -2,28 +2,15 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import timm
 import torch
-import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import ROOT
-
-SMOKE = yaml.safe_load((ROOT / "tests" / "smoke.yaml").read_text())
-
-
-def snakemake(work, config, *args):
-    path = work / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", str(path),
-               "--directory", str(work), "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=1200)
+from conftest import SMOKE, snakemake
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -32,14 +19,6 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
         return {}
     table = dry_run_output.split("Job stats:", 1)[1].split("total", 1)[0]
     return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    work = tmp_path_factory.mktemp("smoke")
-    result = snakemake(work, SMOKE)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return work, result
 
 
 @pytest.fixture(scope="module")

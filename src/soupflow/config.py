@@ -5,8 +5,11 @@ Every problem is reported as one line that names the key and what is allowed, be
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.metadata
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +125,29 @@ def validate_schema(config: dict[str, Any]) -> None:
         raise ConfigError(_describe(best))
 
 
+def known_timm_models() -> frozenset[str]:
+    """timm's architecture names, cached per timm version under ~/.cache/soupflow.
+
+    Importing timm takes ~7 s on a small CPU; without the cache every Snakemake process (the main one and,
+    on SLURM, two per job) would pay it just to validate `model.name`."""
+    version = importlib.metadata.version("timm")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "soupflow" / f"timm-{version}-models.txt"
+    with contextlib.suppress(OSError):
+        names = cache.read_text().split()
+        if names:
+            return frozenset(names)
+    import timm
+
+    names = timm.list_models()
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(names))
+        os.replace(tmp, cache)
+    return frozenset(names)
+
+
 def check_semantics(config: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> None:
     """Checks beyond the schema: names that must exist, fractions that must fit, unique soup names."""
     data, model = config["data"], config["model"]
@@ -139,11 +165,11 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
             raise ConfigError(f"config key 'data.root' is {root!r}, which is not an existing folder{hint}")
         if model["init"] == "file" and not (model.get("file") and os.path.isfile(model["file"])):
             raise ConfigError(f"config key 'model.file' is {model.get('file')!r}; allowed: an existing .safetensors or .pth file when model.init is 'file'")
-    if check_model:
-        import timm
-
-        if not timm.is_model(model["name"]):
-            close = timm.list_models(f"*{model['name'][:6]}*")[:8]
+    if check_model and not model["name"].startswith(("hf-hub:", "hf_hub:")):
+        known = known_timm_models()
+        if model["name"].split(".")[0] not in known:
+            stem = model["name"][:6]
+            close = sorted(name for name in known if stem in name)[:8]
             hint = f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()"
             raise ConfigError(f"config key 'model.name' is {model['name']!r}, which timm does not know{hint}")
     names = [soup.get("name", soup["recipe"]) for soup in config["soups"]]

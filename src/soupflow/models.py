@@ -15,12 +15,50 @@ from soupflow.io import atomic_save_safetensors
 
 
 def pick_device(preference: str = "auto") -> torch.device:
-    """CUDA when present (or asked for), else CPU."""
+    """CUDA when present (or asked for), else CPU. With several visible GPUs the job claims one of its own."""
     if preference == "cpu":
         return torch.device("cpu")
     if preference == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("evaluation.device is 'cuda' but no CUDA device is available")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = claim_gpu(torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+_CLAIM = None  # the open lock file of this process's GPU, held until the process exits
+
+
+def claim_gpu(count: int, lock_dir: str | None = None, poll_seconds: float = 2.0) -> int:
+    """Pick a GPU no other soupflow job on this machine holds (an exclusive flock per GPU).
+
+    Snakemake's ``--resources gpu=N`` caps how many GPU jobs run at once; this gives each of them a
+    different device. Under SLURM each job sees only the GPUs it was given, so with one visible GPU
+    there is nothing to claim.
+    """
+    global _CLAIM
+    if count <= 1:
+        return 0
+    if _CLAIM is not None:
+        return _CLAIM[1]
+    import fcntl
+    import tempfile
+    import time
+
+    folder = lock_dir or os.path.join(tempfile.gettempdir(), "soupflow-gpus")
+    os.makedirs(folder, exist_ok=True)
+    while True:
+        for index in range(count):
+            handle = open(os.path.join(folder, f"gpu{index}.lock"), "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            _CLAIM = (handle, index)
+            return index
+        time.sleep(poll_seconds)  # more GPU jobs than GPUs: --resources gpu=N was not set
 
 
 def set_threads(threads: int | None) -> None:

@@ -9,8 +9,8 @@ from snakemake.exceptions import WorkflowError
 from soupflow.config import ConfigError, resolve_config, soup_specs
 from soupflow.grid import expand_runs
 
-try:
-    CONFIG = resolve_config(config)
+try:  # model name and data paths are checked once, by the main process, not again inside every job
+    CONFIG = resolve_config(config, check_model=workflow.is_main_process, check_paths=workflow.is_main_process)
 except ConfigError as error:
     raise WorkflowError(f"invalid soupflow config: {error}") from None
 
