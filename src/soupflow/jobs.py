@@ -131,8 +131,10 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
              out_dir: str, threads: int = 1) -> dict[str, Any]:
     """Fine-tune one configuration from the shared init; write its checkpoint, logits, metrics and config.
 
-    A run whose loss stops being finite is recorded with ``status=diverged`` (and left out of soups); its
-    outputs are still written so the rest of the workflow completes.
+    A run whose loss stops being finite is recorded with ``status=diverged``, one whose training raises with
+    ``status=failed`` (and the error); both are left out of soups, and their outputs are still written so the
+    rest of the workflow completes. A kill (signal, SLURM time limit) is not a failure: the job exits and its
+    rerun resumes from the saved training state.
     """
     from soupflow.train import train
 
@@ -144,10 +146,21 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     model.load_state_dict(load_checkpoint(init_path))
     images, labels = data.split("train")
     log.info("fine-tune %s on %d images, %s: %s", run_id, labels.numel(), device, json.dumps(hp))
-    result = train(model, images, labels, data, hp, device, name=run_id, resume=_resume(config, out / "resume.pt"),
-                   precision=config["training"]["precision"])
+    from soupflow.train import Preempted, TrainResult
+
+    error = ""
+    try:
+        result = train(model, images, labels, data, hp, device, name=run_id,
+                       resume=_resume(config, out / "resume.pt"), precision=config["training"]["precision"])
+    except (Preempted, KeyboardInterrupt, MemoryError):
+        raise  # killed from outside or out of host memory: the job fails, a rerun resumes from saved state
+    except Exception as failure:  # a run that cannot train (bad hyperparameters, CUDA OOM …) is a result too
+        log.exception("%s failed; recorded with status=failed and left out of soups", run_id)
+        error = f"{type(failure).__name__}: {failure}"[:500]
+        model.load_state_dict(load_checkpoint(init_path))
+        result = TrainResult("failed", 0, 0, 0.0, 0.0, float("nan"))
     row: dict[str, Any] = {"run_id": run_id, **{f"hp_{k}": v for k, v in hp.items()}, "status": result.status,
-                           "resumed_from_step": result.resumed_from_step,
+                           "error": error, "resumed_from_step": result.resumed_from_step,
                            "epochs_done": result.epochs_done, "train_loss": result.train_loss,
                            "train_seconds": result.seconds, "train_images_per_second": result.images_per_second,
                            "n_parameters": count_parameters(model), "device": device.type}
@@ -160,6 +173,8 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
             row["status"] = "diverged"
         row[f"{split}_accuracy"], row[f"{split}_loss"] = scores.accuracy, scores.loss
         logits[f"{split}_logits"], logits[f"{split}_features"] = split_logits, features
+    if result.status == "failed":  # the scores above are the init's: do not let them pass for the run's
+        row.update({f"{split}_{name}": float("nan") for split in ("val", "test") for name in ("accuracy", "loss")})
     log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run_id, row["status"],
              row["val_accuracy"], row["test_accuracy"], result.seconds)
     meta = checkpoint_metadata(model_config, data, run_id=run_id, status=row["status"])

@@ -139,7 +139,7 @@ def load_state(path: str, fingerprint: str, device: torch.device) -> dict[str, A
 # ---------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
-    status: str  # ok | diverged
+    status: str  # ok | diverged | failed
     epochs_done: int
     steps: int
     seconds: float
