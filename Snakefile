@@ -20,6 +20,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/soups.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/analysis.smk"
 
 # Seconds of pandas: on a cluster they run where Snakemake runs instead of waiting in the queue.
 localrules: all, table, summary

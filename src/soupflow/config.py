@@ -20,8 +20,9 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 #: Hyperparameters of one fine-tune, in the order they are shown in tables.
 HYPERPARAMETERS = (
     "lr", "weight_decay", "epochs", "batch_size", "label_smoothing", "augmentation", "optimizer",
-    "momentum", "nesterov", "schedule", "warmup_fraction", "seed", "branch_epoch",
+    "momentum", "nesterov", "schedule", "warmup_fraction", "seed", "branch_epoch", "perturbation",
 )
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -45,6 +46,14 @@ DEFAULTS: dict[str, Any] = {
         "lr": 0.01, "weight_decay": 1e-4, "epochs": 2, "batch_size": 128, "label_smoothing": 0.0,
         "augmentation": "none", "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
         "schedule": "onecycle", "warmup_fraction": 0.3, "seed": 0, "branch_epoch": None,
+        "perturbation": None,
+    },
+    # Too Salty, Table 1: the four optimizer perturbations (scales of lr, momentum, weight decay)
+    "perturbations": {
+        "salty1": {"lr": 0.7073, "momentum": 1.1009, "weight_decay": 0.8284},
+        "salty2": {"lr": 1.2244, "momentum": 0.9247, "weight_decay": 1.1150},
+        "salty3": {"lr": 0.5112, "momentum": 1.0695, "weight_decay": 1.1099},
+        "salty4": {"lr": 0.5373, "momentum": 0.8594, "weight_decay": 0.9078},
     },
     "grid": {},
     "runs": [],
@@ -53,6 +62,11 @@ DEFAULTS: dict[str, Any] = {
     "training": {"precision": "auto", "checkpoint_every_steps": 200},
     "evaluation": {"batch_size": 1000, "device": "auto"},
     "plots": {"heatmap_axes": ["lr", "weight_decay"]},
+    "analysis": {
+        "pairs": 100, "seed": 0, "jobs": 2, "color_by": "branch_epoch",
+        "branching": {"epochs": [], "perturbations": []},
+        "corruptions": {"types": list(CORRUPTIONS), "severities": [3], "max_images": 2000, "seed": 0},
+    },
 }
 
 
@@ -179,6 +193,15 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     for axis in config["plots"]["heatmap_axes"]:
         if axis not in HYPERPARAMETERS:
             raise ConfigError(f"config key 'plots.heatmap_axes' has {axis!r}; allowed values: {', '.join(HYPERPARAMETERS)}")
+    analysis = config["analysis"]
+    if analysis["color_by"] not in HYPERPARAMETERS:
+        raise ConfigError(f"config key 'analysis.color_by' is {analysis['color_by']!r}; allowed values: {', '.join(HYPERPARAMETERS)}")
+    named = [("analysis.branching.perturbations", name) for name in analysis["branching"]["perturbations"]]
+    named += [("grid.perturbation", name) for name in config["grid"].get("perturbation", [])]
+    named += [(f"runs[{i}].perturbation", run["perturbation"]) for i, run in enumerate(config["runs"]) if run.get("perturbation")]
+    for key, name in named:
+        if name not in config["perturbations"]:
+            raise ConfigError(f"config key '{key}' names perturbation {name!r}; allowed values: {', '.join(config['perturbations'])}")
     for name, spec in config["search"]["space"].items():
         if spec["distribution"] == "choice" and not spec.get("values"):
             raise ConfigError(f"config key 'search.space.{name}' needs 'values' for distribution 'choice'")
@@ -196,9 +219,14 @@ def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: 
     config = merge_defaults(user)
     validate_schema(config)
     check_semantics(config, check_model=check_model, check_paths=check_paths)
-    from soupflow.grid import expand_runs
+    from soupflow.grid import expand_analysis_runs, expand_runs
 
-    if not expand_runs(config):
+    try:
+        runs = expand_runs(config)
+        expand_analysis_runs(config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not runs:
         raise ConfigError("config keys 'grid', 'runs' and 'search.n' describe no fine-tune; allowed: at least one grid axis value, run or draw")
     return config
 

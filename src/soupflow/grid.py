@@ -71,6 +71,39 @@ def search_points(search: dict[str, Any]) -> list[dict[str, Any]]:
     return points
 
 
+def apply_perturbation(hyperparameters: dict[str, Any], perturbations: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Scale lr, momentum and weight decay by the run's named perturbation (Too Salty's optimizer noise).
+
+    The run keeps the perturbation's name and the scaled values, so its id is that of what it trains with."""
+    name = hyperparameters.get("perturbation")
+    if name is None:
+        return hyperparameters
+    scaled = dict(hyperparameters)
+    for key, factor in perturbations[name].items():
+        scaled[key] = float(hyperparameters[key]) * float(factor)
+    if not 0 <= scaled["momentum"] < 1:
+        raise ValueError(f"config key 'perturbations.{name}.momentum' scales momentum {hyperparameters['momentum']} "
+                         f"to {scaled['momentum']:.4f}; allowed: a result in [0, 1)")
+    return scaled
+
+
+def _add(runs: dict[str, dict[str, Any]], defaults: dict[str, Any], override: dict[str, Any],
+         perturbations: dict[str, dict[str, float]]) -> None:
+    hyperparameters = normalise(apply_perturbation({**defaults, **override}, perturbations))
+    runs.setdefault(run_id(hyperparameters), hyperparameters)
+
+
+def expand_analysis_runs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The analysis' own fine-tunes: from each ``analysis.branching.epochs`` checkpoint of the pretraining,
+    one run per ``analysis.branching.perturbations`` entry (Too Salty's branching design)."""
+    branching = config.get("analysis", {}).get("branching", {})
+    runs: dict[str, dict[str, Any]] = {}
+    for epoch in branching.get("epochs", []):
+        for name in branching.get("perturbations") or [None]:
+            _add(runs, config["finetune"], {"branch_epoch": epoch, "perturbation": name}, config.get("perturbations", {}))
+    return runs
+
+
 def expand_runs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """All fine-tunes of an experiment: ``{run_id: resolved hyperparameters}``, duplicates merged.
 
@@ -80,6 +113,5 @@ def expand_runs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     overrides = grid_points(config.get("grid", {})) + list(config.get("runs", [])) + search_points(config.get("search", {}))
     runs: dict[str, dict[str, Any]] = {}
     for override in overrides:
-        hyperparameters = normalise({**defaults, **override})
-        runs.setdefault(run_id(hyperparameters), hyperparameters)
+        _add(runs, defaults, override, config.get("perturbations", {}))
     return runs

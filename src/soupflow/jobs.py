@@ -138,7 +138,10 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     """
     from soupflow.train import train
 
+    from soupflow.config import HYPERPARAMETERS
+
     set_threads(threads)
+    hp = {name: hp.get(name) for name in HYPERPARAMETERS} | hp  # every hp_* column in every run's row
     out = Path(out_dir)
     data, model_config = PreparedData(data_path), config["model"]
     device = pick_device(config["evaluation"]["device"])

@@ -7,14 +7,15 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works with or without
 from snakemake.exceptions import WorkflowError
 
 from soupflow.config import ConfigError, resolve_config, soup_specs
-from soupflow.grid import expand_runs
+from soupflow.grid import expand_analysis_runs, expand_runs
 
 try:  # model name and data paths are checked once, by the main process, not again inside every job
     CONFIG = resolve_config(config, check_model=workflow.is_main_process, check_paths=workflow.is_main_process)
 except ConfigError as error:
     raise WorkflowError(f"invalid soupflow config: {error}") from None
 
-RUNS = expand_runs(CONFIG)  # {run_id: hyperparameters}
+RUNS = expand_runs(CONFIG)  # {run_id: hyperparameters}: the experiment's fine-tunes, the soups' ingredients
+ALL_RUNS = {**expand_analysis_runs(CONFIG), **RUNS}  # plus the analysis' branching runs (only `analysis` asks for them)
 SOUPS = soup_specs(CONFIG)  # {soup name: recipe entry}
 RESULTS = "results"
 DATA = f"{RESULTS}/data/dataset.safetensors"
@@ -36,8 +37,14 @@ def epoch_checkpoint(epoch):
 
 def init_of(wildcards):
     """The checkpoint a run starts from: the shared init, or a branch point of the pretraining."""
-    branch = RUNS[wildcards.run_id].get("branch_epoch")
+    branch = ALL_RUNS[wildcards.run_id].get("branch_epoch")
     return INIT if branch is None else epoch_checkpoint(branch)
+
+
+def run_params(wildcards):
+    """A run's hyperparameters without None values: exactly what its id hashes, so that a new optional
+    hyperparameter (default None) never re-triggers finished runs through Snakemake's params trigger."""
+    return {k: v for k, v in ALL_RUNS[wildcards.run_id].items() if v is not None}
 
 
 def run_file(name, runs=None):
@@ -50,7 +57,7 @@ def print_summary():
         print("\n" + summary.read_text(), file=sys.stderr)
 
 
-for run_id, hp in RUNS.items():
+for run_id, hp in ALL_RUNS.items():
     branch = hp.get("branch_epoch")
     if branch is not None and branch not in kept_epochs():
         raise WorkflowError(

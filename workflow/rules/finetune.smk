@@ -10,7 +10,7 @@ rule finetune:
         metrics=f"{RESULTS}/runs/{{run_id}}/metrics.parquet",
         config=f"{RESULTS}/runs/{{run_id}}/config.yaml",
     params:
-        hp=lambda wildcards: RUNS[wildcards.run_id],
+        hp=run_params,
         model=CONFIG["model"],
     wildcard_constraints:
         run_id="run-[0-9a-f]{10}",

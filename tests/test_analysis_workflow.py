@@ -1,0 +1,81 @@
+"""`snakemake analysis` on the smoke experiment: pairwise soups, gains, similarity, sanity, tables and plots."""
+
+import pandas as pd
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from conftest import SMOKE, snakemake
+from soupflow.data import PreparedData
+from soupflow.evaluate import scores_from_logits
+
+
+@pytest.fixture(scope="module")
+def analysed(finished):
+    work, _ = finished
+    result = snakemake(work, SMOKE, "analysis")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return work, result
+
+
+def table(work, name):
+    return pd.read_parquet(work / "results/analysis" / f"{name}.parquet")
+
+
+def test_every_table_and_plot_is_written(analysed):
+    work, _ = analysed
+    for name in ("pairs", "correlations", "triplets", "transitivity", "embedding", "robustness", "shared_training",
+                 "headline", "sanity"):
+        assert (work / "results/analysis" / f"{name}.parquet").exists(), name
+    for plot in ("similarity", "similarity_positive", "transitivity", "embedding", "shared_training", "corrupted"):
+        assert (work / "results/analysis/plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gains_follow_their_definition_and_diverged_runs_are_skipped(analysed):
+    work, _ = analysed
+    pairs = table(work, "pairs")
+    runs = pd.concat([pd.read_parquet(p) for p in (work / "results/runs").glob("*/metrics.parquet")]).set_index("run_id")
+    assert len(pairs) and set(pairs.run_a) | set(pairs.run_b) <= set(runs[runs.status == "ok"].index)
+    expected = pairs[["test_loss_a", "test_loss_b"]].min(axis=1) - pairs.soup_test_loss
+    assert (pairs.gain_loss - expected).abs().max() < 1e-12
+    assert (pairs.test_loss_a == runs.loc[pairs.run_a, "test_loss"].values).all()
+    branch_runs = runs[runs.hp_perturbation.notna()]
+    assert set(branch_runs.hp_perturbation) == {"salty1", "salty2"} and set(branch_runs.hp_branch_epoch) == {1}
+    assert set(pairs.shared_epochs) <= {1.0, 2.0}
+
+
+def test_a_pair_soup_is_the_midpoint_of_its_two_models(analysed):
+    work, _ = analysed
+    pair = table(work, "pairs").iloc[0]
+    a = load_file(work / "results/runs" / pair.run_a / "model.safetensors")
+    b = load_file(work / "results/runs" / pair.run_b / "model.safetensors")
+    midpoint = {k: ((a[k].double() + b[k].double()) / 2).to(a[k].dtype) if a[k].is_floating_point() else a[k] for k in a}
+    data = PreparedData(work / "results/data/dataset.safetensors")
+    images, labels = data.split("test")
+    model = timm.create_model(SMOKE["model"]["name"], num_classes=data.num_classes, in_chans=images.shape[1])
+    model.load_state_dict(midpoint)
+    with torch.inference_mode():
+        scores = scores_from_logits(model.eval()(data.normalise(images)), labels)
+    assert scores.loss == pytest.approx(pair.soup_test_loss, rel=1e-5)
+    assert scores.accuracy == pytest.approx(pair.soup_test_accuracy)
+
+
+def test_sanity_self_soup_gains_exactly_zero_and_untrained_soups_do_not_gain(analysed):
+    work, _ = analysed
+    checks = table(work, "sanity").set_index("check")
+    assert checks.loc["self", "gain_loss"] == 0.0 and checks.loc["self", "gain_accuracy"] == 0.0
+    assert checks.loc["untrained", "gain_loss"] <= 0
+
+
+def test_headline_and_report_include_the_analysis(analysed, tmp_path):
+    work, _ = analysed
+    headline = table(work, "headline").iloc[0]
+    pairs = table(work, "pairs")
+    assert headline.n_pairs == len(pairs)
+    assert headline.fraction_positive_loss == pytest.approx((pairs.gain_loss > 0).mean())
+    report = work / "report.html"
+    result = snakemake(work, SMOKE, "analysis", "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = report.read_text(errors="replace")
+    assert "Analysis" in html and "transitivity" in html

@@ -1,0 +1,124 @@
+# When do soups work? ("Too Salty"): `snakemake analysis`. Pairwise midpoint soups of the runs (the grid's and
+# the analysis' branching runs), their gains, similarity measures, transitivity, shared training, corruptions.
+from soupflow.analysis import sample_pairs
+
+ANALYSIS = CONFIG["analysis"]
+PAIRS = sample_pairs(list(ALL_RUNS), ANALYSIS["pairs"], ANALYSIS["seed"])
+PAIR_JOBS = max(1, min(ANALYSIS["jobs"], len(PAIRS)))
+CORRUPTED = f"{RESULTS}/analysis/corrupted.safetensors"
+ANALYSIS_TABLES = ["pairs", "correlations", "triplets", "transitivity", "embedding", "robustness",
+                   "shared_training", "headline"]
+ANALYSIS_PLOTS = ["similarity", "similarity_positive", "transitivity", "embedding", "shared_training", "corrupted"]
+
+
+def pair_chunk(wildcards):
+    return PAIRS[int(wildcards.chunk)::PAIR_JOBS]
+
+
+def chunk_runs(wildcards):
+    return sorted({run for pair in pair_chunk(wildcards) for run in pair})
+
+
+def init_checkpoints():
+    """'final' and every kept pretraining epoch: the points task vectors are measured from."""
+    paths = {"final": INIT}
+    if CONFIG["model"]["init"] == "pretrain":
+        paths.update({f"epoch_{e}": epoch_checkpoint(e) for e in kept_epochs()})
+    return paths
+
+
+rule corrupt_test:
+    """A seeded corrupted copy of the test split (noise, blur, contrast, brightness, pixelation, JPEG)."""
+    input:
+        data=DATA,
+    output:
+        CORRUPTED,
+    params:
+        corruptions=ANALYSIS["corruptions"],
+    log:
+        f"{RESULTS}/logs/analysis/corrupt_test.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/corrupt_test.py"
+
+
+rule corrupted_outputs:
+    """One run's logits on the corrupted test copy, computed once for all of its pairs."""
+    input:
+        data=DATA,
+        corrupted=CORRUPTED,
+        model=f"{RESULTS}/runs/{{run_id}}/model.safetensors",
+    output:
+        f"{RESULTS}/analysis/corrupted/{{run_id}}.safetensors",
+    wildcard_constraints:
+        run_id="run-[0-9a-f]{10}",
+    threads: 1
+    log:
+        f"{RESULTS}/logs/analysis/corrupted_{{run_id}}.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/corrupted_outputs.py"
+
+
+rule pair_soups:
+    """Midpoint soups of one share of the pairs, with gains and similarity measures."""
+    input:
+        data=DATA,
+        corrupted=CORRUPTED,
+        inits=list(init_checkpoints().values()),
+        models=lambda wildcards: run_file("model.safetensors", chunk_runs(wildcards)),
+        outputs=lambda wildcards: run_file("outputs.safetensors", chunk_runs(wildcards)),
+        metrics=lambda wildcards: run_file("metrics.parquet", chunk_runs(wildcards)),
+        corrupted_logits=lambda wildcards: [f"{RESULTS}/analysis/corrupted/{r}.safetensors" for r in chunk_runs(wildcards)],
+    output:
+        f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet",
+    params:
+        pairs=pair_chunk,
+        inits=init_checkpoints(),
+    wildcard_constraints:
+        chunk=r"\d+",
+    threads: 1
+    log:
+        f"{RESULTS}/logs/analysis/pairs_{{chunk}}.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/pair_soups.py"
+
+
+rule soup_sanity:
+    """A model souped with itself (gain exactly 0) and two untrained models (gain not positive)."""
+    input:
+        data=DATA,
+        metrics=run_file("metrics.parquet", ALL_RUNS),
+        models=run_file("model.safetensors", ALL_RUNS),
+    output:
+        f"{RESULTS}/analysis/sanity.parquet",
+    log:
+        f"{RESULTS}/logs/analysis/sanity.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/soup_sanity.py"
+
+
+rule analysis:
+    """Every table and figure of the soup analysis (target: `snakemake analysis`)."""
+    input:
+        chunks=expand(f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet", chunk=range(PAIR_JOBS)),
+        metrics=run_file("metrics.parquet", ALL_RUNS),
+        sanity=rules.soup_sanity.output[0],
+    output:
+        **{f"table_{name}": f"{RESULTS}/analysis/{name}.parquet" for name in ANALYSIS_TABLES},
+        **{f"plot_{name}": report(f"{RESULTS}/analysis/plots/{name}.png", caption=f"../report/analysis/{name}.rst",
+                                  category="Analysis") for name in ANALYSIS_PLOTS},
+    params:
+        color_by=ANALYSIS["color_by"],
+    log:
+        f"{RESULTS}/logs/analysis/analysis.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/analysis.py"

@@ -1,0 +1,7 @@
+import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
+
+from soupflow.analysis_jobs import make_corrupted
+from soupflow.snakemake_job import start
+
+config = start(snakemake)
+make_corrupted(config, snakemake.input.data, snakemake.output[0])
