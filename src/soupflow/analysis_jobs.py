@@ -145,7 +145,7 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], data_path: str, c
 
 def sanity(config: dict[str, Any], data_path: str, run_dirs: list[str], out_path: str, threads: int = 1) -> pd.DataFrame:
     """Two checks of the gain definition, evaluated in one job: a model souped with itself gains exactly 0, and
-    two untrained models (different seeds) do not gain from souping."""
+    two untrained models (different seeds) gain nothing in accuracy from souping."""
     set_threads(threads)
     data = PreparedData(data_path)
     device = pick_device(config["evaluation"]["device"])

@@ -63,7 +63,10 @@ def plot_embedding(embedded: pd.DataFrame, pairs: pd.DataFrame, color_by: str, p
         if a in where.index and b in where.index:
             ax.plot(*zip(where.loc[a], where.loc[b]), color="grey", lw=0.6, alpha=0.6, zorder=1)
     column = f"hp_{color_by}"
-    hue = embedded[column].astype(str) if column in embedded else None
+    hue = None
+    if column in embedded:  # runs without a value (e.g. no branch epoch: the end of pretraining) get their own colour
+        values = embedded[column].astype(object)
+        hue = values.where(values.notna(), "default").map(lambda v: f"{v:g}" if isinstance(v, float) else str(v))
     sns.scatterplot(data=embedded, x="x", y="y", hue=hue, ax=ax, s=40, zorder=2)
     if hue is not None:
         ax.legend(title=color_by, fontsize=8)

@@ -89,7 +89,7 @@ rule pair_soups:
 
 
 rule soup_sanity:
-    """A model souped with itself (gain exactly 0) and two untrained models (gain not positive)."""
+    """A model souped with itself (gain exactly 0) and two untrained models (no accuracy gain)."""
     input:
         data=DATA,
         metrics=run_file("metrics.parquet", ALL_RUNS),

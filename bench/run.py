@@ -1,0 +1,342 @@
+"""soupflow's benchmark: prints each speed/memory figure of issue 5 next to its baseline and ratio, and writes
+them to results/bench/{soups,train,dag}.parquet.
+
+    .venv/bin/python bench/run.py            # everything (about 10 minutes on 2 CPU cores)
+    .venv/bin/python bench/run.py --only dag # one section: soups | train | dag
+
+Ratios are taken side by side in one run on one machine; nothing here is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+DEFAULT_MODEL = {"name": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}}
+FULL_MODEL = {"name": "resnet10t", "kwargs": {}}  # 5.4M parameters: state dicts that dominate memory
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {device}"
+
+
+def prepared_data(folder: Path, max_train: int | None = None) -> Path:
+    from soupflow.data import prepare
+
+    path = folder / "dataset.safetensors"
+    if not path.exists():
+        prepare({"name": "fashion_mnist", "root": FASHION, "download": False, "image_size": None,
+                 "pretrain_fraction": 0.0, "val_fraction": 0.1, "max_train": max_train, "max_test": 1000},
+                0, str(path), str(folder / "splits.json"))
+    return path
+
+
+# ------------------------------------------------------------------ soups: memory and cost
+def _greedy_child(args: argparse.Namespace) -> None:
+    """Run in a fresh process: greedy soup over k checkpoints on disk; print peak RSS and timings as JSON."""
+    from safetensors.torch import load_file
+
+    from soupflow.data import PreparedData
+    from soupflow.evaluate import Evaluator, Scores
+    from soupflow.jobs import _model_for
+    from soupflow.models import set_threads
+    from soupflow.recipes import Ingredient, Kitchen, greedy_pass
+
+    set_threads(2)
+    folder = Path(args.folder)
+    data = PreparedData(folder / "dataset.safetensors")
+    model_config = json.loads(args.model)
+    evaluator = Evaluator(_model_for(data, model_config), data, "val", torch.device("cpu"), 1000)
+    paths = sorted(folder.glob("ckpt_*.safetensors"))[: args.k]
+    ingredients = [Ingredient(p.stem, Scores(0.0, 1.0 - i / 1000), (lambda p=p: load_file(str(p)))) for i, p in enumerate(paths)]
+    first = load_file(str(paths[0]))
+    evaluator.scores(first)  # warm-up
+    start = time.perf_counter()
+    for _ in range(3):
+        evaluator.scores(first)
+    one_pass = (time.perf_counter() - start) / 3
+    del first
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    soup = greedy_pass(Kitchen(ingredients, evaluator.scores), ingredients, "accuracy", None)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"k": args.k, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_before_soup_mb": baseline_rss / 1024, "greedy_seconds": seconds,
+                      "one_val_pass_seconds": one_pass, "passes": soup.selection_passes}))
+
+
+def bench_soups(work: Path) -> pd.DataFrame:
+    from soupflow.data import PreparedData
+    from soupflow.io import atomic_save_safetensors
+    from soupflow.jobs import _model_for
+
+    folder = work / "soups"
+    folder.mkdir(parents=True, exist_ok=True)
+    prepared_data(folder, max_train=3000)
+    data = PreparedData(folder / "dataset.safetensors")
+    base = _model_for(data, FULL_MODEL).state_dict()
+    for i in range(64):
+        path = folder / f"ckpt_{i:03d}.safetensors"
+        if not path.exists():
+            generator = torch.Generator().manual_seed(i)
+            atomic_save_safetensors({k: v + 0.01 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                                     for k, v in base.items()}, path)
+    size_mb = sum(v.numel() * v.element_size() for v in base.values()) / 2**20
+    rows = []
+    for k in (4, 64):
+        out = subprocess.run([sys.executable, __file__, "--greedy-child", "--folder", str(folder), "--k", str(k),
+                              "--model", json.dumps(FULL_MODEL)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"checkpoint_mb": size_mb})
+    table = pd.DataFrame(rows)
+    table["cost_ratio"] = table.greedy_seconds / (table.k * table.one_val_pass_seconds)
+    small, large = table.set_index("k").loc[4], table.set_index("k").loc[64]
+    print(f"\nsoups (full resnet10t, {size_mb:.1f} MB per checkpoint; 64 in memory would be {64 * size_mb:.0f} MB)")
+    print(f"  peak RSS greedy k=64: {large.peak_rss_mb:.0f} MB vs k=4: {small.peak_rss_mb:.0f} MB "
+          f"-> ratio {large.peak_rss_mb / small.peak_rss_mb:.3f} (goal <= 1.2)")
+    for row in table.itertuples():
+        print(f"  greedy k={row.k}: {row.greedy_seconds:.2f} s vs k x one val pass {row.k * row.one_val_pass_seconds:.2f} s "
+              f"-> ratio {row.cost_ratio:.3f} (goal <= 1.1)")
+    table["rss_ratio_64_vs_4"] = large.peak_rss_mb / small.peak_rss_mb
+    return table
+
+
+# ------------------------------------------------------------------ training throughput
+def _bare_loop(model, images, labels, data, batch_size, steps, device, channels_last=False, bf16=False):
+    """The reference: a plain PyTorch loop over pre-loaded tensors (no augmentation, no bookkeeping)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    model.train()
+    n = labels.shape[0]
+    order = torch.randperm(n, device=device)
+    done = 0
+    start = time.perf_counter()
+    for step in range(steps):
+        index = order[(step * batch_size) % (n - batch_size):][:batch_size]
+        x = data.normalise(images[index])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x), labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done += index.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def _dataloader_loop(model, images, labels, data, batch_size, steps, device):
+    """The baseline users write: a per-sample Dataset (PIL + torchvision transforms) in a DataLoader."""
+    from PIL import Image
+    from torchvision import transforms
+
+    mean, std = data.mean.flatten().tolist(), data.std.flatten().tolist()
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    cpu_images, cpu_labels = images.cpu(), labels.cpu()
+
+    class PerSample(torch.utils.data.Dataset):
+        def __len__(self):
+            return cpu_labels.shape[0]
+
+        def __getitem__(self, i):
+            return transform(Image.fromarray(cpu_images[i, 0].numpy(), mode="L")), int(cpu_labels[i])
+
+    loader = torch.utils.data.DataLoader(PerSample(), batch_size=batch_size, shuffle=True, drop_last=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    model.train()
+    done, start = 0, time.perf_counter()
+    while done < steps * batch_size:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += y.numel()
+            if done >= steps * batch_size:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def bench_train(work: Path, steps: int) -> pd.DataFrame:
+    from soupflow.data import PreparedData
+    from soupflow.jobs import _model_for
+    from soupflow.models import pick_device, set_threads
+    from soupflow.train import train
+
+    set_threads(os.cpu_count())
+    folder = work / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = PreparedData(prepared_data(folder, max_train=20000))
+    device = pick_device("auto")
+    images, labels = data.split("train", device)
+    batch = 128
+    n = steps * batch
+    hp = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 1, "batch_size": batch, "label_smoothing": 0.0,
+          "augmentation": "none", "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "schedule": "onecycle",
+          "warmup_fraction": 0.3, "seed": 0}
+
+    def fresh():
+        torch.manual_seed(0)
+        return _model_for(data, DEFAULT_MODEL).to(device)
+
+    _bare_loop(fresh(), images, labels, data, batch, 5, device)  # warm-up (allocator, kernels)
+    rows = []
+    precisions = ["fp32"] + (["bf16"] if device.type == "cuda" else [])
+    for precision in precisions:
+        bf16 = precision == "bf16"
+        model = fresh()
+        if bf16:
+            model = model.to(memory_format=torch.channels_last)
+        bare = _bare_loop(model, images, labels, data, batch, steps, device, channels_last=bf16, bf16=bf16)
+        result = train(fresh(), images[:n], labels[:n], data, hp, device, name="bench", precision=precision)
+        rows.append({"device": device.type, "precision": precision, "soupflow_img_s": result.images_per_second,
+                     "bare_loop_img_s": bare})
+    loader = _dataloader_loop(fresh(), images, labels, data, batch, steps, device)
+    for row in rows:
+        row["dataloader_img_s"] = loader
+        row["ratio_vs_bare"] = row["soupflow_img_s"] / row["bare_loop_img_s"]
+        row["ratio_vs_dataloader"] = row["soupflow_img_s"] / loader
+    table = pd.DataFrame(rows)
+    print(f"\nfine-tune throughput ({DEFAULT_MODEL['name']} narrow, batch {batch}, {steps} steps, {device})")
+    for row in table.itertuples():
+        print(f"  {row.precision}: soupflow {row.soupflow_img_s:.0f} img/s vs bare loop {row.bare_loop_img_s:.0f} "
+              f"-> ratio {row.ratio_vs_bare:.3f} (goal >= 0.95); vs DataLoader {row.dataloader_img_s:.0f} "
+              f"-> ratio {row.ratio_vs_dataloader:.2f} (goal >= 3)")
+    return table
+
+
+# ------------------------------------------------------------------ workflow scale
+def _config(points: int) -> dict:
+    lrs = [round(0.001 * (i + 1), 6) for i in range(10)]
+    seeds = list(range(points // 10))
+    return {"data": {"name": "fashion_mnist", "root": FASHION}, "model": {"name": "test_resnet"},
+            "grid": {"lr": lrs, "seed": seeds}, "soups": [{"recipe": "uniform"}, {"recipe": "greedy"}]}
+
+
+def _snakemake(work: Path, config: dict, *args: str) -> tuple[float, str]:
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", str(path),
+                          "--directory", str(work), "--cores", "1", *args], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return time.perf_counter() - start, out.stdout + out.stderr
+
+
+def _job_count(output: str, rule: str) -> int:
+    import re
+
+    match = re.search(rf"^{rule}\s+(\d+)$", output.split("Job stats:", 1)[-1], re.M)
+    return int(match.group(1)) if match else 0
+
+
+def _pretend_finished(work: Path, config: dict) -> None:
+    """Create every output of the default target, oldest first, as if the workflow had run."""
+    from soupflow.config import resolve_config, soup_specs
+    from soupflow.grid import expand_runs
+
+    resolved = resolve_config(config, check_model=False)
+    results = work / "results"
+    stages = [
+        [results / "data/dataset.safetensors", results / "data/splits.json"],
+        [results / "init/model.safetensors",
+         *[results / f"init/epoch_{e:03d}.safetensors" for e in range(resolved["pretrain"]["epochs"] + 1)]],
+        [results / "runs" / run / name for run in expand_runs(resolved)
+         for name in ("model.safetensors", "outputs.safetensors", "metrics.parquet", "config.yaml")],
+        [results / "soups" / soup / name for soup in soup_specs(resolved)
+         for name in ("model.safetensors", "metrics.parquet", "trace.parquet")],
+        [results / f"metrics/{t}.parquet" for t in ("runs", "soups", "soup_trace")],
+        [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes")]
+        + [results / "summary.txt", results / "summary.csv"],
+    ]
+    stamp = time.time() - 1000
+    for stage in stages:
+        for path in stage:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            os.utime(path, (stamp, stamp))
+        stamp += 10
+
+
+def bench_dag(work: Path) -> pd.DataFrame:
+    rows = []
+    for points in (1000, 10000):
+        folder = work / f"dag{points}"
+        folder.mkdir(parents=True, exist_ok=True)
+        seconds, output = _snakemake(folder, _config(points), "-n", "--quiet", "rules")
+        rows.append({"check": f"snakemake -n, {points} grid points", "seconds": seconds,
+                     "goal_seconds": 10 if points == 1000 else 60, "finetune_jobs": _job_count(output, "finetune")})
+    folder = work / "dag1000"
+    config = _config(1000)
+    _pretend_finished(folder, config)
+    _, output = _snakemake(folder, config, "-n", "--quiet", "rules")
+    finished = _job_count(output, "finetune")
+    grown = json.loads(json.dumps(config))
+    grown["runs"] = [{"lr": 0.123, "seed": 0}]  # exactly one new grid point
+    seconds, output = _snakemake(folder, grown, "-n", "--quiet", "rules")
+    rows.append({"check": "finished 1000 points, nothing changed", "seconds": float("nan"), "goal_seconds": float("nan"),
+                 "finetune_jobs": finished})
+    rows.append({"check": "finished 1000 points + 1 point", "seconds": seconds, "goal_seconds": 10,
+                 "finetune_jobs": _job_count(output, "finetune")})
+    table = pd.DataFrame(rows)
+    print("\nworkflow scale (snakemake -n, this machine)")
+    for row in table.itertuples():
+        goal = f" (goal < {row.goal_seconds:.0f} s)" if row.goal_seconds == row.goal_seconds else ""
+        timing = f"{row.seconds:.1f} s{goal}, " if row.seconds == row.seconds else ""
+        print(f"  {row.check}: {timing}{row.finetune_jobs} fine-tunes scheduled")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["soups", "train", "dag"], action="append")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    parser.add_argument("--root", default=FASHION, help="Fashion-MNIST IDX folder")
+    parser.add_argument("--greedy-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    global FASHION
+    FASHION = args.root
+    if args.greedy_child:
+        return _greedy_child(args)
+    from soupflow.io import atomic_write_parquet
+
+    sections = args.only or ["soups", "train", "dag"]
+    print(f"soupflow bench on {machine()}")
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="soupflow-bench-") as scratch:
+        work = Path(scratch)
+        for section in sections:
+            table = {"soups": lambda: bench_soups(work), "train": lambda: bench_train(work, args.steps),
+                     "dag": lambda: bench_dag(work)}[section]()
+            table["machine"] = machine()
+            atomic_write_parquet(table, out / f"{section}.parquet")
+    print(f"\nwritten: {', '.join(str(out / f'{s}.parquet') for s in sections)}")
+
+
+if __name__ == "__main__":
+    main()
