@@ -10,6 +10,7 @@ Ratios are taken side by side in one run on one machine; nothing here is a pass/
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -89,7 +90,7 @@ def bench_soups(work: Path) -> pd.DataFrame:
 
     folder = work / "soups"
     folder.mkdir(parents=True, exist_ok=True)
-    prepared_data(folder, max_train=3000)
+    prepared_data(folder, max_train=10000)  # val: 1000 images (the default experiment validates on 5000)
     data = PreparedData(folder / "dataset.safetensors")
     base = _model_for(data, FULL_MODEL).state_dict()
     for i in range(64):
@@ -229,7 +230,8 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
 def _config(points: int) -> dict:
     lrs = [round(0.001 * (i + 1), 6) for i in range(10)]
     seeds = list(range(points // 10))
-    return {"data": {"name": "fashion_mnist", "root": FASHION}, "model": {"name": "test_resnet"},
+    return {"data": {"name": "fashion_mnist", "root": FASHION, "pretrain_fraction": 0.3}, "model": {"name": "test_resnet"},
+            "finetune": {"epochs": 1}, "pretrain": {"epochs": 1},
             "grid": {"lr": lrs, "seed": seeds}, "soups": [{"recipe": "uniform"}, {"recipe": "greedy"}]}
 
 
@@ -270,6 +272,19 @@ def _pretend_finished(work: Path, config: dict) -> None:
         [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes")]
         + [results / "summary.txt", results / "summary.csv"],
     ]
+    # Snakemake notices a changed *set* of inputs through its metadata records; write those of the jobs that
+    # read every run (soups, tables) as a real run would have, so that a new run is noticed as it would be.
+    data = [str(p.relative_to(work)) for p in stages[0][:1]]
+    run_inputs = lambda names: [f"results/runs/{r}/{n}" for n in names for r in expand_runs(resolved)]  # noqa: E731
+    readers = {path: {"rule": "soup", "input": data + run_inputs(("model.safetensors", "outputs.safetensors", "metrics.parquet"))}
+               for path in stages[3]}
+    readers[stages[4][0]] = {"rule": "table", "input": run_inputs(("metrics.parquet",))}
+    folder = work / ".snakemake" / "metadata"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, record in readers.items():
+        name = base64.b64encode(str(path.relative_to(work)).encode()).decode()
+        record["input"] = sorted(record["input"])  # Snakemake compares the sorted list
+        (folder / name).write_text(json.dumps(record | {"incomplete": False, "record_format_version": 6}))
     stamp = time.time() - 1000
     for stage in stages:
         for path in stage:
@@ -309,6 +324,7 @@ def bench_dag(work: Path) -> pd.DataFrame:
 
 
 def main() -> None:
+    global FASHION
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["soups", "train", "dag"], action="append")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
@@ -319,7 +335,6 @@ def main() -> None:
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global FASHION
     FASHION = args.root
     if args.greedy_child:
         return _greedy_child(args)

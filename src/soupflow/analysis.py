@@ -8,30 +8,13 @@ better than both); in accuracy ``acc_soup − max(acc_A, acc_B)``.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from soupflow.grid import sample_pairs  # noqa: F401  (re-exported: pairs are part of the analysis)
 from soupflow.similarity import MEASURES
-
-
-def sample_pairs(run_ids: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
-    """All unordered pairs of ``run_ids`` when there are at most ``limit``, else a seeded sample of ``limit``
-    pairs (drawn without enumerating all of them, so it stays cheap for thousands of runs)."""
-    ids = sorted(run_ids)
-    n = len(ids)
-    total = n * (n - 1) // 2
-    if total <= limit:
-        return list(itertools.combinations(ids, 2))
-    rng = np.random.default_rng(seed)
-    chosen: set[tuple[int, int]] = set()
-    while len(chosen) < limit:
-        i, j = rng.integers(n, size=2)
-        if i != j:
-            chosen.add((min(i, j), max(i, j)))
-    return [(ids[i], ids[j]) for i, j in sorted(chosen)]
 
 
 def loss_gain(loss_a: float, loss_b: float, loss_soup: float) -> float:

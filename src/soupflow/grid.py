@@ -115,3 +115,20 @@ def expand_runs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for override in overrides:
         _add(runs, defaults, override, config.get("perturbations", {}))
     return runs
+
+
+def sample_pairs(run_ids: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
+    """All unordered pairs of ``run_ids`` when there are at most ``limit``, else a seeded sample of ``limit``
+    pairs (drawn without enumerating all of them, so it stays cheap for thousands of runs)."""
+    ids = sorted(run_ids)
+    n = len(ids)
+    total = n * (n - 1) // 2
+    if total <= limit:
+        return list(itertools.combinations(ids, 2))
+    rng = np.random.default_rng(seed)
+    chosen: set[tuple[int, int]] = set()
+    while len(chosen) < limit:
+        i, j = rng.integers(n, size=2)
+        if i != j:
+            chosen.add((min(i, j), max(i, j)))
+    return [(ids[i], ids[j]) for i, j in sorted(chosen)]

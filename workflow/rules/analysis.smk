@@ -1,6 +1,6 @@
 # When do soups work? ("Too Salty"): `snakemake analysis`. Pairwise midpoint soups of the runs (the grid's and
 # the analysis' branching runs), their gains, similarity measures, transitivity, shared training, corruptions.
-from soupflow.analysis import sample_pairs
+from soupflow.grid import sample_pairs  # torch-free: the Snakefile must parse fast
 
 ANALYSIS = CONFIG["analysis"]
 PAIRS = sample_pairs(list(ALL_RUNS), ANALYSIS["pairs"], ANALYSIS["seed"])
