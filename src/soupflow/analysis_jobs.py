@@ -42,8 +42,8 @@ def make_corrupted(config: dict[str, Any], data_path: str, out_path: str) -> Non
         meta = dict(handle.metadata())
     meta["corruption_types"] = json.dumps(spec["types"])
     atomic_save_safetensors(tensors, out_path, metadata=meta)
-    log.info("corrupted test copy: %d images, %s at severities %s", labels.shape[0] if spec["max_images"] is None
-             else tensors["corrupted_y"].numel(), ", ".join(spec["types"]), spec["severities"])
+    log.info("corrupted test copy: %d images, %s at severities %s", tensors["corrupted_y"].numel(),
+             ", ".join(spec["types"]), spec["severities"])
 
 
 def corrupted_outputs(config: dict[str, Any], data_path: str, run_dir: str, corrupted_path: str, out_path: str,
