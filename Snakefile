@@ -23,7 +23,7 @@ include: "workflow/rules/plots.smk"
 include: "workflow/rules/analysis.smk"
 
 # Seconds of pandas: on a cluster they run where Snakemake runs instead of waiting in the queue.
-localrules: all, table, summary
+localrules: all, run_table, table, summary
 
 
 rule all:

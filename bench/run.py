@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -120,7 +121,7 @@ def bench_soups(work: Path) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ training throughput
 def _bare_loop(model, images, labels, data, batch_size, steps, device, channels_last=False, bf16=False):
-    """The reference: a plain PyTorch loop over pre-loaded tensors (no augmentation, no bookkeeping)."""
+    """The reference: a plain PyTorch loop over pre-loaded tensors (no augmentation, no schedule, no bookkeeping)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     model.train()
     n = labels.shape[0]
@@ -143,13 +144,16 @@ def _bare_loop(model, images, labels, data, batch_size, steps, device, channels_
     return done / (time.perf_counter() - start)
 
 
-def _dataloader_loop(model, images, labels, data, batch_size, steps, device):
-    """The baseline users write: a per-sample Dataset (PIL + torchvision transforms) in a DataLoader."""
+def _per_sample_loader(images, labels, data, batch_size, augment: bool):
+    """The baseline users write: a per-sample Dataset (PIL + torchvision transforms) in a DataLoader, with the
+    same flip + shift augmentation as soupflow's ``flip_shift`` when ``augment``."""
     from PIL import Image
     from torchvision import transforms
 
     mean, std = data.mean.flatten().tolist(), data.std.flatten().tolist()
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    pad = max(1, images.shape[-1] // 8)  # as train.random_shift
+    steps = [transforms.RandomHorizontalFlip(), transforms.RandomCrop(images.shape[-1], padding=pad)] if augment else []
+    transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
     cpu_images, cpu_labels = images.cpu(), labels.cpu()
 
     class PerSample(torch.utils.data.Dataset):
@@ -159,23 +163,48 @@ def _dataloader_loop(model, images, labels, data, batch_size, steps, device):
         def __getitem__(self, i):
             return transform(Image.fromarray(cpu_images[i, 0].numpy(), mode="L")), int(cpu_labels[i])
 
-    loader = torch.utils.data.DataLoader(PerSample(), batch_size=batch_size, shuffle=True, drop_last=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    model.train()
+    return torch.utils.data.DataLoader(PerSample(), batch_size=batch_size, shuffle=True, drop_last=True)
+
+
+def _dataloader_loop(model, images, labels, data, batch_size, steps, device, augment=False):
+    """Images/s of a training loop over the per-sample DataLoader (``model=None``: the data path alone)."""
+    loader = _per_sample_loader(images, labels, data, batch_size, augment)
+    if model is not None:
+        model = model.to(memory_format=torch.channels_last)  # the same layout as soupflow: compare data paths
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        model.train()
     done, start = 0, time.perf_counter()
     while done < steps * batch_size:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            x = x.contiguous(memory_format=torch.channels_last)
+            if model is not None:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             done += y.numel()
             if done >= steps * batch_size:
                 break
     if device.type == "cuda":
         torch.cuda.synchronize()
     return done / (time.perf_counter() - start)
+
+
+def _batch_data_path(images, data, batch_size, steps, device):
+    """Images/s of soupflow's data path alone: slice a batch, flip + shift it as a whole, normalise."""
+    from soupflow.train import AUGMENTATIONS
+
+    generator = torch.Generator().manual_seed(0)
+    augment, n = AUGMENTATIONS["flip_shift"], images.shape[0]
+    order = torch.randperm(n, device=device)
+    start = time.perf_counter()
+    for step in range(steps):
+        index = order[(step * batch_size) % (n - batch_size):][:batch_size]
+        data.normalise(augment(images[index], generator))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - start)
 
 
 def bench_train(work: Path, steps: int) -> pd.DataFrame:
@@ -200,29 +229,53 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
         torch.manual_seed(0)
         return _model_for(data, DEFAULT_MODEL).to(device)
 
+    def median(measure, repeats=3):
+        """Median images/s of a few repeats (a 2-core VM drifts by ±10 % from one run to the next)."""
+        return float(np.median([measure() for _ in range(repeats)]))
+
+    def soupflow(augmentation="none", precision="fp32"):
+        return lambda: train(fresh(), images[:n], labels[:n], data, hp | {"augmentation": augmentation}, device,
+                             name="bench", precision=precision).images_per_second
+
     _bare_loop(fresh(), images, labels, data, batch, 5, device)  # warm-up (allocator, kernels)
+    soupflow()()
     rows = []
-    precisions = ["fp32"] + (["bf16"] if device.type == "cuda" else [])
-    for precision in precisions:
+    for precision in ["fp32"] + (["bf16"] if device.type == "cuda" else []):
         bf16 = precision == "bf16"
-        model = fresh()
-        if bf16:
-            model = model.to(memory_format=torch.channels_last)
-        bare = _bare_loop(model, images, labels, data, batch, steps, device, channels_last=bf16, bf16=bf16)
-        result = train(fresh(), images[:n], labels[:n], data, hp, device, name="bench", precision=precision)
-        rows.append({"device": device.type, "precision": precision, "soupflow_img_s": result.images_per_second,
-                     "bare_loop_img_s": bare})
-    loader = _dataloader_loop(fresh(), images, labels, data, batch, steps, device)
+
+        def bare(layout=True):
+            model = fresh().to(memory_format=torch.channels_last) if layout else fresh()
+            return _bare_loop(model, images, labels, data, batch, steps, device, channels_last=layout, bf16=bf16)
+
+        rows.append({"device": device.type, "precision": precision, "augmentation": "none",
+                     "soupflow_img_s": median(soupflow(precision=precision)), "bare_loop_img_s": median(bare),
+                     "bare_loop_nchw_img_s": median(lambda: bare(layout=False))})
+    loader = median(lambda: _dataloader_loop(fresh(), images, labels, data, batch, steps, device))
     for row in rows:
         row["dataloader_img_s"] = loader
+    # The same with flip + shift augmentation, as the default grid trains (no bare loop: it has no augmentation).
+    rows.append({"device": device.type, "precision": "fp32", "augmentation": "flip_shift",
+                 "soupflow_img_s": median(soupflow("flip_shift")), "bare_loop_img_s": float("nan"),
+                 "dataloader_img_s": median(lambda: _dataloader_loop(fresh(), images, labels, data, batch, steps,
+                                                                     device, augment=True))})
+    # The data path alone (no model): what the DataLoader costs per image, and what slicing batches costs.
+    rows.append({"device": device.type, "precision": "data path only", "augmentation": "flip_shift",
+                 "soupflow_img_s": median(lambda: _batch_data_path(images, data, batch, steps, device)),
+                 "bare_loop_img_s": float("nan"),
+                 "dataloader_img_s": median(lambda: _dataloader_loop(None, images, labels, data, batch, steps, device,
+                                                                     augment=True))})
+    for row in rows:
         row["ratio_vs_bare"] = row["soupflow_img_s"] / row["bare_loop_img_s"]
-        row["ratio_vs_dataloader"] = row["soupflow_img_s"] / loader
+        row["ratio_vs_dataloader"] = row["soupflow_img_s"] / row["dataloader_img_s"]
     table = pd.DataFrame(rows)
     print(f"\nfine-tune throughput ({DEFAULT_MODEL['name']} narrow, batch {batch}, {steps} steps, {device})")
     for row in table.itertuples():
-        print(f"  {row.precision}: soupflow {row.soupflow_img_s:.0f} img/s vs bare loop {row.bare_loop_img_s:.0f} "
-              f"-> ratio {row.ratio_vs_bare:.3f} (goal >= 0.95); vs DataLoader {row.dataloader_img_s:.0f} "
-              f"-> ratio {row.ratio_vs_dataloader:.2f} (goal >= 3)")
+        bare = (f" vs bare loop {row.bare_loop_img_s:.0f} -> ratio {row.ratio_vs_bare:.3f} (goal >= 0.95; "
+                f"bare loop in the default NCHW layout: {row.bare_loop_nchw_img_s:.0f});"
+                if row.bare_loop_img_s == row.bare_loop_img_s else "")
+        print(f"  {row.precision}, augmentation {row.augmentation}: soupflow {row.soupflow_img_s:.0f} img/s;{bare} "
+              f"vs per-sample DataLoader {row.dataloader_img_s:.0f} -> ratio {row.ratio_vs_dataloader:.2f}"
+              + (" (goal >= 3)" if row.precision != "data path only" else ""))
     return table
 
 
@@ -266,19 +319,18 @@ def _pretend_finished(work: Path, config: dict) -> None:
          *[results / f"init/epoch_{e:03d}.safetensors" for e in range(resolved["pretrain"]["epochs"] + 1)]],
         [results / "runs" / run / name for run in expand_runs(resolved)
          for name in ("model.safetensors", "outputs.safetensors", "metrics.parquet", "config.yaml")],
+        [results / "metrics/runs.parquet"],
         [results / "soups" / soup / name for soup in soup_specs(resolved)
          for name in ("model.safetensors", "metrics.parquet", "trace.parquet")],
-        [results / f"metrics/{t}.parquet" for t in ("runs", "soups", "soup_trace")],
+        [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")],
         [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes")]
         + [results / "summary.txt", results / "summary.csv"],
     ]
-    # Snakemake notices a changed *set* of inputs through its metadata records; write those of the jobs that
-    # read every run (soups, tables) as a real run would have, so that a new run is noticed as it would be.
-    data = [str(p.relative_to(work)) for p in stages[0][:1]]
-    run_inputs = lambda names: [f"results/runs/{r}/{n}" for n in names for r in expand_runs(resolved)]  # noqa: E731
-    readers = {path: {"rule": "soup", "input": data + run_inputs(("model.safetensors", "outputs.safetensors", "metrics.parquet"))}
-               for path in stages[3]}
-    readers[stages[4][0]] = {"rule": "table", "input": run_inputs(("metrics.parquet",))}
+    # Snakemake notices a changed *set* of inputs through its metadata records; write the one of the job that
+    # reads every run (the runs table) as a real run would have, so that a new run is noticed as it would be.
+    run_inputs = [f"results/runs/{r}/{n}" for n in ("metrics.parquet", "model.safetensors", "outputs.safetensors")
+                  for r in expand_runs(resolved)]
+    readers = {stages[3][0]: {"rule": "run_table", "input": run_inputs}}
     folder = work / ".snakemake" / "metadata"
     folder.mkdir(parents=True, exist_ok=True)
     for path, record in readers.items():

@@ -41,7 +41,8 @@ def test_a_run_that_raises_is_recorded_as_failed_and_left_out_of_soups(smoke_run
     assert table.status.tolist() == ["failed"]
     weights, init_weights = load_file(out / "model.safetensors"), load_file(init)
     assert all(torch.equal(weights[name], init_weights[name]) for name in init_weights)  # nothing half-trained
-    ingredients, _ = jobs._ingredients([str(good_run), str(out)])
+    rows = pd.concat([pd.read_parquet(good_run / "metrics.parquet"), table], ignore_index=True)
+    ingredients, _ = jobs._ingredients(rows, [str(good_run), str(out)])
     assert [ingredient.name for ingredient in ingredients] == [good_run.name]
 
 

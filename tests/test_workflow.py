@@ -11,6 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import SMOKE, snakemake
+from soupflow.config import resolve_config
+from soupflow.grid import expand_runs
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -132,6 +134,27 @@ def test_changing_only_a_soup_setting_trains_nothing(finished):
     counts = job_counts(result.stdout + result.stderr)
     assert "finetune" not in counts and "init" not in counts
     assert counts.get("soup") == 1
+
+
+def test_a_run_missing_its_checkpoint_is_made_again_before_the_soups(finished):
+    """Soups read one runs table, not every run's files; the table asks for every file of every run, so a run
+    folder that lost its model is re-trained once the soups must be re-cooked (here: one grid point added).
+    (As for any Snakemake intermediate file, a missing checkpoint alone does not re-trigger anything.)"""
+    work, _ = finished
+    grown = json.loads(json.dumps(SMOKE))
+    grown["grid"]["lr"] = [0.01, 0.02, 0.03]
+    grown["grid"]["weight_decay"] = [0.00001]  # as above: 1 new run
+    kept = [run for run in expand_runs(resolve_config(grown)) if (work / "results" / "runs" / run).exists()]
+    model = work / "results" / "runs" / kept[0] / "model.safetensors"
+    aside = model.with_suffix(".aside")
+    model.rename(aside)
+    try:
+        result = snakemake(work, grown, "-n")
+    finally:
+        aside.rename(model)
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts.get("finetune") == 2 and counts.get("run_table") == 1
+    assert counts.get("soup") == len(SMOKE["soups"])
 
 
 def test_invalid_config_is_rejected_before_any_job(tmp_path):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from soupflow.data import PreparedData
+from soupflow.models import channels_last, channels_last_input
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Evaluator:
 
     def __init__(self, model: torch.nn.Module, data: PreparedData, split: str, device: torch.device,
                  batch_size: int = 1000):
-        self.model = model.to(device).eval()
+        self.model = channels_last(model.to(device)).eval()
         self.data, self.split, self.device, self.batch_size = data, split, device, batch_size
         self.images, self.labels = data.split(split, device)
         self.passes = 0  # forward passes over the whole split, for cost accounting
@@ -52,7 +53,7 @@ class Evaluator:
         self.passes += 1
         logits, feats = [], []
         for start in range(0, self.labels.shape[0], self.batch_size):
-            inputs = self.data.normalise(self.images[start:start + self.batch_size])
+            inputs = channels_last_input(self.data.normalise(self.images[start:start + self.batch_size]))
             if features:
                 pre = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
                 feats.append(pre.float().cpu())

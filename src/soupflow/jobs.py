@@ -191,12 +191,12 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
 
 
 # ---------------------------------------------------------------- soups
-def _ingredients(run_dirs: list[str]):
+def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
+    """The usable runs (status ok) of a runs table as soup ingredients, weights loaded lazily from their folders."""
     from safetensors.torch import load_file
 
     from soupflow.recipes import Ingredient
 
-    rows = pd.concat([pd.read_parquet(Path(d) / "metrics.parquet") for d in run_dirs], ignore_index=True)
     usable = rows[rows["status"] == "ok"]
     left_out = rows[rows["status"] != "ok"]
     for _, row in left_out.iterrows():
@@ -221,9 +221,10 @@ def _ensemble(names: list[str], by_id: dict[str, str], split: str, labels: torch
     return scores_from_logits(total / len(names), labels)
 
 
-def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path: str, run_dirs: list[str],
-              out_model: str, out_metrics: str, out_trace: str, threads: int = 1) -> pd.DataFrame:
-    """Cook one soup recipe from the fine-tuned runs; select on val, report on test."""
+def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path: str, runs_table: str,
+              runs_folder: str, out_model: str, out_metrics: str, out_trace: str, threads: int = 1) -> pd.DataFrame:
+    """Cook one soup recipe from the fine-tuned runs listed in the runs table (their folders are
+    ``runs_folder/<run_id>``); select on val, report on test."""
     from soupflow.recipes import Kitchen, cook
 
     set_threads(threads)
@@ -231,7 +232,8 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path
     data, model_config = PreparedData(data_path), config["model"]
     device = pick_device(config["evaluation"]["device"])
     batch = config["evaluation"]["batch_size"]
-    ingredients, by_id = _ingredients(run_dirs)
+    rows = pd.read_parquet(runs_table)
+    ingredients, by_id = _ingredients(rows, [str(Path(runs_folder) / run_id) for run_id in rows.run_id])
     val_eval = Evaluator(_model_for(data, model_config), data, "val", device, batch)
     test_eval = Evaluator(_model_for(data, model_config), data, "test", device, batch)
 

@@ -67,6 +67,20 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(max(1, int(threads)))
 
 
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Put a model's 4-D weights in channels_last (NHWC) layout, on any device.
+
+    Convolutions run faster in NHWC on GPUs (tensor cores) and on x86 CPUs (oneDNN): on this project's
+    2-core CPU, 1.2x for training and 1.5-1.7x for evaluation of resnet10t. Models without 4-D weights are
+    unchanged. Checkpoints are saved contiguous (``io.atomic_save_safetensors``), so files do not depend on it."""
+    return model.to(memory_format=torch.channels_last)
+
+
+def channels_last_input(images: torch.Tensor) -> torch.Tensor:
+    """A batch in the layout of a ``channels_last`` model (a no-op for one channel)."""
+    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+
+
 def in_chans_of(image_shape: tuple[int, ...]) -> int:
     return int(image_shape[1])
 

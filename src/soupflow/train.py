@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from soupflow.data import PreparedData
 from soupflow.io import atomic_path
+from soupflow.models import channels_last, channels_last_input
 
 log = logging.getLogger("soupflow")
 
@@ -169,9 +170,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
     torch.manual_seed(int(hp.get("seed", 0)))
     augment = AUGMENTATIONS[hp.get("augmentation", "none")]
     bf16 = use_bf16(device, precision)
-    model.to(device).train()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    channels_last(model.to(device)).train()
     optimizer = make_optimizer(model, hp)
     n, batch_size = labels.shape[0], int(hp["batch_size"])
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: stable BatchNorm statistics
@@ -210,9 +209,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
                 for group in optimizer.param_groups:
                     group["lr"] = hp["lr"] * lr_factor(step, total, hp.get("schedule", "onecycle"), warmup)
                 batch = device_order[index * batch_size:(index + 1) * batch_size]
-                inputs = data.normalise(augment(images[batch], generator))
-                if device.type == "cuda":
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                inputs = channels_last_input(data.normalise(augment(images[batch], generator)))
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = F.cross_entropy(model(inputs), labels[batch], label_smoothing=smoothing)
                 optimizer.zero_grad(set_to_none=True)

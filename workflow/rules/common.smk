@@ -20,6 +20,7 @@ SOUPS = soup_specs(CONFIG)  # {soup name: recipe entry}
 RESULTS = "results"
 DATA = f"{RESULTS}/data/dataset.safetensors"
 INIT = f"{RESULTS}/init/model.safetensors"
+RUN_TABLE = f"{RESULTS}/metrics/runs.parquet"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 

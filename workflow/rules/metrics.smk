@@ -1,14 +1,28 @@
 TABLE_PARTS = {
-    "runs": lambda: run_file("metrics.parquet"),
     "soups": lambda: [f"{RESULTS}/soups/{name}/metrics.parquet" for name in SOUPS],
     "soup_trace": lambda: [f"{RESULTS}/soups/{name}/trace.parquet" for name in SOUPS],
 }
 
 
-rule table:
-    """One Parquet table from the per-job tables: runs, soups or soup_trace."""
+rule run_table:
+    """Every run's metrics in one table: the soups' list of ingredients. It also asks for each run's model and
+    cached outputs, so that a run folder missing any of its files is made again before any soup."""
     input:
-        lambda wildcards: TABLE_PARTS[wildcards.table](),
+        parts=run_file("metrics.parquet"),
+        models=run_file("model.safetensors"),
+        outputs=run_file("outputs.safetensors"),
+    output:
+        RUN_TABLE,
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/table.py"
+
+
+rule table:
+    """One Parquet table from the per-soup tables: soups or soup_trace."""
+    input:
+        parts=lambda wildcards: TABLE_PARTS[wildcards.table](),
     output:
         f"{RESULTS}/metrics/{{table}}.parquet",
     wildcard_constraints:
@@ -22,7 +36,7 @@ rule table:
 rule summary:
     """The summary table printed at the end of a run (best individual, soups, ensembles)."""
     input:
-        runs=f"{RESULTS}/metrics/runs.parquet",
+        runs=RUN_TABLE,
         soups=f"{RESULTS}/metrics/soups.parquet",
     output:
         text=f"{RESULTS}/summary.txt",

@@ -1,7 +1,7 @@
 rule plots:
     """The figures of the model-soup papers for this experiment (seaborn PNGs)."""
     input:
-        runs=f"{RESULTS}/metrics/runs.parquet",
+        runs=RUN_TABLE,
         soups=f"{RESULTS}/metrics/soups.parquet",
         trace=f"{RESULTS}/metrics/soup_trace.parquet",
     output:

@@ -1,16 +1,17 @@
 rule soup:
-    """One soup recipe over every fine-tuned run (failed or diverged runs are left out inside)."""
+    """One soup recipe over every fine-tuned run (failed or diverged runs are left out inside). Its input is
+    the runs table, which stands for every run's folder (see rule run_table): one input per soup, not three
+    per run and soup, keeps the DAG of a 10,000-point grid small."""
     input:
         data=DATA,
-        models=run_file("model.safetensors"),
-        outputs=run_file("outputs.safetensors"),
-        metrics=run_file("metrics.parquet"),
+        runs=RUN_TABLE,
     output:
         model=f"{RESULTS}/soups/{{soup}}/model.safetensors",
         metrics=f"{RESULTS}/soups/{{soup}}/metrics.parquet",
         trace=f"{RESULTS}/soups/{{soup}}/trace.parquet",
     params:
         spec=lambda wildcards: SOUPS[wildcards.soup],
+        runs_folder=f"{RESULTS}/runs",
     wildcard_constraints:
         soup="|".join(SOUPS),
     threads: 1

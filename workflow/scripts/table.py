@@ -1,4 +1,4 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 from soupflow.jobs import concat_parquet
 
-concat_parquet(list(snakemake.input), snakemake.output[0])
+concat_parquet(list(snakemake.input.parts), snakemake.output[0])
