@@ -48,7 +48,7 @@ rule corrupted_outputs:
     input:
         data=DATA,
         corrupted=CORRUPTED,
-        model=f"{RESULTS}/runs/{{run_id}}/model.safetensors",
+        model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
     output:
         f"{RESULTS}/analysis/corrupted/{{run_id}}.safetensors",
     wildcard_constraints:

@@ -21,6 +21,7 @@ RESULTS = "results"
 DATA = f"{RESULTS}/data/dataset.safetensors"
 INIT = f"{RESULTS}/init/model.safetensors"
 RUN_TABLE = f"{RESULTS}/metrics/runs.parquet"
+RUNS_FOLDER = f"{RESULTS}/runs"  # one folder per run: model, outputs, metrics, config, train.log
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 
@@ -49,7 +50,7 @@ def run_params(wildcards):
 
 
 def run_file(name, runs=None):
-    return [f"{RESULTS}/runs/{run_id}/{name}" for run_id in (RUNS if runs is None else runs)]
+    return [f"{RUNS_FOLDER}/{run_id}/{name}" for run_id in (RUNS if runs is None else runs)]
 
 
 def print_summary():

@@ -5,10 +5,10 @@ rule finetune:
         data=DATA,
         init=init_of,
     output:
-        model=f"{RESULTS}/runs/{{run_id}}/model.safetensors",
-        outputs=f"{RESULTS}/runs/{{run_id}}/outputs.safetensors",
-        metrics=f"{RESULTS}/runs/{{run_id}}/metrics.parquet",
-        config=f"{RESULTS}/runs/{{run_id}}/config.yaml",
+        model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
+        outputs=f"{RUNS_FOLDER}/{{run_id}}/outputs.safetensors",
+        metrics=f"{RUNS_FOLDER}/{{run_id}}/metrics.parquet",
+        config=f"{RUNS_FOLDER}/{{run_id}}/config.yaml",
     params:
         hp=run_params,
         model=CONFIG["model"],
@@ -16,7 +16,7 @@ rule finetune:
         run_id="run-[0-9a-f]{10}",
     threads: 1
     log:
-        f"{RESULTS}/runs/{{run_id}}/train.log",
+        f"{RUNS_FOLDER}/{{run_id}}/train.log",
     conda:
         "../../envs/soupflow.yaml"
     script:

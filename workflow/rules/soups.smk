@@ -11,7 +11,7 @@ rule soup:
         trace=f"{RESULTS}/soups/{{soup}}/trace.parquet",
     params:
         spec=lambda wildcards: SOUPS[wildcards.soup],
-        runs_folder=f"{RESULTS}/runs",
+        runs_folder=RUNS_FOLDER,
     wildcard_constraints:
         soup="|".join(SOUPS),
     threads: 1
