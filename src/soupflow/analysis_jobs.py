@@ -25,7 +25,7 @@ from soupflow.corruptions import corrupt_split
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.io import atomic_save_safetensors, atomic_write_parquet
-from soupflow.jobs import _model_for
+from soupflow.jobs import _model_for, untrained_state
 from soupflow.models import load_checkpoint, pick_device, set_threads
 from soupflow.similarity import flatten, output_similarity, parameter_similarity
 
@@ -102,13 +102,15 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], data_path: str, c
         corrupted_scores = scores_from_logits(load_file(corrupted_logits[run_id])["logits"], evaluators[CORRUPTED].labels)
         return tensors["test_logits"], tensors["test_features"], corrupted_scores
 
+    run_rows = {run_id: _run_row(run_dir) for run_id, run_dir in run_dirs.items()}  # read once, not per pair
     rows = []
     for index, (run_a, run_b) in enumerate(pairs, 1):
         start = time.perf_counter()
-        a, b = _run_row(run_dirs[run_a]), _run_row(run_dirs[run_b])
+        a, b = run_rows[run_a], run_rows[run_b]
         row: dict[str, Any] = {"run_a": run_a, "run_b": run_b, "status": "ok"}
-        if a["status"] != "ok" or b["status"] != "ok":
-            row["status"] = f"skipped: {run_a if a['status'] != 'ok' else run_b} is {a['status'] if a['status'] != 'ok' else b['status']}"
+        unusable = [(run, r["status"]) for run, r in ((run_a, a), (run_b, b)) if r["status"] != "ok"]
+        if unusable:
+            row["status"] = "skipped: " + ", ".join(f"{run} is {status}" for run, status in unusable)
             rows.append(row)
             continue
         branch_a, branch_b = _branch(a), _branch(b)
@@ -157,10 +159,7 @@ def sanity(config: dict[str, Any], data_path: str, run_dirs: list[str], out_path
         best = max(usable, key=lambda r: r["val_accuracy"])
         weights = load_file(str(Path(best["dir"]) / "model.safetensors"))
         cases.append(("self", best["run_id"], best["run_id"], weights, weights))
-    untrained = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        untrained.append(_model_for(data, config["model"]).state_dict())
+    untrained = [untrained_state(data, config["model"], seed) for seed in (1, 2)]
     cases.append(("untrained", "untrained-seed1", "untrained-seed2", *untrained))
     out = []
     for check, name_a, name_b, state_a, state_b in cases:

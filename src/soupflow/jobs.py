@@ -40,6 +40,12 @@ def _model_for(data: PreparedData, model_config: dict[str, Any], pretrained: boo
     return create_model(model_config, data.num_classes, images.shape[1], pretrained=pretrained)
 
 
+def untrained_state(data: PreparedData, model_config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """The weights of a freshly initialised model (seeded): the 'untrained' soup and sanity ablations."""
+    torch.manual_seed(seed)
+    return _model_for(data, model_config).state_dict()
+
+
 def checkpoint_metadata(model_config: dict[str, Any], data: PreparedData, **extra: Any) -> dict[str, str]:
     """What plain timm needs to rebuild the architecture, stored in the safetensors header."""
     images, _ = data.split("val")
@@ -136,9 +142,8 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     rest of the workflow completes. A kill (signal, SLURM time limit) is not a failure: the job exits and its
     rerun resumes from the saved training state.
     """
-    from soupflow.train import train
-
     from soupflow.config import HYPERPARAMETERS
+    from soupflow.train import Preempted, TrainResult, train
 
     set_threads(threads)
     hp = {name: hp.get(name) for name in HYPERPARAMETERS} | hp  # every hp_* column in every run's row
@@ -149,8 +154,6 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     model.load_state_dict(load_checkpoint(init_path))
     images, labels = data.split("train")
     log.info("fine-tune %s on %d images, %s: %s", run_id, labels.numel(), device, json.dumps(hp))
-    from soupflow.train import Preempted, TrainResult
-
     error = ""
     try:
         result = train(model, images, labels, data, hp, device, name=run_id,
@@ -241,11 +244,7 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path
         scores = test_eval.scores(state)  # reporting only: the recipe never reads these
         row["test_accuracy"], row["test_loss"] = scores.accuracy, scores.loss
 
-    def fresh_init(seed: int) -> dict[str, torch.Tensor]:
-        torch.manual_seed(seed)
-        return _model_for(data, model_config).state_dict()
-
-    kitchen = Kitchen(ingredients, val_eval.scores, fresh_init, observe)
+    kitchen = Kitchen(ingredients, val_eval.scores, lambda seed: untrained_state(data, model_config, seed), observe)
     log.info("soup %s (%s): %d candidate ingredients", name, spec["recipe"], len(ingredients))
     soups = cook(spec["recipe"], kitchen, spec)
     rows, traces, best = [], [], None
