@@ -1,117 +1,143 @@
-"""Calibrate the embedded default: for candidate (pretrain, grid) settings, run the whole experiment in one
-process (no Snakemake) and print best individual / uniform / greedy test accuracy.
+"""Calibrate the embedded default: run candidate experiments through the workflow's own job functions
+(no Snakemake, so the numerics are the workflow's) and print, for each variant and top-level seed, the best
+individual, the mean ingredient and every soup with its paired 95 % interval against the best individual.
 
-    python bench/calibrate_default.py --root /usr/share/datasets/fashion-mnist [--variants a,b]
+    python bench/calibrate_default.py --variants default,longpre --seeds 0,1,2 [--work DIR] [--out table.csv]
 
-This is how the default in config.yaml was chosen; it runs on a GPU when one is present.
+Data, inits and fine-tunes are cached under ``--work`` by what determines them, so variants that share a
+pretraining or runs reuse them. This is how config.yaml's default was chosen (see the table in README).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import itertools
+import hashlib
+import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
-from soupflow.config import merge_defaults  # noqa: E402
-from soupflow.data import PreparedData, prepare  # noqa: E402
-from soupflow.evaluate import Evaluator  # noqa: E402
+from soupflow.config import resolve_config  # noqa: E402
+from soupflow.data import prepare  # noqa: E402
 from soupflow.grid import expand_runs  # noqa: E402
-from soupflow.models import create_model, pick_device  # noqa: E402
-from soupflow.recipes import Ingredient, Kitchen, cook  # noqa: E402
-from soupflow.train import train  # noqa: E402
+from soupflow.jobs import concat_parquet, finetune, make_init, make_soup, setup_logging  # noqa: E402
 
-BASE = {
-    "data": {"name": "fashion_mnist", "pretrain_fraction": 0.6667, "val_fraction": 0.0833},
-    "model": {"name": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}},
-    "pretrain": {"epochs": 3, "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128, "augmentation": "flip_shift"},
-    "finetune": {"epochs": 2, "batch_size": 128},
-    "grid": {"lr": [0.003, 0.01, 0.03], "weight_decay": [1e-5, 3e-4], "augmentation": ["none", "flip_shift"]},
-    "soups": [{"recipe": "uniform"}],
+ROOT = Path(__file__).resolve().parents[1]
+SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy"}, {"recipe": "pruned"},
+         {"name": "uniform_bn", "recipe": "uniform", "bn": "recompute"},
+         {"name": "greedy_bn", "recipe": "greedy", "bn": "recompute"},
+         {"name": "greedy_loss", "recipe": "greedy", "metric": "loss"},
+         {"name": "greedy_loss_bn", "recipe": "greedy", "metric": "loss", "bn": "recompute"}]
+
+#: Each variant is a change to config.yaml (dicts merge, lists and the grid replace).
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "ft6": {"finetune": {"epochs": 6}},
+    "pre6_ft4": {"pretrain": {"epochs": 6}, "finetune": {"epochs": 4}},
+    "wide": {"model": {"kwargs": {"channels": [24, 48, 96, 192], "stem_width": 24}}},
+    "smooth": {"grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1]}},
+    "const": {"finetune": {"schedule": "constant"}, "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1],
+                                                             "augmentation": ["none", "flip_shift"]}},
+    "hilr": {"pretrain": {"epochs": 6}, "finetune": {"epochs": 4},
+             "grid": {"lr": [0.05, 0.1, 0.2], "seed": [0, 1, 2, 3]}},
+    "seeds_none": {"pretrain": {"epochs": 6}, "finetune": {"epochs": 4},
+                   "grid": {"lr": [0.02, 0.04], "seed": [0, 1, 2, 3, 4, 5]}},
+    "const_none": {"pretrain": {"epochs": 6}, "finetune": {"epochs": 4, "schedule": "constant"},
+                   "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1, 2, 3]}},
 }
 
-VARIANTS = {
-    "issue": {},
-    "seeds": {"grid": {"lr": [0.01, 0.03], "seed": [0, 1, 2], "augmentation": ["none", "flip_shift"]}},
-    "seeds_smooth": {"grid": {"lr": [0.01, 0.03], "seed": [0, 1, 2], "label_smoothing": [0.0, 0.1]}},
-    "seeds_aug": {"grid": {"lr": [0.01, 0.03], "seed": [0, 1, 2], "augmentation": ["flip", "flip_shift"]}},
-    "seeds_lr3": {"grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "augmentation": ["none", "flip_shift"]}},
-    "seeds_const": {"grid": {"lr": [0.01, 0.03], "seed": [0, 1, 2], "augmentation": ["none", "flip_shift"]},
-                    "finetune": {"schedule": "constant"}},
-    "seeds_wd": {"grid": {"lr": [0.01, 0.03], "weight_decay": [1e-5, 3e-4], "seed": [0, 1, 2]}},
-    "smooth_seed": {"grid": {"lr": [0.003, 0.01, 0.03], "label_smoothing": [0.0, 0.1], "seed": [0, 1]}},
-    "seeds_smooth_aug": {"grid": {"lr": [0.01, 0.03], "seed": [0, 1, 2], "label_smoothing": [0.0, 0.1]},
-                         "finetune": {"augmentation": "flip_shift"}},
-    "seeds_aug_lr3": {"grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "augmentation": ["flip", "flip_shift"]}},
-    "seeds_aug_wd": {"grid": {"lr": [0.01, 0.03], "weight_decay": [1e-5, 3e-4], "seed": [0, 1, 2]},
-                     "finetune": {"augmentation": "flip"}},
-    "seeds_aug_hi": {"grid": {"lr": [0.03, 0.1], "seed": [0, 1, 2], "augmentation": ["flip", "flip_shift"]}},
-}
 
 def deep(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        out[key] = deep(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "grid" else value
+        merge = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in {"grid", "kwargs"}
+        out[key] = deep(out[key], value) if merge else copy.deepcopy(value)
     return out
 
 
-def experiment(config: dict, work: Path, cache: dict) -> dict:
-    device = pick_device()
-    data_path = work / "data.safetensors"
+def key_of(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def experiment(config: dict, work: Path, threads: int) -> pd.DataFrame:
+    """One whole experiment, cached piece by piece under ``work``; returns its soups table."""
+    data_key = key_of(config["seed"], config["data"])
+    data_dir = work / "data" / data_key
+    data_path = data_dir / "dataset.safetensors"
     if not data_path.exists():
-        prepare(config["data"], config["seed"], str(data_path), str(work / "splits.json"))
-    data = PreparedData(data_path)
-    key = repr(sorted(config["pretrain"].items()))
-    start = time.perf_counter()
-    if key not in cache:
-        model = create_model(config["model"], data.num_classes, 1)
-        torch.manual_seed(0)
-        hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3}
-        train(model, *data.split("pretrain"), data, hp, device, name="pretrain", log_every=10**9)
-        cache[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    init = cache[key]
-    runs, states = expand_runs(config), {}
+        prepare(config["data"], config["seed"], str(data_path), str(data_dir / "splits.json"))
+    init_key = key_of(data_key, config["model"], config["pretrain"], config["seed"])
+    init_dir = work / "init" / init_key
+    init_path = init_dir / "model.safetensors"
+    if not init_path.exists():
+        make_init(config, str(data_path), str(init_path), {}, threads)
+    runs = expand_runs(config)
+    run_dirs = []
     for run_id, hp in runs.items():
-        model = create_model(config["model"], data.num_classes, 1)
-        model.load_state_dict(init)
-        result = train(model, *data.split("train"), data, hp, device, name=run_id, log_every=10**9)
-        if result.status == "ok":
-            states[run_id] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    val = Evaluator(create_model(config["model"], data.num_classes, 1), data, "val", device)
-    test = Evaluator(create_model(config["model"], data.num_classes, 1), data, "test", device)
-    ingredients = [Ingredient(r, val.scores(s), (lambda s=s: s)) for r, s in states.items()]
-    kitchen = Kitchen(ingredients, val.scores)
-    best = kitchen.ranked("accuracy")[0]
-    out = {"best_val": best.val.accuracy, "best_test": test.scores(states[best.name]).accuracy,
-           "min_test": min(test.scores(s).accuracy for s in states.values()),
-           "max_test": max(test.scores(s).accuracy for s in states.values())}
-    for recipe in ("uniform", "greedy"):
-        soup = cook(recipe, kitchen, {})[0]
-        out[f"{recipe}_val"], out[f"{recipe}_test"] = soup.val.accuracy, test.scores(soup.total.mean()).accuracy
-        out[f"{recipe}_n"] = len(soup.ingredients)
-    out["seconds"] = time.perf_counter() - start
-    return out
+        out = work / "runs" / init_key / run_id
+        if not (out / "metrics.parquet").exists():
+            finetune(config, run_id, hp, str(data_path), str(init_path), str(out), threads)
+        run_dirs.append(out)
+    table = work / "tables" / f"{key_of(init_key, sorted(runs))}.parquet"
+    concat_parquet([str(d / "metrics.parquet") for d in run_dirs], str(table))
+    frames = []
+    for spec in SOUPS:
+        name = spec.get("name", spec["recipe"])
+        out = work / "soups" / key_of(str(table), spec) / name
+        frames.append(make_soup(config, name, spec, str(data_path), str(table), str(work / "runs" / init_key),
+                                str(out / "model.safetensors"), str(out / "metrics.parquet"),
+                                str(out / "trace.parquet"), threads))
+    soups = pd.concat(frames, ignore_index=True)
+    runs_frame = pd.read_parquet(table)
+    soups.attrs["mean_ingredient_test"] = float(runs_frame[runs_frame.status == "ok"].test_accuracy.mean())
+    soups.attrs["best_test"] = float(soups[soups.soup == "best_individual"].test_accuracy.iloc[0])
+    return soups
+
+
+def row_of(variant: str, seed: int, soups: pd.DataFrame, seconds: float) -> dict:
+    row = {"variant": variant, "seed": seed, "best": 100 * soups.attrs["best_test"],
+           "mean_ingredient": 100 * soups.attrs["mean_ingredient_test"], "seconds": round(seconds)}
+    for soup in soups.itertuples():
+        if soup.soup == "best_individual":
+            continue
+        row[f"{soup.soup}_n"] = soup.n_ingredients
+        row[soup.soup] = f"{100 * soup.test_accuracy:.2f} ({soup.acc_diff_pt:+.2f} [{soup.acc_diff_pt_low:+.2f}, {soup.acc_diff_pt_high:+.2f}])"
+    ensemble = soups[soups.soup == "uniform"].iloc[0]
+    row["ensemble"] = (f"{100 * ensemble.ensemble_test_accuracy:.2f} ({ensemble.ensemble_acc_diff_pt:+.2f} "
+                       f"[{ensemble.ensemble_acc_diff_pt_low:+.2f}, {ensemble.ensemble_acc_diff_pt_high:+.2f}])")
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="default")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--work", default=str(ROOT / "results" / "calibration"))
+    parser.add_argument("--out", default=None, help="append rows to this CSV")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--root", default=None, help="data.root override")
     args = parser.parse_args()
-    cache: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.variants.split(","):
-            config = merge_defaults(deep(BASE, VARIANTS[name]))
-            config["data"]["root"] = args.root
-            result = experiment(config, Path(tmp), cache)
-            print(name, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()), flush=True)
+    setup_logging(None)
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    base.pop("analysis", None)
+    for name in args.variants.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            user = deep(base, {**VARIANTS[name], "seed": seed, "soups": SOUPS})
+            if args.root:
+                user["data"]["root"] = args.root
+            config = resolve_config(user, check_model=False)
+            start = time.perf_counter()
+            row = row_of(name, seed, experiment(config, Path(args.work), args.threads), time.perf_counter() - start)
+            print("CALIBRATION " + json.dumps(row), flush=True)
+            if args.out:
+                frame = pd.DataFrame([row])
+                frame.to_csv(args.out, mode="a", header=not Path(args.out).exists(), index=False)
 
 
 if __name__ == "__main__":

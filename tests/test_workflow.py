@@ -94,6 +94,43 @@ def test_uniform_soup_is_the_mean_of_its_ingredients(finished, soups):
             assert torch.equal(tensor, states[0][name])
 
 
+def test_soups_carry_paired_differences_to_the_best_individual(soups, runs):
+    ok = runs[runs.status == "ok"]
+    best = ok.sort_values(["val_accuracy", "run_id"], ascending=[False, True]).iloc[0]
+    for name in ("best_individual", "self_soup"):  # the reference itself: exactly no difference
+        row = soups[soups.soup == name].iloc[0]
+        assert (row.acc_diff_pt, row.acc_diff_pt_low, row.acc_diff_pt_high, row.acc_p_mcnemar) == (0, 0, 0, 1)
+        assert row.loss_diff == 0 and not row.wins
+    for row in soups.itertuples():
+        assert row.acc_diff_pt_low <= row.acc_diff_pt <= row.acc_diff_pt_high
+        assert abs(row.acc_diff_pt - 100 * (row.test_accuracy - best.test_accuracy)) < 1e-6
+        assert abs(row.loss_diff - (row.test_loss - best.test_loss)) < 1e-5
+        assert row.wins == (row.acc_diff_pt_low > 0)
+    uniform = soups[soups.soup == "uniform"].iloc[0]
+    assert abs(uniform.ensemble_acc_diff_pt - 100 * (uniform.ensemble_test_accuracy - best.test_accuracy)) < 1e-6
+
+
+def test_bn_recompute_changes_only_the_batchnorm_statistics(finished, soups):
+    work, _ = finished
+    kept = load_file(str(work / "results/soups/uniform/model.safetensors"))
+    fresh = load_file(str(work / "results/soups/uniform_bn/model.safetensors"))
+    statistics = [k for k in kept if k.endswith(("running_mean", "running_var"))]
+    assert statistics
+    assert all(torch.equal(kept[k], fresh[k]) for k in kept if k not in statistics and not k.endswith("num_batches_tracked"))
+    assert not all(torch.equal(kept[k], fresh[k]) for k in statistics)
+    rows = soups.set_index("soup")
+    assert rows.loc["uniform_bn", "bn"] == "recompute" and rows.loc["uniform", "bn"] == "keep"
+    assert rows.loc["uniform_bn", "ingredients"].tolist() == rows.loc["uniform", "ingredients"].tolist()
+
+
+def test_summary_states_each_soup_against_the_best_individual(finished):
+    work, _ = finished
+    text = (work / "results/summary.txt").read_text()
+    assert re.search(r"greedy soup .* [+-]\d+\.\d\d pt \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\], p = ", text)
+    table = pd.read_csv(work / "results/summary.csv")
+    assert pd.api.types.is_float_dtype(table.acc_diff_pt) and pd.api.types.is_float_dtype(table.test_accuracy)
+
+
 def test_self_soup_is_the_best_model_exactly(finished, runs):
     work, _ = finished
     best = runs[runs.status == "ok"].sort_values(["val_accuracy", "run_id"], ascending=[False, True]).run_id.iloc[0]
@@ -129,7 +166,7 @@ def test_adding_a_grid_point_schedules_exactly_one_fine_tune(finished):
 def test_changing_only_a_soup_setting_trains_nothing(finished):
     work, _ = finished
     changed = json.loads(json.dumps(SMOKE))
-    changed["soups"][4]["passes"] = 3  # the pruned soup
+    changed["soups"][[s["recipe"] for s in SMOKE["soups"]].index("pruned")]["passes"] = 3
     result = snakemake(work, changed, "-n")
     counts = job_counts(result.stdout + result.stderr)
     assert "finetune" not in counts and "init" not in counts
@@ -162,5 +199,5 @@ def test_invalid_config_is_rejected_before_any_job(tmp_path):
     bad["soups"].append({"recipe": "minestrone"})
     result = snakemake(tmp_path, bad)
     assert result.returncode != 0
-    assert "soups.8.recipe" in result.stderr and "greedy_random" in result.stderr
+    assert f"soups.{len(SMOKE['soups'])}.recipe" in result.stderr and "greedy_random" in result.stderr
     assert not (tmp_path / "results").exists()

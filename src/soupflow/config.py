@@ -231,6 +231,14 @@ def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: 
     return config
 
 
+def pipeline_seed(config: dict[str, Any], own: int | None) -> int:
+    """The seed a part of the pipeline (the init's weights, pretraining, one fine-tune) actually uses under the
+    experiment's top-level ``seed``: its own seed when ``seed`` is 0, a different stream for every other value.
+    So ``seed: 1`` re-seeds the whole pipeline (splits, init, fine-tunes) while run ids, which hash only a run's
+    own hyperparameters, stay the same."""
+    return int(own or 0) + 1_000_003 * int(config["seed"])
+
+
 def soup_specs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Soup entries keyed by their output name."""
     return {soup.get("name", soup["recipe"]): dict(soup) for soup in config["soups"]}

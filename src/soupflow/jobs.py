@@ -17,10 +17,12 @@ from typing import Any
 import pandas as pd
 import torch
 
+from soupflow.config import pipeline_seed
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.io import atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
+from soupflow.summary import best_individual
 
 log = logging.getLogger("soupflow")
 
@@ -66,7 +68,7 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
     set_threads(threads)
     data, model_config = PreparedData(data_path), config["model"]
     device = pick_device(config["evaluation"]["device"])
-    torch.manual_seed(int(model_config.get("head_seed", 0)))
+    torch.manual_seed(pipeline_seed(config, model_config.get("head_seed", 0)))
     init = model_config["init"]
     if init == "timm":
         try:
@@ -99,7 +101,8 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
     if init == "pretrain":
         from soupflow.train import train
 
-        hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3}
+        hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
+              "seed": pipeline_seed(config, config["pretrain"]["seed"])}
         images, labels = data.split("pretrain")
 
         def keep(epoch: int, trained: torch.nn.Module) -> None:
@@ -156,7 +159,8 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     log.info("fine-tune %s on %d images, %s: %s", run_id, labels.numel(), device, json.dumps(hp))
     error = ""
     try:
-        result = train(model, images, labels, data, hp, device, name=run_id,
+        seeded = {**hp, "seed": pipeline_seed(config, hp["seed"])}  # the row keeps the run's own seed
+        result = train(model, images, labels, data, seeded, device, name=run_id,
                        resume=_resume(config, out / "resume.pt"), precision=config["training"]["precision"])
     except (Preempted, KeyboardInterrupt, MemoryError):
         raise  # killed from outside or out of host memory: the job fails, a rerun resumes from saved state
@@ -210,8 +214,8 @@ def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
             for row in usable.itertuples()], by_id
 
 
-def _ensemble(names: list[str], by_id: dict[str, str], split: str, labels: torch.Tensor) -> Scores | None:
-    """Scores of the logit ensemble (mean of cached logits): k forward passes at inference."""
+def _cached_logits(names: list[str], by_id: dict[str, str], split: str) -> torch.Tensor | None:
+    """Mean of the ingredients' cached logits: the logit ensemble (k forward passes at inference)."""
     from safetensors import safe_open
 
     if not names or any(n not in by_id for n in names):
@@ -221,13 +225,54 @@ def _ensemble(names: list[str], by_id: dict[str, str], split: str, labels: torch
         with safe_open(str(Path(by_id[name]) / "outputs.safetensors"), framework="pt") as handle:
             logits = handle.get_tensor(f"{split}_logits")
         total = logits if total is None else total + logits
-    return scores_from_logits(total / len(names), labels)
+    return total / len(names)
+
+
+def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData, device: torch.device):
+    """The state transform a soup is scored and saved with: identity, or BatchNorm re-estimated on train."""
+    from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
+
+    model = _model_for(data, config["model"])
+    if spec.get("bn", "keep") != "recompute" or not has_batchnorm(model):
+        return lambda state: state
+    refresher = BatchNormRefresher(model, data, device, int(spec.get("bn_images", 2000)), int(config["seed"]))
+    log.info("BatchNorm statistics of every scored soup re-estimated on %d train images", refresher.images.shape[0])
+    return refresher.refresh
+
+
+def _soup_row(name: str, spec: dict[str, Any], soup, n_candidates: int, test_logits: torch.Tensor,
+              ensemble: dict[str, torch.Tensor | None], reference: dict[str, torch.Tensor | None],
+              labels: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """One row of soups.parquet: the soup and the logit ensemble of its ingredients, each with its paired
+    difference to the best individual on test (bootstrap interval, McNemar p)."""
+    from soupflow.stats import compare
+
+    test = scores_from_logits(test_logits, labels["test"])
+    nan = float("nan")
+    row = {"soup": name, "recipe": spec["recipe"], "metric": spec.get("metric", "accuracy"),
+           "bn": spec.get("bn", "keep"), "repeat": soup.repeat, "ingredients": list(soup.ingredients),
+           "n_ingredients": len(soup.ingredients), "n_candidates": n_candidates,
+           "val_accuracy": soup.val.accuracy, "val_loss": soup.val.loss,
+           "test_accuracy": test.accuracy, "test_loss": test.loss}
+    ens = {s: scores_from_logits(ensemble[s], labels[s]) if ensemble[s] is not None else None for s in ensemble}
+    row.update({"ensemble_val_accuracy": ens["val"].accuracy if ens["val"] else nan,
+                "ensemble_test_accuracy": ens["test"].accuracy if ens["test"] else nan,
+                "ensemble_test_loss": ens["test"].loss if ens["test"] else nan})
+    for prefix, logits in (("", test_logits), ("ensemble_", ensemble["test"])):
+        if reference["test"] is not None and logits is not None:
+            comparison = compare(logits, reference["test"], labels["test"])
+            row.update(comparison.columns(prefix))
+            row[f"{prefix}wins"] = comparison.wins
+    row.update({"inference_passes_soup": 1, "inference_passes_ensemble": len(soup.ingredients),
+                "selection_passes": soup.selection_passes,
+                "options": json.dumps({k: v for k, v in spec.items() if k not in {"name", "recipe"}}, sort_keys=True)})
+    return row
 
 
 def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path: str, runs_table: str,
               runs_folder: str, out_model: str, out_metrics: str, out_trace: str, threads: int = 1) -> pd.DataFrame:
     """Cook one soup recipe from the fine-tuned runs listed in the runs table (their folders are
-    ``runs_folder/<run_id>``); select on val, report on test."""
+    ``runs_folder/<run_id>``); select on val, report on test with a paired comparison to the best individual."""
     from soupflow.recipes import Kitchen, cook
 
     set_threads(threads)
@@ -235,53 +280,49 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path
     data, model_config = PreparedData(data_path), config["model"]
     device = pick_device(config["evaluation"]["device"])
     batch = config["evaluation"]["batch_size"]
-    rows = pd.read_parquet(runs_table)
-    ingredients, by_id = _ingredients(rows, [str(Path(runs_folder) / run_id) for run_id in rows.run_id])
+    runs = pd.read_parquet(runs_table)
+    ingredients, by_id = _ingredients(runs, [str(Path(runs_folder) / run_id) for run_id in runs.run_id])
     val_eval = Evaluator(_model_for(data, model_config), data, "val", device, batch)
     test_eval = Evaluator(_model_for(data, model_config), data, "test", device, batch)
+    labels = {"val": val_eval.labels, "test": test_eval.labels}
+    best = best_individual(runs)  # every soup is compared with it on test
+    reference = {s: _cached_logits([best.run_id], by_id, s) if best is not None else None for s in labels}
+    finish = _refresher(config, spec, data, device)
 
     def observe(row: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-        scores = test_eval.scores(state)  # reporting only: the recipe never reads these
+        scores = test_eval.scores(finish(state))  # reporting only: the recipe never reads these
         row["test_accuracy"], row["test_loss"] = scores.accuracy, scores.loss
 
-    kitchen = Kitchen(ingredients, val_eval.scores, lambda seed: untrained_state(data, model_config, seed), observe)
-    log.info("soup %s (%s): %d candidate ingredients", name, spec["recipe"], len(ingredients))
+    kitchen = Kitchen(ingredients, lambda state: val_eval.scores(finish(state)),
+                      lambda seed: untrained_state(data, model_config, seed), observe)
+    log.info("soup %s (%s, bn %s): %d candidate ingredients", name, spec["recipe"], spec.get("bn", "keep"),
+             len(ingredients))
     soups = cook(spec["recipe"], kitchen, spec)
-    rows, traces, best = [], [], None
+    rows, traces, chosen = [], [], None
     for soup in soups:
-        state = soup.total.mean()
-        test = test_eval.scores(state)
-        ensemble = {s: _ensemble(soup.ingredients, by_id, s, e.labels) for s, e in (("val", val_eval), ("test", test_eval))}
-        rows.append({
-            "soup": name, "recipe": spec["recipe"], "metric": spec.get("metric", "accuracy"), "repeat": soup.repeat,
-            "ingredients": list(soup.ingredients), "n_ingredients": len(soup.ingredients),
-            "n_candidates": len(ingredients), "val_accuracy": soup.val.accuracy, "val_loss": soup.val.loss,
-            "test_accuracy": test.accuracy, "test_loss": test.loss,
-            "ensemble_val_accuracy": ensemble["val"].accuracy if ensemble["val"] else float("nan"),
-            "ensemble_test_accuracy": ensemble["test"].accuracy if ensemble["test"] else float("nan"),
-            "ensemble_test_loss": ensemble["test"].loss if ensemble["test"] else float("nan"),
-            "inference_passes_soup": 1, "inference_passes_ensemble": len(soup.ingredients),
-            "selection_passes": soup.selection_passes,
-            "options": json.dumps({k: v for k, v in spec.items() if k not in {"name", "recipe"}}, sort_keys=True),
-        })
+        state = finish(soup.total.mean())
+        ensemble = {s: _cached_logits(soup.ingredients, by_id, s) for s in labels}
+        rows.append(_soup_row(name, spec, soup, len(ingredients), test_eval.logits(state), ensemble, reference, labels))
         traces += [{"soup": name, "recipe": spec["recipe"], **r} for r in soup.trace]
-        if best is None or soup.val.value(rows[-1]["metric"]) > best[0].val.value(rows[-1]["metric"]):
-            best = (soup, state)
+        if chosen is None or soup.val.value(rows[-1]["metric"]) > chosen[0].val.value(rows[-1]["metric"]):
+            chosen = (soup, state)
     seconds = time.perf_counter() - start
     for row in rows:
         row["seconds"] = seconds / len(rows)
     frame = pd.DataFrame(rows)
-    meta = checkpoint_metadata(model_config, data, soup=name, recipe=spec["recipe"],
-                               ingredients=json.dumps(best[0].ingredients))
-    save_checkpoint(best[1], out_model, meta)
+    meta = checkpoint_metadata(model_config, data, soup=name, recipe=spec["recipe"], bn=spec.get("bn", "keep"),
+                               ingredients=json.dumps(chosen[0].ingredients))
+    save_checkpoint(chosen[1], out_model, meta)
     atomic_write_parquet(frame, out_metrics)
     trace = pd.DataFrame(traces)
     extra = [c for c in trace.columns if c not in _TRACE_COLUMNS]
     atomic_write_parquet(trace.reindex(columns=_TRACE_COLUMNS + extra), out_trace)
     for row in rows:
-        log.info("soup %s%s: %d ingredients, val %.4f, test %.4f (%.0f s)", name,
+        versus = f", vs best {row['acc_diff_pt']:+.2f} pt [{row['acc_diff_pt_low']:+.2f}, {row['acc_diff_pt_high']:+.2f}]" \
+            if "acc_diff_pt" in row else ""
+        log.info("soup %s%s: %d ingredients, val %.4f, test %.4f%s (%.0f s)", name,
                  f" repeat {row['repeat']}" if len(rows) > 1 else "", row["n_ingredients"], row["val_accuracy"],
-                 row["test_accuracy"], seconds)
+                 row["test_accuracy"], versus, seconds)
     return frame
 
 

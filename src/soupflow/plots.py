@@ -12,6 +12,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from soupflow.io import atomic_path  # noqa: E402
+from soupflow.summary import best_individual  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str) -> None:
@@ -26,27 +27,35 @@ def _empty(ax: plt.Axes, message: str) -> None:
     ax.set_axis_off()
 
 
-def _best_individual(runs: pd.DataFrame) -> pd.Series | None:
-    ok = runs[runs["status"] == "ok"]
-    return ok.sort_values(["val_accuracy", "run_id"], ascending=[False, True]).iloc[0] if len(ok) else None
-
-
 def plot_soups_vs_ingredients(runs: pd.DataFrame, soups: pd.DataFrame, path: str) -> None:
-    """Model-soups figure: every ingredient (val vs test accuracy) against the soups and the ensemble."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    """Model-soups figure: every ingredient (val vs test accuracy) against the soups and the ensemble. Error
+    bars: the paired 95 % interval of each soup's test accuracy against the best individual's."""
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
     ok = runs[runs["status"] == "ok"]
     sns.scatterplot(data=ok, x="val_accuracy", y="test_accuracy", color="tab:green", marker="D", s=40,
                     label="fine-tuned ingredients", ax=ax)
+    best = best_individual(runs)
+    if best is not None:
+        ax.axhline(best.test_accuracy, ls="--", lw=1, color="grey", label="best individual (by val)")
     means = soups[soups.recipe.isin(["uniform", "greedy", "greedy_random", "pruned", "pruned_random", "topk"])]
-    means = means.groupby("soup", sort=False)[["val_accuracy", "test_accuracy", "ensemble_val_accuracy",
-                                                "ensemble_test_accuracy"]].mean().reset_index()
-    sns.scatterplot(data=means, x="val_accuracy", y="test_accuracy", hue="soup", style="soup", s=140, ax=ax)
+    columns = ["val_accuracy", "test_accuracy", "ensemble_val_accuracy", "ensemble_test_accuracy"]
+    columns += [c for c in ("acc_diff_pt", "acc_diff_pt_low", "acc_diff_pt_high") if c in means]
+    means = means.groupby("soup", sort=False)[columns].mean().reset_index()
+    palette = sns.color_palette("tab10", max(1, len(means)))
+    markers = "osP^vX*<>h"
+    for index, soup in enumerate(means.itertuples()):
+        error = None
+        if "acc_diff_pt" in means and soup.acc_diff_pt == soup.acc_diff_pt:
+            error = [[(soup.acc_diff_pt - soup.acc_diff_pt_low) / 100], [(soup.acc_diff_pt_high - soup.acc_diff_pt) / 100]]
+        ax.errorbar(soup.val_accuracy, soup.test_accuracy, yerr=error, fmt=markers[index % len(markers)], ms=10,
+                    capsize=4, color=palette[index], label=soup.soup)
     uniform = means[means.soup == "uniform"]
     if len(uniform) and uniform.ensemble_test_accuracy.notna().all():
         ax.scatter(uniform.ensemble_val_accuracy, uniform.ensemble_test_accuracy, marker="X", s=120,
                    color="black", label="logit ensemble of all (k passes)")
-    ax.set(xlabel="validation accuracy", ylabel="test accuracy", title="Soups vs their ingredients")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set(xlabel="validation accuracy", ylabel="test accuracy",
+           title="Soups vs their ingredients (bars: paired 95 % interval vs best)")
+    ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
 
@@ -72,7 +81,7 @@ def plot_greedy_ingredients(runs: pd.DataFrame, trace: pd.DataFrame, path: str) 
         _empty(ax, "no greedy soup in the config")
     else:
         sns.lineplot(data=steps, x="n_ingredients", y="test_accuracy", hue="soup", errorbar="sd", marker="o", ax=ax)
-        best = _best_individual(runs)
+        best = best_individual(runs)
         if best is not None:
             ax.axhline(best.test_accuracy, ls="--", color="grey", label="best individual (by val)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

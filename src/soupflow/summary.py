@@ -1,47 +1,91 @@
-"""The short table a run ends with: ingredients, the best individual and every soup, on val and test."""
+"""The short table a run ends with: the ingredients, the best individual and every soup, on val and test,
+each soup with its paired difference to the best individual (95 % bootstrap interval, McNemar p).
+
+``summary.csv`` holds the numbers (one numeric column each); ``summary.txt`` is the same table formatted
+for reading, the one printed at the end of a run.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from soupflow.io import atomic_write_text
+from soupflow.stats import format_p
+
+LEGEND = """\
+vs best: paired difference to the best individual (by val) on test, 95 % bootstrap interval over test
+images, McNemar exact p. A soup WINS when its whole interval is above zero; with repeats, k/n repeats win."""
+
+
+def best_individual(runs: pd.DataFrame) -> pd.Series | None:
+    """The best usable run by val accuracy (ties by run id): the baseline every soup is compared with."""
+    ok = runs[runs["status"] == "ok"]
+    return ok.sort_values(["val_accuracy", "run_id"], ascending=[False, True]).iloc[0] if len(ok) else None
 
 
 def summary_table(runs: pd.DataFrame, soups: pd.DataFrame) -> pd.DataFrame:
-    """One row per soup (repeats as mean ± std), preceded by the ingredient range and the best individual."""
+    """Numbers only: one row per soup (repeats averaged), after the ingredients and the best individual."""
     ok = runs[runs["status"] == "ok"]
     rows = []
     if len(ok):
-        best = ok.sort_values(["val_accuracy", "run_id"], ascending=[False, True]).iloc[0]
-        rows.append({"method": f"ingredients ({len(ok)} ok of {len(runs)})", "n_ingredients": 1,
-                     "val_accuracy": f"{ok.val_accuracy.min():.4f}–{ok.val_accuracy.max():.4f}",
-                     "test_accuracy": f"{ok.test_accuracy.min():.4f}–{ok.test_accuracy.max():.4f}",
-                     "test_loss": f"{ok.test_loss.min():.4f}–{ok.test_loss.max():.4f}",
-                     "ensemble_test_accuracy": "", "passes": "1"})
-        rows.append({"method": f"best individual by val ({best.run_id})", "n_ingredients": 1,
-                     "val_accuracy": f"{best.val_accuracy:.4f}", "test_accuracy": f"{best.test_accuracy:.4f}",
-                     "test_loss": f"{best.test_loss:.4f}", "ensemble_test_accuracy": "", "passes": "1"})
+        best = best_individual(runs)
+        rows.append({"method": f"ingredients ({len(ok)} ok of {len(runs)}): mean", "n_ingredients": 1.0,
+                     "val_accuracy": ok.val_accuracy.mean(), "test_accuracy": ok.test_accuracy.mean(),
+                     "test_accuracy_min": ok.test_accuracy.min(), "test_accuracy_max": ok.test_accuracy.max(),
+                     "test_loss": ok.test_loss.mean()})
+        rows.append({"method": f"best individual by val ({best.run_id})", "n_ingredients": 1.0,
+                     "val_accuracy": best.val_accuracy, "test_accuracy": best.test_accuracy,
+                     "test_loss": best.test_loss})
     for name, group in soups.groupby("soup", sort=False):
-        rows.append({
-            "method": f"{name} soup" + (f" ({len(group)} repeats)" if len(group) > 1 else ""),
-            "n_ingredients": _mean_std(group.n_ingredients, 1),
-            "val_accuracy": _mean_std(group.val_accuracy), "test_accuracy": _mean_std(group.test_accuracy),
-            "test_loss": _mean_std(group.test_loss),
-            "ensemble_test_accuracy": "" if group.ensemble_test_accuracy.isna().all() else _mean_std(group.ensemble_test_accuracy),
-            "passes": f"1 (ensemble {_mean_std(group.inference_passes_ensemble, 0)})",
-        })
+        row = {"method": f"{name} soup", "repeats": len(group), "n_ingredients": group.n_ingredients.mean(),
+               "val_accuracy": group.val_accuracy.mean(), "test_accuracy": group.test_accuracy.mean(),
+               "test_accuracy_std": group.test_accuracy.std() if len(group) > 1 else 0.0,
+               "test_loss": group.test_loss.mean()}
+        for prefix in ("", "ensemble_"):
+            if f"{prefix}acc_diff_pt" in group:
+                for column in ("acc_diff_pt", "acc_diff_pt_low", "acc_diff_pt_high", "acc_p_mcnemar", "loss_diff"):
+                    row[f"{prefix}{column}"] = group[f"{prefix}{column}"].mean()
+                row[f"{prefix}wins"] = int(group[f"{prefix}wins"].astype(bool).sum())
+        row["ensemble_test_accuracy"] = group.ensemble_test_accuracy.mean()
+        row["ensemble_passes"] = group.inference_passes_ensemble.mean()
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _mean_std(values: pd.Series, digits: int = 4) -> str:
-    if len(values) == 1 or values.std() == 0:
-        return f"{values.mean():.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
+def _versus(row: pd.Series, prefix: str = "") -> str:
+    """'+0.42 pt [+0.18, +0.66], p = 0.003 WINS' (one repeat) or '+0.30 pt mean, 2/5 win' (repeats)."""
+    diff = row.get(f"{prefix}acc_diff_pt")
+    if diff is None or diff != diff:
+        return ""
+    if row.get("repeats", 1) > 1:
+        return f"{diff:+.2f} pt mean, {int(row[f'{prefix}wins'])}/{int(row['repeats'])} win"
+    text = (f"{diff:+.2f} pt [{row[f'{prefix}acc_diff_pt_low']:+.2f}, {row[f'{prefix}acc_diff_pt_high']:+.2f}], "
+            f"p = {format_p(row[f'{prefix}acc_p_mcnemar'])}")
+    return text + (" WINS" if row[f"{prefix}wins"] else "")
+
+
+def _pct(value: float) -> str:
+    return "" if value != value else f"{100 * value:.2f}"
+
+
+def format_summary(table: pd.DataFrame) -> str:
+    """The summary as aligned text (accuracies in %)."""
+    shown = pd.DataFrame({
+        "method": table.method,
+        "n": [f"{n:.1f}".rstrip("0").rstrip(".") for n in table.n_ingredients],
+        "val acc": table.val_accuracy.map(_pct),
+        "test acc": [_pct(a) + (f" ± {100 * s:.2f}" if s == s and s > 0 else "")
+                     for a, s in zip(table.test_accuracy, table.get("test_accuracy_std", pd.Series(float("nan"), index=table.index)))],
+        "test loss": table.test_loss.map(lambda v: f"{v:.4f}"),
+        "vs best (test accuracy)": [_versus(row) for _, row in table.iterrows()],
+        "logit ensemble vs best": [_versus(row, "ensemble_") for _, row in table.iterrows()],
+    })
+    return shown.to_string(index=False)
 
 
 def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
     table = summary_table(pd.read_parquet(runs_path), pd.read_parquet(soups_path))
-    text = "soupflow summary (selection on val, reported on test)\n" + table.to_string(index=False)
+    text = "soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n" + LEGEND
     atomic_write_text(text + "\n", out_text)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return text

@@ -1,0 +1,66 @@
+"""BatchNorm re-estimation: scrambled statistics come back as those of the train images, and only train
+images are ever read."""
+
+import pytest
+import torch
+
+from soupflow.batchnorm import BatchNormRefresher, sample_images
+from soupflow.data import PreparedData, prepare
+from test_data import write_tiny_idx_dataset
+
+
+class SplitSpy(PreparedData):
+    """PreparedData that records which splits were read."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.read: list[str] = []
+
+    def split(self, name, device="cpu"):
+        self.read.append(name)
+        return super().split(name, device)
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "idx").mkdir()
+    root = write_tiny_idx_dataset(tmp_path / "idx", n_train=400, n_test=50)
+    prepare({"name": "mnist", "root": str(root), "pretrain_fraction": 0.25, "val_fraction": 0.25},
+            0, str(tmp_path / "data.safetensors"), str(tmp_path / "splits.json"))
+    return SplitSpy(tmp_path / "data.safetensors")
+
+
+def small_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Flatten())
+
+
+def test_scrambled_statistics_return_to_those_of_the_train_sample(data):
+    model = small_model()
+    refresher = BatchNormRefresher(model, data, torch.device("cpu"), count=150, seed=0, batch_size=150)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    scrambled = dict(state)
+    for name in ("1.running_mean", "1.running_var", "4.running_mean", "4.running_var"):
+        scrambled[name] = torch.rand_like(state[name]) * 50
+    fresh = refresher.refresh(scrambled)
+    # the first layer's statistics are the per-channel moments of the first convolution over the sample
+    with torch.no_grad():
+        inputs = data.normalise(sample_images(data, 150, seed=0))
+        conv = torch.nn.functional.conv2d(inputs, state["0.weight"], state["0.bias"])
+    torch.testing.assert_close(fresh["1.running_mean"], conv.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fresh["1.running_var"], conv.transpose(0, 1).reshape(4, -1).var(dim=1),
+                               rtol=1e-4, atol=1e-5)
+    # weights untouched; statistics independent of the scrambled values they replaced
+    assert torch.equal(fresh["0.weight"], state["0.weight"]) and torch.equal(fresh["4.weight"], state["4.weight"])
+    again = refresher.refresh({k: v.clone() for k, v in state.items()})
+    for name in ("1.running_mean", "1.running_var", "4.running_mean", "4.running_var"):
+        torch.testing.assert_close(fresh[name], again[name])
+
+
+def test_only_train_images_are_read_and_the_sample_is_seeded(data):
+    BatchNormRefresher(small_model(), data, torch.device("cpu"), count=100, seed=1).refresh(small_model().state_dict())
+    assert set(data.read) == {"train"}
+    assert torch.equal(sample_images(data, 50, seed=3), sample_images(data, 50, seed=3))
+    assert not torch.equal(sample_images(data, 50, seed=3), sample_images(data, 50, seed=4))
+    assert sample_images(data, 10_000, seed=0).shape[0] == data.split("train")[0].shape[0]  # capped at the split

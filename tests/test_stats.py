@@ -1,0 +1,73 @@
+"""Paired statistics: bootstrap intervals and McNemar's exact test against known cases."""
+
+import math
+
+import numpy as np
+import torch
+
+from soupflow.stats import compare, mcnemar_exact, paired_bootstrap, per_image
+
+
+def logits_for(predictions: torch.Tensor, classes: int = 10, confidence: float = 3.0) -> torch.Tensor:
+    logits = torch.zeros(predictions.shape[0], classes)
+    logits[torch.arange(predictions.shape[0]), predictions] = confidence
+    return logits
+
+
+def test_a_model_against_itself_is_exactly_zero_with_p_one():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (2000,), generator=generator)
+    logits = torch.randn(2000, 10, generator=generator)
+    result = compare(logits, logits.clone(), labels)
+    assert (result.accuracy_pt.diff, result.accuracy_pt.low, result.accuracy_pt.high) == (0.0, 0.0, 0.0)
+    assert (result.loss.diff, result.loss.low, result.loss.high) == (0.0, 0.0, 0.0)
+    assert result.mcnemar_p == 1.0 and not result.wins and result.disagreements == 0
+
+
+def test_a_constructed_difference_is_covered_and_significant():
+    n = 10_000
+    labels = torch.zeros(n, dtype=torch.long)
+    reference = torch.zeros(n, dtype=torch.long)
+    reference[:1500] = 1  # reference wrong on the first 1,500 images: 85.00 %
+    model = reference.clone()
+    model[:300] = 0  # right on 300 of them ...
+    model[5000:5100] = 2  # ... wrong on 100 others: 87.00 %, a difference of exactly +2.00 points
+    result = compare(logits_for(model), logits_for(reference), labels)
+    assert math.isclose(result.accuracy_pt.diff, 2.0, abs_tol=1e-9)
+    assert result.accuracy_pt.low < 2.0 < result.accuracy_pt.high
+    assert result.accuracy_pt.low > 0 and result.wins
+    # 400 disagreements, 100 against: the exact two-sided binomial tail is far below 1e-6
+    assert result.disagreements == 400 and result.mcnemar_p < 1e-6
+    assert result.loss.high < 0  # fewer confident mistakes: lower loss
+
+
+def test_bootstrap_interval_covers_a_known_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    truth, covered, trials = 0.03, 0, 200
+    for trial in range(trials):
+        model = (rng.random(1000) < 0.80 + truth).astype(float)
+        reference = (rng.random(1000) < 0.80).astype(float)
+        interval = paired_bootstrap(model, reference, resamples=400, seed=trial)
+        covered += interval.low <= truth <= interval.high
+    assert 0.88 <= covered / trials <= 0.99
+
+
+def test_mcnemar_matches_the_binomial_tail():
+    right = np.array([1] * 10 + [0] * 0, dtype=bool)
+    assert math.isclose(mcnemar_exact(right, ~right), 2 * 0.5**10)  # b = 10, c = 0
+    b, c = 12, 4  # model right / reference wrong on 12 images, the reverse on 4
+    model = np.array([1] * b + [0] * c + [1] * 50, dtype=bool)
+    reference = np.array([0] * b + [1] * c + [1] * 50, dtype=bool)
+    expected = 2 * sum(math.comb(b + c, i) for i in range(c + 1)) / 2 ** (b + c)
+    assert math.isclose(mcnemar_exact(model, reference), expected, rel_tol=1e-12)
+    assert mcnemar_exact(model, reference) == mcnemar_exact(reference, model)  # two-sided
+    assert mcnemar_exact(np.array([1, 0], bool), np.array([0, 1], bool)) == 1.0  # b = c: no evidence
+
+
+def test_per_image_scores_match_the_mean_scores():
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 5, (300,), generator=generator)
+    logits = torch.randn(300, 5, generator=generator)
+    correct, loss = per_image(logits, labels)
+    assert math.isclose(correct.mean(), (logits.argmax(1) == labels).float().mean().item(), rel_tol=1e-6)
+    assert math.isclose(loss.mean(), torch.nn.functional.cross_entropy(logits, labels).item(), rel_tol=1e-5)
