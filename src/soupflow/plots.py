@@ -30,7 +30,7 @@ def _empty(ax: plt.Axes, message: str) -> None:
 def plot_soups_vs_ingredients(runs: pd.DataFrame, soups: pd.DataFrame, path: str) -> None:
     """Model-soups figure: every ingredient (val vs test accuracy) against the soups and the ensemble. Error
     bars: the paired 95 % interval of each soup's test accuracy against the best individual's."""
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
     ok = runs[runs["status"] == "ok"]
     sns.scatterplot(data=ok, x="val_accuracy", y="test_accuracy", color="tab:green", marker="D", s=40,
                     label="fine-tuned ingredients", ax=ax)
@@ -55,7 +55,7 @@ def plot_soups_vs_ingredients(runs: pd.DataFrame, soups: pd.DataFrame, path: str
                    color="black", label="logit ensemble of all (k passes)")
     ax.set(xlabel="validation accuracy", ylabel="test accuracy",
            title="Soups vs their ingredients (bars: paired 95 % interval vs best)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
 
 

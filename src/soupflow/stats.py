@@ -36,10 +36,6 @@ class Interval:
     low: float
     high: float
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
 
 @dataclass(frozen=True)
 class Comparison:
@@ -64,16 +60,12 @@ class Comparison:
         out[f"{prefix}acc_p_mcnemar"] = self.mcnemar_p
         return out
 
-    def describe(self) -> str:
-        """'+0.42 pt [+0.18, +0.66], p = 0.003' — the summary's way of writing it."""
-        a = self.accuracy_pt
-        return f"{a.diff:+.2f} pt [{a.low:+.2f}, {a.high:+.2f}], p = {format_p(self.mcnemar_p)}"
-
 
 def format_p(p: float) -> str:
-    if p != p:
-        return "nan"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
+    """'p = 0.003', 'p = 2e-05' or 'p < 1e-16' (below that the exact tail underflows)."""
+    if p < 1e-16:
+        return "p < 1e-16"
+    return f"p = {p:.3f}" if p >= 0.001 else f"p = {p:.0e}"
 
 
 def per_image(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

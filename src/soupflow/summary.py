@@ -60,7 +60,7 @@ def _versus(row: pd.Series, prefix: str = "") -> str:
     if row.get("repeats", 1) > 1:
         return f"{diff:+.2f} pt mean, {int(row[f'{prefix}wins'])}/{int(row['repeats'])} win"
     text = (f"{diff:+.2f} pt [{row[f'{prefix}acc_diff_pt_low']:+.2f}, {row[f'{prefix}acc_diff_pt_high']:+.2f}], "
-            f"p = {format_p(row[f'{prefix}acc_p_mcnemar'])}")
+            f"{format_p(row[f'{prefix}acc_p_mcnemar'])}")
     return text + (" WINS" if row[f"{prefix}wins"] else "")
 
 
