@@ -1,11 +1,11 @@
 """Calibrate the embedded default: run candidate experiments through the workflow's own job functions
-(no Snakemake, so the numerics are the workflow's) and print, for each variant and top-level seed, the best
+(no Snakemake; the same functions, though a job's thread count can change the last bits of a result) and print, for each variant and top-level seed, the best
 individual, the mean ingredient and every soup with its paired 95 % interval against the best individual.
 
-    python bench/calibrate_default.py --variants default,longpre --seeds 0,1,2 [--work DIR] [--out table.csv]
+    python bench/calibrate_default.py --variants smallft_a,mixdiv --seeds 0,1,2 [--work DIR] [--out rows.jsonl]
 
 Data, inits and fine-tunes are cached under ``--work`` by what determines them, so variants that share a
-pretraining or runs reuse them. This is how config.yaml's default was chosen (see the table in README).
+pretraining or runs reuse them. This is how config.yaml's default was chosen: bench/CALIBRATION.md has the table.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
 from soupflow.config import resolve_config  # noqa: E402
 from soupflow.data import prepare  # noqa: E402
@@ -35,9 +34,21 @@ SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greed
          {"name": "greedy_loss", "recipe": "greedy", "metric": "loss"},
          {"name": "greedy_loss_bn", "recipe": "greedy", "metric": "loss", "bn": "recompute"}]
 
-#: Each variant is a change to config.yaml (dicts merge, lists and the grid replace).
+#: The default before calibration (soupflow <= a31c901): every variant below is a change to it (dicts merge,
+#: lists and the grid replace), so the table stays reproducible whatever config.yaml holds now.
+BASE = {
+    "data": {"name": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "pretrain_fraction": 0.6667,
+             "val_fraction": 0.0833},
+    "model": {"name": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}, "init": "pretrain"},
+    "pretrain": {"epochs": 3, "lr": 0.05, "weight_decay": 0.0005, "batch_size": 128, "augmentation": "flip_shift",
+                 "keep_every": 1},
+    "finetune": {"epochs": 2, "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
+                 "schedule": "onecycle"},
+    "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "augmentation": ["none", "flip_shift"]},
+}
+
 VARIANTS: dict[str, dict] = {
-    "default": {},
+    "old_default": {},
     "ft6": {"finetune": {"epochs": 6}},
     "pre6_ft4": {"pretrain": {"epochs": 6}, "finetune": {"epochs": 4}},
     "wide": {"model": {"kwargs": {"channels": [24, 48, 96, 192], "stem_width": 24}}},
@@ -57,6 +68,7 @@ VARIANTS: dict[str, dict] = {
     "mix12_val10k": {"data": {"pretrain_fraction": 0.5833, "val_fraction": 0.1667},
                      "pretrain": {"epochs": 7}, "finetune": {"epochs": 4},
                      "grid": {"lr": [0.03, 0.05, 0.08], "label_smoothing": [0.0, 0.1], "augmentation": ["none", "flip"]}},
+    # what config.yaml holds now
     "smallft_a": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
                   "pretrain": {"epochs": 6}, "finetune": {"epochs": 10},
                   "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
@@ -134,19 +146,17 @@ def row_of(variant: str, seed: int, soups: pd.DataFrame, seconds: float) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variants", default="default")
+    parser.add_argument("--variants", default="smallft_a", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--work", default=str(ROOT / "results" / "calibration"))
-    parser.add_argument("--out", default=None, help="append rows to this CSV")
+    parser.add_argument("--out", default=None, help="append rows to this JSON-lines file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", default=None, help="data.root override")
     args = parser.parse_args()
     setup_logging(None)
-    base = yaml.safe_load((ROOT / "config.yaml").read_text())
-    base.pop("analysis", None)
     for name in args.variants.split(","):
         for seed in map(int, args.seeds.split(",")):
-            user = deep(base, {**VARIANTS[name], "seed": seed, "soups": SOUPS})
+            user = deep(BASE, {**VARIANTS[name], "seed": seed, "soups": SOUPS})
             if args.root:
                 user["data"]["root"] = args.root
             config = resolve_config(user, check_model=False)
@@ -154,8 +164,8 @@ def main() -> None:
             row = row_of(name, seed, experiment(config, Path(args.work), args.threads), time.perf_counter() - start)
             print("CALIBRATION " + json.dumps(row), flush=True)
             if args.out:
-                frame = pd.DataFrame([row])
-                frame.to_csv(args.out, mode="a", header=not Path(args.out).exists(), index=False)
+                with open(args.out, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -201,3 +201,13 @@ def test_invalid_config_is_rejected_before_any_job(tmp_path):
     assert result.returncode != 0
     assert f"soups.{len(SMOKE['soups'])}.recipe" in result.stderr and "greedy_random" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_bn_recompute_is_compared_with_averaged_statistics(finished, soups):
+    work, _ = finished
+    row = soups[soups.soup == "uniform_bn"].iloc[0]
+    kept = soups[soups.soup == "uniform"].iloc[0]  # the same ingredients with averaged statistics
+    assert abs(row.bn_acc_diff_pt - 100 * (row.test_accuracy - kept.test_accuracy)) < 1e-6
+    assert row.bn_acc_diff_pt_low <= row.bn_acc_diff_pt <= row.bn_acc_diff_pt_high
+    assert pd.isna(kept.get("bn_acc_diff_pt"))
+    assert "BatchNorm statistics re-estimated" in (work / "results/summary.txt").read_text()

@@ -240,14 +240,24 @@ def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData,
     return refresher.refresh
 
 
-def _soup_row(name: str, spec: dict[str, Any], soup, n_candidates: int, test_logits: torch.Tensor,
-              ensemble: dict[str, torch.Tensor | None], reference: dict[str, torch.Tensor | None],
-              labels: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """One row of soups.parquet: the soup and the logit ensemble of its ingredients, each with its paired
-    difference to the best individual on test (bootstrap interval, McNemar p)."""
+def _paired_columns(logits: torch.Tensor | None, reference: torch.Tensor | None, labels: torch.Tensor,
+                    prefix: str) -> dict[str, Any]:
+    """``logits`` against ``reference`` on the same test images (interval, McNemar p, wins), as row columns."""
     from soupflow.stats import compare
 
-    test = scores_from_logits(test_logits, labels["test"])
+    if logits is None or reference is None:
+        return {}
+    comparison = compare(logits, reference, labels)
+    return {**comparison.columns(prefix), f"{prefix}wins": comparison.wins}
+
+
+def _soup_row(name: str, spec: dict[str, Any], soup, n_candidates: int, test_logits: dict[str, torch.Tensor | None],
+              ensemble: dict[str, torch.Tensor | None], labels: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """One row of soups.parquet. ``test_logits`` holds the soup's (``soup``), the best individual's
+    (``reference``) and, with ``bn: recompute``, the same weights' with averaged statistics (``bn_kept``): the
+    soup and the logit ensemble of its ingredients are compared with the best individual, and re-estimated
+    BatchNorm statistics with averaged ones."""
+    test = scores_from_logits(test_logits["soup"], labels["test"])
     nan = float("nan")
     row = {"soup": name, "recipe": spec["recipe"], "metric": spec.get("metric", "accuracy"),
            "bn": spec.get("bn", "keep"), "repeat": soup.repeat, "ingredients": list(soup.ingredients),
@@ -258,11 +268,9 @@ def _soup_row(name: str, spec: dict[str, Any], soup, n_candidates: int, test_log
     row.update({"ensemble_val_accuracy": ens["val"].accuracy if ens["val"] else nan,
                 "ensemble_test_accuracy": ens["test"].accuracy if ens["test"] else nan,
                 "ensemble_test_loss": ens["test"].loss if ens["test"] else nan})
-    for prefix, logits in (("", test_logits), ("ensemble_", ensemble["test"])):
-        if reference["test"] is not None and logits is not None:
-            comparison = compare(logits, reference["test"], labels["test"])
-            row.update(comparison.columns(prefix))
-            row[f"{prefix}wins"] = comparison.wins
+    row.update(_paired_columns(test_logits["soup"], test_logits["reference"], labels["test"], ""))
+    row.update(_paired_columns(ensemble["test"], test_logits["reference"], labels["test"], "ensemble_"))
+    row.update(_paired_columns(test_logits["soup"], test_logits.get("bn_kept"), labels["test"], "bn_"))
     row.update({"inference_passes_soup": 1, "inference_passes_ensemble": len(soup.ingredients),
                 "selection_passes": soup.selection_passes,
                 "options": json.dumps({k: v for k, v in spec.items() if k not in {"name", "recipe"}}, sort_keys=True)})
@@ -286,7 +294,7 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path
     test_eval = Evaluator(_model_for(data, model_config), data, "test", device, batch)
     labels = {"val": val_eval.labels, "test": test_eval.labels}
     best = best_individual(runs)  # every soup is compared with it on test
-    reference = {s: _cached_logits([best.run_id], by_id, s) if best is not None else None for s in labels}
+    reference = _cached_logits([best.run_id], by_id, "test") if best is not None else None
     finish = _refresher(config, spec, data, device)
 
     def observe(row: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
@@ -300,9 +308,13 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path
     soups = cook(spec["recipe"], kitchen, spec)
     rows, traces, chosen = [], [], None
     for soup in soups:
-        state = finish(soup.total.mean())
+        averaged = soup.total.mean()
+        state = finish(averaged)
+        test_logits = {"soup": test_eval.logits(state), "reference": reference}
+        if state is not averaged:  # bn: recompute — the same weights with averaged statistics, for comparison
+            test_logits["bn_kept"] = test_eval.logits(averaged)
         ensemble = {s: _cached_logits(soup.ingredients, by_id, s) for s in labels}
-        rows.append(_soup_row(name, spec, soup, len(ingredients), test_eval.logits(state), ensemble, reference, labels))
+        rows.append(_soup_row(name, spec, soup, len(ingredients), test_logits, ensemble, labels))
         traces += [{"soup": name, "recipe": spec["recipe"], **r} for r in soup.trace]
         if chosen is None or soup.val.value(rows[-1]["metric"]) > chosen[0].val.value(rows[-1]["metric"]):
             chosen = (soup, state)

@@ -41,7 +41,7 @@ def summary_table(runs: pd.DataFrame, soups: pd.DataFrame) -> pd.DataFrame:
                "val_accuracy": group.val_accuracy.mean(), "test_accuracy": group.test_accuracy.mean(),
                "test_accuracy_std": group.test_accuracy.std() if len(group) > 1 else 0.0,
                "test_loss": group.test_loss.mean()}
-        for prefix in ("", "ensemble_"):
+        for prefix in ("", "ensemble_", "bn_"):
             if f"{prefix}acc_diff_pt" in group:
                 for column in ("acc_diff_pt", "acc_diff_pt_low", "acc_diff_pt_high", "acc_p_mcnemar", "loss_diff"):
                     row[f"{prefix}{column}"] = group[f"{prefix}{column}"].mean()
@@ -83,9 +83,19 @@ def format_summary(table: pd.DataFrame) -> str:
     return shown.to_string(index=False)
 
 
+def format_bn_effects(table: pd.DataFrame) -> str:
+    """One line per ``bn: recompute`` soup: re-estimated BatchNorm statistics against averaged ones."""
+    if "bn_acc_diff_pt" not in table:
+        return ""
+    lines = [f"  {row.method}: {_versus(row, 'bn_')}" for _, row in table.iterrows() if row.bn_acc_diff_pt == row.bn_acc_diff_pt]
+    header = "BatchNorm statistics re-estimated on train images vs averaged, same weights (test accuracy):\n"
+    return header + "\n".join(lines) + "\n" if lines else ""
+
+
 def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
     table = summary_table(pd.read_parquet(runs_path), pd.read_parquet(soups_path))
-    text = "soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n" + LEGEND
+    text = ("soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n"
+            + format_bn_effects(table) + LEGEND)
     atomic_write_text(text + "\n", out_text)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return text
