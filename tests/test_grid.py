@@ -51,3 +51,14 @@ def test_adding_a_search_dimension_keeps_the_other_dimensions_draws():
     a = search_points({"n": 4, "space": lr})
     b = search_points({"n": 4, "space": with_wd})
     assert [p["lr"] for p in a] == [p["lr"] for p in b]
+
+
+def test_the_top_level_seed_reseeds_every_run_without_renaming_it():
+    from soupflow.config import pipeline_seed
+
+    grid = {"lr": [0.01, 0.1], "seed": [0, 1]}
+    zero, one = (merge_defaults({"grid": grid, "seed": s}) for s in (0, 1))
+    assert list(expand_runs(zero)) == list(expand_runs(one))  # same run ids, same folders
+    assert [pipeline_seed(zero, s) for s in (0, 1)] == [0, 1]  # seed 0: each run's own seed, as before
+    used = {pipeline_seed(config, s) for config in (zero, one) for s in (0, 1)}
+    assert len(used) == 4  # seed 1 gives every run (and the init) a stream no run of seed 0 uses

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from soupflow.stats import compare, mcnemar_exact, paired_bootstrap, per_image
+from soupflow.stats import compare, mcnemar_exact, paired_bootstrap, per_image, pooled_compare
 
 
 def logits_for(predictions: torch.Tensor, classes: int = 10, confidence: float = 3.0) -> torch.Tensor:
@@ -71,3 +71,20 @@ def test_per_image_scores_match_the_mean_scores():
     correct, loss = per_image(logits, labels)
     assert math.isclose(correct.mean(), (logits.argmax(1) == labels).float().mean().item(), rel_tol=1e-6)
     assert math.isclose(loss.mean(), torch.nn.functional.cross_entropy(logits, labels).item(), rel_tol=1e-5)
+
+
+def test_pooling_seeds_averages_their_differences_per_image():
+    n = 4000
+    labels = torch.zeros(n, dtype=torch.long)
+    reference = torch.zeros(n, dtype=torch.long)
+    reference[:800] = 1
+    better = reference.clone()
+    better[:80] = 0  # +2.00 points
+    one = compare(logits_for(better), logits_for(reference), labels)
+    twice = pooled_compare([(logits_for(better), logits_for(reference))] * 2, labels)
+    assert (twice.accuracy_pt.diff, twice.accuracy_pt.low, twice.accuracy_pt.high) == (
+        one.accuracy_pt.diff, one.accuracy_pt.low, one.accuracy_pt.high)
+    mixed = pooled_compare([(logits_for(better), logits_for(reference)),
+                            (logits_for(reference), logits_for(reference))], labels)
+    assert math.isclose(mixed.accuracy_pt.diff, 1.0, abs_tol=1e-9)  # (+2 + 0) / 2
+    assert mixed.accuracy_pt.high - mixed.accuracy_pt.low < one.accuracy_pt.high - one.accuracy_pt.low

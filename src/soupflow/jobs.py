@@ -17,11 +17,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
 from soupflow.config import pipeline_seed
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.io import atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
+from soupflow.stats import compare
 from soupflow.summary import best_individual
 
 log = logging.getLogger("soupflow")
@@ -230,8 +232,6 @@ def _cached_logits(names: list[str], by_id: dict[str, str], split: str) -> torch
 
 def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData, device: torch.device):
     """The state transform a soup is scored and saved with: identity, or BatchNorm re-estimated on train."""
-    from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
-
     model = _model_for(data, config["model"])
     if spec.get("bn", "keep") != "recompute" or not has_batchnorm(model):
         return lambda state: state
@@ -243,8 +243,6 @@ def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData,
 def _paired_columns(logits: torch.Tensor | None, reference: torch.Tensor | None, labels: torch.Tensor,
                     prefix: str) -> dict[str, Any]:
     """``logits`` against ``reference`` on the same test images (interval, McNemar p, wins), as row columns."""
-    from soupflow.stats import compare
-
     if logits is None or reference is None:
         return {}
     comparison = compare(logits, reference, labels)

@@ -112,10 +112,26 @@ def mcnemar_exact(model_correct: np.ndarray, reference_correct: np.ndarray) -> f
 def compare(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor,
             resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
     """A model's test logits against the reference's (the best individual's) on the same labelled images."""
-    correct, loss = per_image(logits, labels)
-    ref_correct, ref_loss = per_image(reference_logits, labels)
+    return pooled_compare([(logits, reference_logits)], labels, resamples, seed)
+
+
+def pooled_compare(pairs: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor,
+                   resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
+    """Several (model, reference) pairs on the *same* test images — e.g. a recipe's soup against its best
+    individual under several top-level seeds — pooled: per image, the mean over pairs of the difference, then
+    the paired bootstrap over images; McNemar over every (image, pair) discordance, which treats them as
+    independent (approximate when pooling). With one pair this is
+    the plain comparison. The interval is over test images only: it says whether the *mean* gain over these
+    seeds is larger than test-set noise, not how much another seed would vary."""
+    scored = [(per_image(model, labels), per_image(reference, labels)) for model, reference in pairs]
+    correct = np.mean([m[0] for m, _ in scored], axis=0)
+    ref_correct = np.mean([r[0] for _, r in scored], axis=0)
+    loss = np.mean([m[1] for m, _ in scored], axis=0)
+    ref_loss = np.mean([r[1] for _, r in scored], axis=0)
+    right = np.concatenate([m[0] for m, _ in scored]).astype(bool)
+    ref_right = np.concatenate([r[0] for _, r in scored]).astype(bool)
     # one set of resamples for accuracy and loss (same seed): the two intervals describe the same draws
     accuracy = paired_bootstrap(100 * correct, 100 * ref_correct, resamples, seed)
     loss_interval = paired_bootstrap(loss, ref_loss, resamples, seed)
-    disagreements = int(np.sum(correct != ref_correct))
-    return Comparison(accuracy, loss_interval, mcnemar_exact(correct, ref_correct), disagreements)
+    disagreements = int(np.sum(right != ref_right))
+    return Comparison(accuracy, loss_interval, mcnemar_exact(right, ref_right), disagreements)

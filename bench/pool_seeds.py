@@ -1,0 +1,76 @@
+"""Pool finished workflow runs of the same experiment under several top-level seeds: for every soup, its
+difference to that seed's best individual, per seed and pooled over the seeds (the mean per-image difference,
+with a paired bootstrap interval over the shared test images; stats.pooled_compare).
+
+    python bench/pool_seeds.py results /tmp/seed1/results /tmp/seed2/results
+
+Each folder is a finished ``results/`` (``snakemake --cores N --config seed=S`` in its own ``--directory``).
+Soups are re-evaluated from their checkpoints (one test pass each); the best individual's test logits are the
+cached ones. Random-order recipes are skipped (their checkpoint is one repeat of several).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import pandas as pd  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from soupflow.data import PreparedData  # noqa: E402
+from soupflow.evaluate import Evaluator  # noqa: E402
+from soupflow.models import create_model, pick_device  # noqa: E402
+from soupflow.stats import compare, format_p, pooled_compare  # noqa: E402
+from soupflow.summary import best_individual  # noqa: E402
+
+
+def soup_logits(results: Path) -> tuple[dict[str, object], object, object]:
+    """{soup: test logits} of one results folder, the best individual's test logits, and the test labels."""
+    data = PreparedData(results / "data" / "dataset.safetensors")
+    soups = pd.read_parquet(results / "metrics" / "soups.parquet")
+    best = best_individual(pd.read_parquet(results / "metrics" / "runs.parquet"))
+    reference = load_file(str(results / "runs" / best.run_id / "outputs.safetensors"))["test_logits"]
+    out, evaluator = {}, None
+    for name, group in soups.groupby("soup", sort=False):
+        if len(group) > 1 or group.recipe.iloc[0] == "untrained":
+            continue
+        path = results / "soups" / name / "model.safetensors"
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata()
+        if evaluator is None:
+            model_config = {"name": meta["model"], "kwargs": json.loads(meta["kwargs"])}
+            model = create_model(model_config, int(meta["num_classes"]), int(meta["in_chans"]))
+            evaluator = Evaluator(model, data, "test", pick_device())
+        out[name] = evaluator.logits(load_file(str(path)))
+    return out, reference, evaluator.labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results", nargs="+")
+    args = parser.parse_args()
+    folders = [soup_logits(Path(folder)) for folder in args.results]
+    labels = folders[0][2]
+    if any(not (f[2] == labels).all() for f in folders):
+        raise SystemExit("the folders do not share their test images; pooling needs the same test split")
+    rows = []
+    for name in folders[0][0]:
+        pairs = [(soups[name], reference) for soups, reference, _ in folders if name in soups]
+        seeds = [compare(model, reference, labels).accuracy_pt for model, reference in pairs]
+        pooled = pooled_compare(pairs, labels)
+        a = pooled.accuracy_pt
+        rows.append({"soup": name,
+                     "per seed": "  ".join(f"{i.diff:+.2f} [{i.low:+.2f}, {i.high:+.2f}]" for i in seeds),
+                     "pooled": f"{a.diff:+.2f} pt [{a.low:+.2f}, {a.high:+.2f}], {format_p(pooled.mcnemar_p)}"
+                               + (" WINS" if pooled.wins else "")})
+    print(f"vs best individual by val, test accuracy points, {len(folders)} seeds")
+    print(pd.DataFrame(rows).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
