@@ -53,7 +53,12 @@ def test_no_fine_tune_at_all():
 
 def test_unknown_recipe():
     message = rejected(lambda c: c["soups"].append({"recipe": "gazpacho"}))
-    assert "soups.10.recipe" in message and "greedy" in message and "uniform" in message
+    assert f"soups.{len(DEFAULT['soups'])}.recipe" in message and "greedy" in message and "uniform" in message
+
+
+def test_unknown_bn_option():
+    message = rejected(lambda c: c["soups"].append({"recipe": "greedy", "name": "g2", "bn": "refit"}))
+    assert f"soups.{len(DEFAULT['soups'])}.bn" in message and "keep" in message and "recompute" in message
 
 
 def test_unknown_augmentation_value():
