@@ -116,13 +116,39 @@ def test_smoke_workflow_through_sbatch_equals_the_local_run(cluster, finished, t
             torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, equal_nan=True, msg=f"{path}: {name}")
 
 
+def epochs_lasting(seconds: float, images: int, batch: int = 32) -> int:
+    """Epochs of the smoke model over ``images`` that take about ``seconds`` on one thread of this machine
+    (measured, not assumed: machines here differ by 4x, and a fixed count either finishes inside the first
+    1-minute limit or never finishes)."""
+    import time
+
+    import timm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = timm.create_model("test_resnet", num_classes=10, in_chans=1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        inputs, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+        start, steps = time.perf_counter(), 40
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+        per_step = (time.perf_counter() - start) / steps
+    finally:
+        torch.set_num_threads(threads)
+    return max(2, min(60, round(seconds / (per_step * images / batch))))
+
+
 def test_a_fine_tune_past_its_time_limit_is_resubmitted_and_resumes(cluster, tmp_path):
-    # One fine-tune of ~2 minutes on 1 CPU under a 1-minute limit on its first attempt (2 on the second).
+    # One fine-tune of ~2.5 minutes on 1 CPU under a 1-minute limit on its first attempt (2 on the second, 3 on
+    # the third): the first attempt must time out, a retry resumes and finishes.
     config = {
         **SMOKE,
         "data": {**SMOKE["data"], "max_train": 20000, "pretrain_fraction": 0.1, "val_fraction": 0.1},
         "pretrain": {**SMOKE["pretrain"], "epochs": 1},
-        "finetune": {**SMOKE["finetune"], "epochs": 4},
+        "finetune": {**SMOKE["finetune"], "epochs": epochs_lasting(150, images=16000)},  # train: 80 % of 20,000
         "grid": {"lr": [0.02]},
         "runs": [],
         "soups": [{"recipe": "uniform"}],
