@@ -232,9 +232,13 @@ def _cached_logits(names: list[str], by_id: dict[str, str], split: str) -> torch
 
 def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData, device: torch.device):
     """The state transform a soup is scored and saved with: identity, or BatchNorm re-estimated on train."""
+    keep = lambda state: state  # noqa: E731
+    if spec.get("bn", "keep") != "recompute":
+        return keep
     model = _model_for(data, config["model"])
-    if spec.get("bn", "keep") != "recompute" or not has_batchnorm(model):
-        return lambda state: state
+    if not has_batchnorm(model):
+        log.info("bn: recompute has nothing to do: %s has no BatchNorm layer", config["model"]["name"])
+        return keep
     refresher = BatchNormRefresher(model, data, device, int(spec.get("bn_images", 2000)), int(config["seed"]))
     log.info("BatchNorm statistics of every scored soup re-estimated on %d train images", refresher.images.shape[0])
     return refresher.refresh
