@@ -1,30 +1,9 @@
 # When do soups work? ("Too Salty"): `snakemake analysis`. Pairwise midpoint soups of the runs (the grid's and
 # the analysis' branching runs), their gains, similarity measures, transitivity, shared training, corruptions.
-from soupflow.grid import sample_pairs  # torch-free: the Snakefile must parse fast
-
-ANALYSIS = CONFIG["analysis"]
-PAIRS = sample_pairs(list(ALL_RUNS), ANALYSIS["pairs"], ANALYSIS["seed"])
-PAIR_JOBS = max(1, min(ANALYSIS["jobs"], len(PAIRS)))
 CORRUPTED = f"{RESULTS}/analysis/corrupted.safetensors"
 ANALYSIS_TABLES = ["pairs", "correlations", "triplets", "transitivity", "embedding", "robustness",
                    "shared_training", "headline"]
 ANALYSIS_PLOTS = ["similarity", "similarity_positive", "transitivity", "embedding", "shared_training", "corrupted"]
-
-
-def pair_chunk(wildcards):
-    return PAIRS[int(wildcards.chunk)::PAIR_JOBS]
-
-
-def chunk_runs(wildcards):
-    return sorted({run for pair in pair_chunk(wildcards) for run in pair})
-
-
-def init_checkpoints():
-    """'final' and every kept pretraining epoch: the points task vectors are measured from."""
-    paths = {"final": INIT}
-    if CONFIG["model"]["init"] == "pretrain":
-        paths.update({f"epoch_{e}": epoch_checkpoint(e) for e in kept_epochs()})
-    return paths
 
 
 rule corrupt_test:

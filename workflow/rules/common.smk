@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works with or without
 from snakemake.exceptions import WorkflowError
 
 from soupflow.config import ConfigError, resolve_config, soup_specs
-from soupflow.grid import expand_analysis_runs, expand_runs
+from soupflow.grid import expand_analysis_runs, expand_runs, sample_pairs  # torch-free: parses fast
 
 try:  # model name and data paths are checked once, by the main process, not again inside every job
     CONFIG = resolve_config(config, check_model=workflow.is_main_process, check_paths=workflow.is_main_process)
@@ -56,7 +56,7 @@ def run_file(name, runs=None):
 def print_summary():
     summary = Path(RESULTS) / "summary.txt"
     if summary.exists():
-        print("\n" + summary.read_text(), file=sys.stderr)
+        print(f"\n{summary.read_text()}", file=sys.stderr)
 
 
 for run_id, hp in ALL_RUNS.items():
@@ -66,3 +66,25 @@ for run_id, hp in ALL_RUNS.items():
             f"invalid soupflow config: 'branch_epoch' {branch} of {run_id} is not a kept pretraining epoch; "
             f"allowed values: {', '.join(map(str, kept_epochs()))} (see pretrain.keep_every)"
         )
+
+
+# The analysis target (workflow/rules/analysis.smk): pairs of runs, dealt to PAIR_JOBS pair_soups jobs.
+ANALYSIS = CONFIG["analysis"]
+PAIRS = sample_pairs(list(ALL_RUNS), ANALYSIS["pairs"], ANALYSIS["seed"])
+PAIR_JOBS = max(1, min(ANALYSIS["jobs"], len(PAIRS)))
+
+
+def pair_chunk(wildcards):
+    return PAIRS[int(wildcards.chunk)::PAIR_JOBS]
+
+
+def chunk_runs(wildcards):
+    return sorted({run for pair in pair_chunk(wildcards) for run in pair})
+
+
+def init_checkpoints():
+    """'final' and every kept pretraining epoch: the points task vectors are measured from."""
+    paths = {"final": INIT}
+    if CONFIG["model"]["init"] == "pretrain":
+        paths.update({f"epoch_{e}": epoch_checkpoint(e) for e in kept_epochs()})
+    return paths

@@ -13,6 +13,8 @@ rule run_table:
         outputs=run_file("outputs.safetensors"),
     output:
         RUN_TABLE,
+    log:
+        f"{RESULTS}/logs/run_table.log",
     conda:
         "../../envs/soupflow.yaml"
     script:
@@ -27,6 +29,8 @@ rule table:
         f"{RESULTS}/metrics/{{table}}.parquet",
     wildcard_constraints:
         table="|".join(TABLE_PARTS),
+    log:
+        f"{RESULTS}/logs/tables/{{table}}.log",
     conda:
         "../../envs/soupflow.yaml"
     script:
@@ -41,6 +45,8 @@ rule summary:
     output:
         text=f"{RESULTS}/summary.txt",
         table=report(f"{RESULTS}/summary.csv", caption="../report/summary.rst", category="Tables"),
+    log:
+        f"{RESULTS}/logs/summary.log",
     conda:
         "../../envs/soupflow.yaml"
     script:

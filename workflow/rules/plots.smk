@@ -11,6 +11,8 @@ rule plots:
         pruned=report(f"{RESULTS}/plots/pruned_passes.png", caption="../report/pruned_passes.rst", category="Plots"),
     params:
         heatmap_axes=CONFIG["plots"]["heatmap_axes"],
+    log:
+        f"{RESULTS}/logs/plots.log",
     conda:
         "../../envs/soupflow.yaml"
     script:

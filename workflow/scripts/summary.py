@@ -1,4 +1,8 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
+from soupflow.jobs import log
+from soupflow.snakemake_job import start
 from soupflow.summary import write_summary
 
-print(write_summary(snakemake.input.runs, snakemake.input.soups, snakemake.output.text, snakemake.output.table))
+start(snakemake)
+log.info("%s", write_summary(snakemake.input.runs, snakemake.input.soups, snakemake.output.text,
+                             snakemake.output.table))

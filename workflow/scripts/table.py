@@ -1,4 +1,7 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
-from soupflow.jobs import concat_parquet
+from soupflow.jobs import concat_parquet, log
+from soupflow.snakemake_job import start
 
-concat_parquet(list(snakemake.input.parts), snakemake.output[0])
+start(snakemake)
+table = concat_parquet(list(snakemake.input.parts), snakemake.output[0])
+log.info("%s: %d rows from %d parts", snakemake.output[0], len(table), len(snakemake.input.parts))
