@@ -80,6 +80,15 @@ VARIANTS: dict[str, dict] = {
                       "pretrain": {"epochs": 6}, "finetune": {"epochs": 10, "schedule": "constant"},
                       "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
                                "augmentation": ["flip"]}},
+    # self-supervised transfer: pretrain on rotation prediction, fine-tune the classes on 5k labelled images
+    "rot_lo": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
+               "pretrain": {"epochs": 2, "task": "rotation", "augmentation": "shift"}, "finetune": {"epochs": 10},
+               "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                        "augmentation": ["flip"]}},
+    "rot_hi": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
+               "pretrain": {"epochs": 2, "task": "rotation", "augmentation": "shift"}, "finetune": {"epochs": 10},
+               "grid": {"lr": [0.03, 0.06, 0.1], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                        "augmentation": ["flip"]}},
 }
 
 

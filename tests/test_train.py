@@ -73,3 +73,28 @@ def test_a_diverging_run_stops_with_status_diverged():
           "seed": 0, "schedule": "constant"}
     result = train(Tiny(), images, labels, FakeData(), hp, torch.device("cpu"), log_every=1)
     assert result.status == "diverged" and result.epochs_done < 3
+
+
+class TinyBN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                       torch.nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("statistics", ["frozen", "update"])
+def test_frozen_batchnorm_statistics_stay_those_of_the_init_while_its_affine_trains(statistics):
+    images = torch.randint(0, 255, (128, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.randint(0, 4, (128,))
+    hp = {"lr": 0.1, "weight_decay": 0.0, "epochs": 2, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
+          "seed": 0, "schedule": "constant", "bn_statistics": statistics}
+    model = TinyBN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, images, labels, FakeData(), hp, torch.device("cpu"))
+    after = model.state_dict()
+    assert not torch.equal(after["net.1.weight"], before["net.1.weight"])  # the affine scale trains either way
+    kept = [torch.equal(after[f"net.1.{k}"], before[f"net.1.{k}"]) for k in ("running_mean", "running_var")]
+    assert all(kept) if statistics == "frozen" else not any(kept)

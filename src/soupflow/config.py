@@ -20,7 +20,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 #: Hyperparameters of one fine-tune, in the order they are shown in tables.
 HYPERPARAMETERS = (
     "lr", "weight_decay", "epochs", "batch_size", "label_smoothing", "augmentation", "optimizer",
-    "momentum", "nesterov", "schedule", "warmup_fraction", "seed", "branch_epoch", "perturbation",
+    "momentum", "nesterov", "schedule", "warmup_fraction", "seed", "branch_epoch", "perturbation", "bn_statistics",
 )
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg")
 
@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 0.01, "weight_decay": 1e-4, "epochs": 2, "batch_size": 128, "label_smoothing": 0.0,
         "augmentation": "none", "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
         "schedule": "onecycle", "warmup_fraction": 0.3, "seed": 0, "branch_epoch": None,
-        "perturbation": None,
+        "perturbation": None, "bn_statistics": None,
     },
     # Too Salty, Table 1: the four optimizer perturbations (scales of lr, momentum, weight decay)
     "perturbations": {
@@ -162,9 +162,43 @@ def known_timm_models() -> frozenset[str]:
     return frozenset(names)
 
 
+def _check_model_file(model: dict[str, Any]) -> None:
+    """``model.file`` must exist when init = file needs it, or when init = timm names one."""
+    from soupflow.weights import WeightsError, resolve_file
+
+    spec = model.get("file")
+    if model["init"] == "pretrain" or (model["init"] == "timm" and not spec):
+        return
+    try:
+        exists = bool(spec) and os.path.isfile(resolve_file(spec))
+    except WeightsError as error:
+        raise ConfigError(f"config key {error}") from None
+    if not exists:
+        raise ConfigError(f"config key 'model.file' is {spec!r}; allowed: an existing .safetensors or .pth file "
+                          f"(or package:NAME/path) when model.init is {model['init']!r}")
+
+
+#: Image channels of each data set reader (image_folder decodes to RGB).
+CHANNELS = {"fashion_mnist": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "image_folder": 3}
+
+
+def _check_normalize(data: dict[str, Any]) -> None:
+    """Given mean/std need one value, or one per channel (3 RGB values are averaged for grey images)."""
+    given = data.get("normalize")
+    if not isinstance(given, dict):
+        return
+    channels = CHANNELS[data["name"]]
+    allowed = sorted({1, channels, 3})
+    for name in ("mean", "std"):
+        if len(given[name]) not in allowed:
+            raise ConfigError(f"config key 'data.normalize.{name}' has {len(given[name])} values; allowed: "
+                              f"{' or '.join(map(str, allowed))} for {data['name']}'s {channels}-channel images")
+
+
 def check_semantics(config: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> None:
     """Checks beyond the schema: names that must exist, fractions that must fit, unique soup names."""
     data, model = config["data"], config["model"]
+    _check_normalize(data)
     if data["pretrain_fraction"] + data["val_fraction"] >= 1:
         raise ConfigError(
             "config keys 'data.pretrain_fraction' + 'data.val_fraction' must be < 1 so that images remain to fine-tune on"
@@ -177,8 +211,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
         if needs_root and (not root or not os.path.isdir(root)):
             hint = " (install Debian's dataset-fashion-mnist or point data.root at the IDX files)" if data["name"] == "fashion_mnist" else ""
             raise ConfigError(f"config key 'data.root' is {root!r}, which is not an existing folder{hint}")
-        if model["init"] == "file" and not (model.get("file") and os.path.isfile(model["file"])):
-            raise ConfigError(f"config key 'model.file' is {model.get('file')!r}; allowed: an existing .safetensors or .pth file when model.init is 'file'")
+        _check_model_file(model)
     if check_model and not model["name"].startswith(("hf-hub:", "hf_hub:")):
         known = known_timm_models()
         if model["name"].split(".")[0] not in known:

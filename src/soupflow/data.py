@@ -138,25 +138,76 @@ def _subsample(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: 
     return images[keep], labels[keep], keep
 
 
-def prepare(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits: str) -> dict[str, int]:
-    """Decode the data set once, split it and write the tensors and the written-down split.
+def resize(images: np.ndarray, size: int | None, chunk: int = 4096) -> np.ndarray:
+    """uint8 NCHW images resized to ``size`` x ``size`` (bilinear, antialiased, rounded), chunk by chunk;
+    unchanged when ``size`` is None or already theirs."""
+    if size is None or images.shape[-2:] == (size, size):
+        return images
+    out = np.empty((*images.shape[:2], size, size), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        part = torch.from_numpy(images[start:start + chunk]).float()
+        part = torch.nn.functional.interpolate(part, size=(size, size), mode="bilinear", antialias=True)
+        out[start:start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def _per_channel(values: list[float], channels: int, key: str) -> list[float]:
+    """Constants for ``channels`` channels: one value repeats; 3 RGB values average for grey images (the
+    adapted 1-channel stem sums the RGB filters, i.e. sees the grey image in all three channels)."""
+    if len(values) == channels:
+        return [float(v) for v in values]
+    if len(values) == 1:
+        return [float(values[0])] * channels
+    if channels == 1:
+        return [float(np.mean(values))]
+    raise DataError(f"config key '{key}' has {len(values)} values for {channels}-channel images; allowed: 1 or {channels}")
+
+
+def normalisation(data_config: dict[str, Any], images: torch.Tensor, model_name: str | None) -> dict[str, list[float]]:
+    """Per-channel mean/std the model's inputs are normalised with (``data.normalize``).
+
+    dataset: the statistics of the pretrain + train images; pretrained: the model's timm ``pretrained_cfg``
+    (what its weights were trained with); {mean, std}: given, e.g. with a checkpoint from elsewhere.
+    """
+    choice = data_config.get("normalize", "dataset")
+    channels = images.shape[1]
+    if choice == "dataset":
+        fit = images.float() / 255.0
+        return {"mean": fit.mean(dim=(0, 2, 3)).tolist(), "std": fit.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()}
+    if choice == "pretrained":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(model_name)
+        if cfg is None or not cfg.mean:
+            raise DataError(f"config key 'data.normalize' is 'pretrained' but timm has no pretrained_cfg mean/std for "
+                            f"model.name {model_name!r}; allowed: dataset or {{mean: [...], std: [...]}}")
+        choice = {"mean": list(cfg.mean), "std": list(cfg.std)}
+    return {name: _per_channel(choice[name], channels, f"data.normalize.{name}") for name in ("mean", "std")}
+
+
+def prepare(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits: str,
+            model_name: str | None = None) -> dict[str, int]:
+    """Decode the data set once, resize it (``data.image_size``), split it and write the tensors and the
+    written-down split.
 
     ``out_tensors``: safetensors with ``{split}_x`` (uint8 NCHW) and ``{split}_y`` (int64), plus metadata
-    (classes, per-channel mean/std of the training images). ``out_splits``: JSON with each split's indices
-    into the official splits, so a split can be audited or reproduced elsewhere.
+    (classes, the per-channel mean/std inputs are normalised with, see ``normalisation``; ``model_name``
+    is only read for ``data.normalize: pretrained``). ``out_splits``: JSON with each split's indices into
+    the official splits, so a split can be audited or reproduced elsewhere.
     """
     raw = load_raw(data_config)
+    size = data_config.get("image_size")
     train_x, train_y, kept_train = _subsample(*raw["train"], data_config.get("max_train"), seed)
     test_x, test_y, kept_test = _subsample(*raw["test"], data_config.get("max_test"), seed + 1)
+    train_x, test_x = resize(train_x, size), resize(test_x, size)
     parts = split_indices(len(train_y), data_config["pretrain_fraction"], data_config["val_fraction"], seed)
     tensors = {"test_x": torch.from_numpy(np.ascontiguousarray(test_x)), "test_y": torch.from_numpy(test_y)}
     for split, idx in parts.items():
         tensors[f"{split}_x"] = torch.from_numpy(np.ascontiguousarray(train_x[idx]))
         tensors[f"{split}_y"] = torch.from_numpy(np.ascontiguousarray(train_y[idx]))
-    fit = torch.cat([tensors["pretrain_x"], tensors["train_x"]]).float() / 255.0
-    mean = fit.mean(dim=(0, 2, 3)).tolist()
-    std = fit.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    metadata = {"classes": json.dumps(raw["classes"]), "mean": json.dumps(mean), "std": json.dumps(std),
+    norm = normalisation(data_config, torch.cat([tensors["pretrain_x"], tensors["train_x"]]), model_name)
+    metadata = {"classes": json.dumps(raw["classes"]), "mean": json.dumps(norm["mean"]),
+                "std": json.dumps(norm["std"]), "normalize": json.dumps(data_config.get("normalize", "dataset")),
                 "name": data_config["name"]}
     atomic_save_safetensors(tensors, out_tensors, metadata)
     record = {split: kept_train[idx].tolist() for split, idx in parts.items()}
@@ -184,6 +235,14 @@ class PreparedData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of every image, read from the file's header (no tensor loaded)."""
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="pt") as handle:
+            return tuple(handle.get_slice("test_x").get_shape()[1:])
 
     def split(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and int64 labels of one split, on ``device``."""

@@ -23,8 +23,10 @@ from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.io import atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
+from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
 from soupflow.summary import best_individual
+from soupflow.weights import import_state, resolve_file
 
 log = logging.getLogger("soupflow")
 
@@ -39,9 +41,8 @@ def setup_logging(log_file: str | None = None) -> None:
                         handlers=handlers, force=True)
 
 
-def _model_for(data: PreparedData, model_config: dict[str, Any], pretrained: bool = False) -> torch.nn.Module:
-    images, _ = data.split("val")
-    return create_model(model_config, data.num_classes, images.shape[1], pretrained=pretrained)
+def _model_for(data: PreparedData, model_config: dict[str, Any], **timm_kwargs: Any) -> torch.nn.Module:
+    return create_model(model_config, data.num_classes, data.image_shape[0], **timm_kwargs)
 
 
 def untrained_state(data: PreparedData, model_config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
@@ -51,15 +52,34 @@ def untrained_state(data: PreparedData, model_config: dict[str, Any], seed: int)
 
 
 def checkpoint_metadata(model_config: dict[str, Any], data: PreparedData, **extra: Any) -> dict[str, str]:
-    """What plain timm needs to rebuild the architecture, stored in the safetensors header."""
-    images, _ = data.split("val")
-    meta = {"model": model_config["name"], "num_classes": str(data.num_classes), "in_chans": str(images.shape[1]),
-            "kwargs": json.dumps(model_config.get("kwargs", {})), "format": "soupflow state_dict"}
+    """What plain timm needs to rebuild the architecture and feed it, stored in the safetensors header:
+    name, classes, channels, kwargs, and the input size and per-channel mean/std (of uint8 / 255)."""
+    channels, height, width = data.image_shape
+    meta = {"model": model_config["name"], "num_classes": str(data.num_classes), "in_chans": str(channels),
+            "kwargs": json.dumps(model_config.get("kwargs", {})), "format": "soupflow state_dict",
+            "input_size": json.dumps([channels, height, width]), "mean": json.dumps(data.mean.flatten().tolist()),
+            "std": json.dumps(data.std.flatten().tolist())}
     meta.update({k: str(v) for k, v in extra.items()})
     return meta
 
 
 # ---------------------------------------------------------------- shared init
+def _timm_pretrained(data: PreparedData, model_config: dict[str, Any]) -> torch.nn.Module:
+    """timm's own pretrained weights: from ``model.file`` (a timm-format checkpoint, offline) or the hub.
+
+    timm adapts the input channels and re-creates a head of another size itself (``load_pretrained``).
+    """
+    overlay = {"file": resolve_file(model_config["file"])} if model_config.get("file") else None
+    try:
+        return _model_for(data, model_config, pretrained=True, pretrained_cfg_overlay=overlay)
+    except Exception as error:  # network errors surface as many exception types
+        where = f"model.file {model_config['file']!r}" if overlay else "the Hugging Face hub"
+        raise RuntimeError(
+            f"could not load timm weights for {model_config['name']!r} from {where} ({type(error).__name__}: "
+            f"{error}). model.init: timm needs network access to the hub, a filled HF cache, or model.file "
+            "naming a timm-format checkpoint; offline, use model.init: pretrain or model.init: file") from None
+
+
 def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_paths: dict[int, str],
               threads: int = 1) -> None:
     """Produce the weights every fine-tune starts from: pretrained here, read from a file, or from timm's hub.
@@ -72,27 +92,16 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
     device = pick_device(config["evaluation"]["device"])
     torch.manual_seed(pipeline_seed(config, model_config.get("head_seed", 0)))
     init = model_config["init"]
-    if init == "timm":
-        try:
-            model = _model_for(data, model_config, pretrained=True)
-        except Exception as error:  # network errors surface as many exception types
-            raise RuntimeError(
-                f"could not load timm weights for {model_config['name']!r} ({type(error).__name__}: {error}). "
-                "model.init: timm needs network access to the Hugging Face hub (or a filled HF cache); "
-                "offline, use model.init: pretrain or model.init: file") from None
-    else:
-        model = _model_for(data, model_config)
+    model = _timm_pretrained(data, model_config) if init == "timm" else _model_for(data, model_config)
     meta = checkpoint_metadata(model_config, data, init=init)
     if init == "file":
-        state, own = load_checkpoint(model_config["file"]), model.state_dict()
-        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = sorted(set(own) - set(fitting))
-        if len(fitting) < len(own) // 2:
-            raise RuntimeError(f"model.file {model_config['file']!r} does not fit {model_config['name']!r}: "
-                               f"{len(own) - len(fitting)} of {len(own)} tensors missing or of another shape")
-        model.load_state_dict(fitting, strict=False)
-        log.info("loaded %s; kept fresh (seed %s) weights for: %s", model_config["file"],
-                 model_config.get("head_seed", 0), ", ".join(skipped) or "nothing")
+        file = resolve_file(model_config["file"])
+        fitted, report = import_state(model, load_checkpoint(file), model_config["file"],
+                                      model_config.get("match", "name"), model_config.get("rename"))
+        model.load_state_dict(fitted)
+        log.info("imported %s: %s (fresh tensors seeded with model.head_seed %s)", model_config["file"],
+                 report.summary(), model_config.get("head_seed", 0))
+        meta.update(report.metadata())
     # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:
     # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
     staging = Path(out_model).parent / ".staging"
@@ -103,18 +112,24 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
     if init == "pretrain":
         from soupflow.train import train
 
+        task = config["pretrain"].get("task", "labels")
         hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
               "seed": pipeline_seed(config, config["pretrain"]["seed"])}
-        images, labels = data.split("pretrain")
+        images, labels = PRETEXT_TASKS[task](*data.split("pretrain"))
+        head = {} if uses_labels(task) else fresh_head(model, pipeline_seed(config, model_config.get("head_seed", 0)))
+        if head:
+            log.info("pretraining on the %s pretext task (%d images); fine-tunes get a fresh head: %s",
+                     task, labels.shape[0], ", ".join(head))
 
         def keep(epoch: int, trained: torch.nn.Module) -> None:
             if epoch in staged:
-                save_checkpoint(trained.state_dict(), staged[epoch], {**meta, "epoch": str(epoch)})
+                save_checkpoint({**trained.state_dict(), **head}, staged[epoch], {**meta, "epoch": str(epoch)})
 
         result = train(model, images, labels, data, hp, device, name="pretrain", on_epoch_end=keep,
                        resume=_resume(config, resume_path), precision=config["training"]["precision"])
         if result.status != "ok":
             raise RuntimeError("pretraining diverged; lower pretrain.lr")
+        model.load_state_dict({**model.state_dict(), **head})
         scores = Evaluator(model, data, "val", device).scores()
         log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
     for epoch, path in staged.items():

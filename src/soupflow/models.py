@@ -85,12 +85,14 @@ def in_chans_of(image_shape: tuple[int, ...]) -> int:
     return int(image_shape[1])
 
 
-def create_model(model_config: dict[str, Any], num_classes: int, in_chans: int,
-                 pretrained: bool = False) -> torch.nn.Module:
+def create_model(model_config: dict[str, Any], num_classes: int, in_chans: int, pretrained: bool = False,
+                 pretrained_cfg_overlay: dict[str, Any] | None = None) -> torch.nn.Module:
     """A timm model for this experiment's classes and channels (kwargs from config win)."""
     import timm
 
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **model_config.get("kwargs", {})}
+    if pretrained_cfg_overlay:
+        kwargs["pretrained_cfg_overlay"] = pretrained_cfg_overlay
     return timm.create_model(model_config["name"], pretrained=pretrained, **kwargs)
 
 

@@ -150,6 +150,14 @@ class TrainResult:
     resumed_from_step: int = 0
 
 
+def freeze_batchnorm_statistics(model: torch.nn.Module) -> None:
+    """BatchNorm layers normalise with their stored running statistics and stop updating them; their affine
+    scale and shift still train (``bn_statistics: frozen``)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def use_bf16(device: torch.device, precision: str = "auto") -> bool:
     """bf16 autocast on CUDA (where it pays off), full fp32 on CPU unless asked."""
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
@@ -171,6 +179,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
     augment = AUGMENTATIONS[hp.get("augmentation", "none")]
     bf16 = use_bf16(device, precision)
     channels_last(model.to(device)).train()
+    if hp.get("bn_statistics") == "frozen":
+        freeze_batchnorm_statistics(model)
     optimizer = make_optimizer(model, hp)
     n, batch_size = labels.shape[0], int(hp["batch_size"])
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: stable BatchNorm statistics

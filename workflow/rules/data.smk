@@ -6,6 +6,8 @@ rule prepare_data:
     params:
         data=CONFIG["data"],
         seed=CONFIG["seed"],
+        # normalize: pretrained reads the model's pretrained_cfg; otherwise the model is not the data's business
+        model=CONFIG["model"]["name"] if CONFIG["data"].get("normalize") == "pretrained" else None,
     log:
         f"{RESULTS}/logs/prepare_data.log",
     conda:

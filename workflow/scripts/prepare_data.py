@@ -3,4 +3,5 @@ from soupflow.data import prepare
 from soupflow.snakemake_job import start
 
 start(snakemake)
-prepare(snakemake.params.data, snakemake.params.seed, snakemake.output.tensors, snakemake.output.splits)
+prepare(snakemake.params.data, snakemake.params.seed, snakemake.output.tensors, snakemake.output.splits,
+        snakemake.params.model)
