@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
 from soupflow.config import resolve_config  # noqa: E402
 from soupflow.data import prepare  # noqa: E402
@@ -89,7 +90,19 @@ VARIANTS: dict[str, dict] = {
                "pretrain": {"epochs": 2, "task": "rotation", "augmentation": "shift"}, "finetune": {"epochs": 10},
                "grid": {"lr": [0.03, 0.06, 0.1], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
                         "augmentation": ["flip"]}},
+    # issue 11: real ImageNet weights (EfficientNet-Lite0, experiments/lite0_fmnist.yaml without its grid)
+    "lite0": {"_base": "lite0", "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
+    "lite0_frozen": {"_base": "lite0", "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1],
+                                                "bn_statistics": ["frozen"]}},
+    "lite0_low": {"_base": "lite0", "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
+    "lite0_low_frozen": {"_base": "lite0", "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1],
+                                                    "bn_statistics": ["frozen"]}},
 }
+
+#: experiments/lite0_fmnist.yaml's data, model and fine-tune settings (variants set the grid)
+LITE0 = {key: value for key, value in yaml.safe_load((ROOT / "experiments" / "lite0_fmnist.yaml").read_text()).items()
+         if key in {"data", "model", "finetune"}}
+BASES = {"fmnist": BASE, "lite0": LITE0}
 
 
 def deep(base: dict, update: dict) -> dict:
@@ -165,7 +178,8 @@ def main() -> None:
     setup_logging(None)
     for name in args.variants.split(","):
         for seed in map(int, args.seeds.split(",")):
-            user = deep(BASE, {**VARIANTS[name], "seed": seed, "soups": SOUPS})
+            change = {k: v for k, v in VARIANTS[name].items() if k != "_base"}
+            user = deep(BASES[VARIANTS[name].get("_base", "fmnist")], {**change, "seed": seed, "soups": SOUPS})
             if args.root:
                 user["data"]["root"] = args.root
             config = resolve_config(user, check_model=False)

@@ -90,3 +90,16 @@ def test_image_folder_is_decoded_once_and_resized(tmp_path):
     data = PreparedData(tmp_path / "d.safetensors")
     assert data.classes == ["cat", "dog"]
     assert data.split("test")[0].shape == (8, 3, 16, 16)
+
+
+def test_image_size_resizes_every_split_once_and_keeps_flat_images_flat(tiny_idx, tmp_path):
+    from soupflow.data import resize
+
+    config = {"name": "fashion_mnist", "root": str(tiny_idx), "pretrain_fraction": 0.5, "val_fraction": 0.2,
+              "image_size": 32}
+    prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
+    data = PreparedData(tmp_path / "d.safetensors")
+    assert data.image_shape == (1, 32, 32)
+    assert all(data.split(s)[0].shape[-2:] == (32, 32) for s in ("pretrain", "train", "val", "test"))
+    flat = np.full((3, 1, 28, 28), 77, dtype=np.uint8)
+    assert (resize(flat, 40) == 77).all() and resize(flat, 28) is flat

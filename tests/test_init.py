@@ -42,3 +42,27 @@ def test_timm_hub_weights_offline_fail_with_one_clear_message(tmp_path, data_pat
     with pytest.raises(RuntimeError, match="needs network access"):
         make_init(config, data_path, str(tmp_path / "init.safetensors"), {})
     assert not (tmp_path / "init.safetensors").exists()
+
+
+def test_rotation_pretext_turns_every_image_four_ways_and_labels_the_turn():
+    from soupflow.pretext import rotation_task
+
+    images = torch.arange(2 * 1 * 3 * 3, dtype=torch.uint8).reshape(2, 1, 3, 3)
+    turned, targets = rotation_task(images, torch.tensor([7, 8]))
+    assert turned.shape == (8, 1, 3, 3) and targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert torch.equal(turned[:2], images) and torch.equal(turned[2], images[0].rot90(1, dims=(-2, -1)))
+    assert torch.equal(turned[4:6], images.flip(-1).flip(-2))
+
+
+def test_rotation_pretraining_hands_fine_tunes_a_fresh_seeded_head(tmp_path, data_path):
+    from soupflow.pretext import fresh_head
+
+    config = merge_defaults({"model": {"name": "test_resnet", "head_seed": 3},
+                             "pretrain": {"epochs": 1, "task": "rotation", "batch_size": 16}})
+    paths = {0: str(tmp_path / "e0.safetensors"), 1: str(tmp_path / "e1.safetensors")}
+    make_init(config, data_path, str(tmp_path / "init.safetensors"), paths)
+    init, first = load_file(str(tmp_path / "init.safetensors")), load_file(paths[1])
+    head = fresh_head(create_model({"name": "test_resnet"}, num_classes=10, in_chans=1), 3)
+    assert head and all(torch.equal(init[k], v) and torch.equal(first[k], v) for k, v in head.items())
+    body = next(k for k in init if k.endswith("conv1.weight"))
+    assert not torch.equal(init[body], load_file(paths[0])[body])  # the body did train
