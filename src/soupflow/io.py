@@ -14,6 +14,7 @@ import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+TMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
@@ -21,15 +22,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared like any other file
     try:
         yield tmp
+        # mkstemp makes 0600, and writers that replace the file (safetensors) keep theirs: results are shared
+        # like any other file the user makes, so the user's umask decides
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_orphan_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files a killed write of ``path`` left beside it (only ``atomic_path``'s own
+    naming, ``.NAME.*.tmp``); called when a job that writes ``path`` starts. Returns what was removed."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    orphans = list(target.parent.glob(f".{target.name}.*{TMP_SUFFIX}"))
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:

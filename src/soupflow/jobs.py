@@ -21,7 +21,8 @@ from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
 from soupflow.config import pipeline_seed
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
-from soupflow.io import atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
+from soupflow.io import (atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml, file_digest,
+                         remove_orphan_temps)
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
@@ -126,7 +127,7 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
                 save_checkpoint({**trained.state_dict(), **head}, staged[epoch], {**meta, "epoch": str(epoch)})
 
         result = train(model, images, labels, data, hp, device, name="pretrain", on_epoch_end=keep,
-                       resume=_resume(config, resume_path), precision=config["training"]["precision"])
+                       resume=_resume(config, resume_path, data_path), precision=config["training"]["precision"])
         if result.status != "ok":
             raise RuntimeError("pretraining diverged; lower pretrain.lr")
         model.load_state_dict({**model.state_dict(), **head})
@@ -140,10 +141,15 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
     _forget(resume_path)
 
 
-def _resume(config: dict[str, Any], path: Path):
+def _resume(config: dict[str, Any], path: Path, start_file: str):
+    """Where a job keeps its training state; the state is valid only for this model config and this exact
+    starting file (the init checkpoint of a fine-tune, the data of pretraining): a retrained init or
+    re-prepared data discards it instead of resuming stale work."""
     from soupflow.train import Resume
 
-    return Resume(str(path), int(config["training"]["checkpoint_every_steps"]))
+    remove_orphan_temps(path)
+    start = json.dumps({"model": config["model"], "start_file_sha256": file_digest(start_file)}, sort_keys=True)
+    return Resume(str(path), int(config["training"]["checkpoint_every_steps"]), start)
 
 
 def _forget(path: Path) -> None:
@@ -178,7 +184,7 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     try:
         seeded = {**hp, "seed": pipeline_seed(config, hp["seed"])}  # the row keeps the run's own seed
         result = train(model, images, labels, data, seeded, device, name=run_id,
-                       resume=_resume(config, out / "resume.pt"), precision=config["training"]["precision"])
+                       resume=_resume(config, out / "resume.pt", init_path), precision=config["training"]["precision"])
     except (Preempted, KeyboardInterrupt, MemoryError):
         raise  # killed from outside or out of host memory: the job fails, a rerun resumes from saved state
     except Exception as failure:  # a run that cannot train (bad hyperparameters, CUDA OOM …) is a result too

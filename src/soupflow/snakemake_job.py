@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from soupflow.config import merge_defaults
+from soupflow.io import remove_orphan_temps
 from soupflow.jobs import setup_logging
 
 
@@ -15,4 +17,7 @@ def start(snakemake: Any) -> dict[str, Any]:
     must not retrain finished runs.
     """
     setup_logging(snakemake.log[0] if snakemake.log else None)
+    for path in snakemake.output:
+        for orphan in remove_orphan_temps(path):
+            logging.getLogger("soupflow").info("removed %s, left by a killed write", orphan)
     return merge_defaults(snakemake.config)

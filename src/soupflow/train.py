@@ -110,10 +110,11 @@ class Resume:
 
     path: str
     every_steps: int = 0
+    start: str = ""  # identity of what training starts from (checkpoint hash, model config): see load_state
 
 
-def _fingerprint(hp: dict[str, Any], n: int) -> str:
-    return json.dumps({"hp": hp, "n": n}, sort_keys=True, default=str)
+def _fingerprint(hp: dict[str, Any], n: int, start: str) -> str:
+    return json.dumps({"hp": hp, "n": n, "start": start}, sort_keys=True, default=str)
 
 
 def save_state(path: str, fingerprint: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -132,7 +133,8 @@ def load_state(path: str, fingerprint: str, device: torch.device) -> dict[str, A
         return None
     state = torch.load(path, map_location=device, weights_only=True)
     if state.get("fingerprint") != fingerprint:
-        log.warning("ignoring %s: it belongs to other hyperparameters or data", path)
+        log.warning("discarding %s and training from the start: it was saved for other hyperparameters, data, "
+                    "model or starting weights (e.g. the init was retrained since)", path)
         return None
     return state
 
@@ -189,7 +191,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
     warmup = float(hp.get("warmup_fraction", 0.3))
     images, labels = images.to(device), labels.to(device)
     smoothing = float(hp.get("label_smoothing", 0.0))
-    fingerprint = _fingerprint(hp, n)
+    fingerprint = _fingerprint(hp, n, resume.start if resume else "")
     step, first_epoch, first_index, order, running, epoch_losses, spent = 0, 0, 0, None, 0.0, [], 0.0
     saved = load_state(resume.path, fingerprint, device) if resume else None
     if saved is not None:

@@ -1,0 +1,66 @@
+"""Nothing lost, nothing stale: stale training states, file modes, orphan temporary files."""
+
+import json
+import stat
+
+import pytest
+import torch
+
+from soupflow import io
+from soupflow.train import Resume, train
+
+from test_train import FakeData, TinyBN
+
+
+def _train(tmp_path, start: str):
+    images = torch.randint(0, 255, (64, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(1))
+    hp = {"lr": 0.1, "weight_decay": 0.0, "epochs": 2, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
+          "seed": 0, "schedule": "constant"}
+    torch.manual_seed(0)
+    return train(TinyBN(), images, labels, FakeData(), hp, torch.device("cpu"),
+                 resume=Resume(str(tmp_path / "resume.pt"), 0, start))
+
+
+def test_a_training_state_resumes_only_from_the_start_it_was_saved_for(tmp_path, caplog):
+    first = _train(tmp_path, start="init sha A")
+    assert first.resumed_from_step == 0 and (tmp_path / "resume.pt").exists()
+    assert _train(tmp_path, start="init sha A").resumed_from_step == first.steps  # same start: resumes
+    with caplog.at_level("WARNING", logger="soupflow"):
+        again = _train(tmp_path, start="init sha B")  # e.g. the init was retrained since
+    assert again.resumed_from_step == 0 and again.steps == first.steps
+    assert "discarding" in caplog.text and "starting weights" in caplog.text
+
+
+def test_the_resume_identity_follows_the_start_files_content_and_the_model(tmp_path):
+    from soupflow.config import merge_defaults
+    from soupflow.jobs import _resume
+
+    config = merge_defaults({})
+    init = tmp_path / "init.safetensors"
+    init.write_bytes(b"weights one")
+    one = _resume(config, tmp_path / "resume.pt", str(init)).start
+    init.write_bytes(b"weights two")
+    two = _resume(config, tmp_path / "resume.pt", str(init)).start
+    wider = merge_defaults({"model": {"kwargs": {"stem_width": 64}}})
+    assert len({one, two, _resume(wider, tmp_path / "resume.pt", str(init)).start}) == 3
+    assert json.loads(two)["start_file_sha256"] == io.file_digest(init) != json.loads(one)["start_file_sha256"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_checkpoints_and_tables_get_the_users_umask(tmp_path, monkeypatch, umask, mode):
+    monkeypatch.setattr(io, "_UMASK", umask)
+    io.atomic_save_safetensors({"w": torch.ones(2)}, tmp_path / "model.safetensors")
+    io.atomic_write_text("x", tmp_path / "note.txt")
+    for name in ("model.safetensors", "note.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_orphan_temporary_files_of_a_killed_write_are_removed_and_nothing_else(tmp_path):
+    target = tmp_path / "model.safetensors"
+    orphans = [tmp_path / ".model.safetensors.k3j2.tmp", tmp_path / ".model.safetensors.x9.tmp"]
+    keep = [tmp_path / "model.safetensors", tmp_path / ".other.safetensors.a.tmp", tmp_path / "model.safetensors.tmp"]
+    for path in orphans + keep:
+        path.write_bytes(b"partial")
+    assert sorted(io.remove_orphan_temps(target)) == sorted(orphans)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in orphans)
