@@ -119,11 +119,13 @@ def key_of(*parts) -> str:
 
 def experiment(config: dict, work: Path, threads: int) -> pd.DataFrame:
     """One whole experiment, cached piece by piece under ``work``; returns its soups table."""
-    data_key = key_of(config["seed"], config["data"])
+    reads_model = config["data"].get("normalize") == "pretrained"  # as the prepare_data rule's params
+    data_key = key_of(config["seed"], config["data"], *([config["model"]["name"]] if reads_model else []))
     data_dir = work / "data" / data_key
     data_path = data_dir / "dataset.safetensors"
     if not data_path.exists():
-        prepare(config["data"], config["seed"], str(data_path), str(data_dir / "splits.json"))
+        prepare(config["data"], config["seed"], str(data_path), str(data_dir / "splits.json"),
+                config["model"]["name"])
     init_key = key_of(data_key, config["model"], config["pretrain"], config["seed"])
     init_dir = work / "init" / init_key
     init_path = init_dir / "model.safetensors"

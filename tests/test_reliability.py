@@ -64,3 +64,48 @@ def test_orphan_temporary_files_of_a_killed_write_are_removed_and_nothing_else(t
         path.write_bytes(b"partial")
     assert sorted(io.remove_orphan_temps(target)) == sorted(orphans)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in orphans)
+
+
+def _clone_code(folder):
+    """The workflow's code as a `git pull` would leave it: Snakefile, rules, scripts, profiles, src."""
+    import shutil
+
+    from conftest import ROOT
+
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, folder / name)
+    for name in ("workflow", "profiles", "src"):
+        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
+
+
+def _planned(code, work, *args):
+    import subprocess
+    import sys
+
+    from test_workflow import job_counts
+
+    command = [sys.executable, "-m", "snakemake", "-s", str(code / "Snakefile"), "--configfile",
+               str(work / "config.yaml"), "--directory", str(work), "--cores", "2", "-n", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return job_counts(result.stdout)
+
+
+def test_touched_code_retrains_nothing_and_a_training_version_bump_retrains_all(finished, tmp_path):
+    from soupflow.grid import expand_runs
+    from soupflow.config import resolve_config
+    from conftest import SMOKE
+
+    work, _ = finished
+    (tmp_path / "checkout").mkdir()
+    code = _clone_code(tmp_path / "checkout")
+    touched = list((code / "workflow").rglob("*.py")) + list((code / "workflow").rglob("*.smk"))
+    for path in touched:  # every script and rule file changes, as in an update
+        path.write_text(path.read_text() + "\n# updated\n")
+    assert "finetune" not in _planned(code, work)  # through the default workflow profile
+    assert _planned(code, work, "--workflow-profile", "none").get("finetune", 0) > 0  # what it prevents
+    version = code / "src" / "soupflow" / "versions.py"
+    version.write_text(version.read_text().replace("TRAINING = 1", "TRAINING = 2"))
+    planned = _planned(code, work)
+    assert planned["finetune"] == len(expand_runs(resolve_config(SMOKE, check_model=False))) and planned["init"] == 1

@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 from soupflow.config import ConfigError, resolve_config, soup_specs
 from soupflow.grid import expand_analysis_runs, expand_runs, sample_pairs  # torch-free: parses fast
+from soupflow.versions import TRAINING as TRAINING_VERSION
 
 try:  # model name and data paths are checked once, by the main process, not again inside every job
     CONFIG = resolve_config(config, check_model=workflow.is_main_process, check_paths=workflow.is_main_process)

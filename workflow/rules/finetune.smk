@@ -12,6 +12,7 @@ rule finetune:
     params:
         hp=run_params,
         model=CONFIG["model"],
+        code=TRAINING_VERSION,  # soupflow.versions: bumped when results change on purpose
     wildcard_constraints:
         run_id="run-[0-9a-f]{10}",
     threads: 1

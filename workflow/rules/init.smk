@@ -9,6 +9,7 @@ rule init:
         # only what changes the init's weights: editing soups or grids never retrains it
         model=CONFIG["model"],
         pretrain=CONFIG["pretrain"] if CONFIG["model"]["init"] == "pretrain" else None,
+        code=TRAINING_VERSION,  # soupflow.versions: bumped when results change on purpose
     threads: 4
     log:
         f"{RESULTS}/logs/init.log",
