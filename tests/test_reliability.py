@@ -6,6 +6,7 @@ import stat
 import pytest
 import torch
 
+from conftest import ROOT
 from soupflow import io
 from soupflow.train import Resume, train
 
@@ -109,3 +110,48 @@ def test_touched_code_retrains_nothing_and_a_training_version_bump_retrains_all(
     version.write_text(version.read_text().replace("TRAINING = 1", "TRAINING = 2"))
     planned = _planned(code, work)
     assert planned["finetune"] == len(expand_runs(resolve_config(SMOKE, check_model=False))) and planned["init"] == 1
+
+
+def test_a_full_disk_fails_the_job_instead_of_recording_a_failed_run(finished, tmp_path, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    import yaml
+
+    from conftest import SMOKE
+    from soupflow import jobs
+    from soupflow import train as train_module
+    from soupflow.config import resolve_config
+
+    work, _ = finished
+    run_dir = sorted((work / "results/runs").iterdir())[0]
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config, hp = resolve_config(SMOKE, check_model=False), recorded["hyperparameters"]
+    data, init = work / "results/data/dataset.safetensors", work / recorded["init"]
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / run_dir.name
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_state", no_space)
+        with pytest.raises(OSError, match="No space left"):
+            jobs.finetune(config, out.name, hp, str(data), str(init), str(out))
+    assert not (out / "metrics.parquet").exists() and not (out / "model.safetensors").exists()
+    row = jobs.finetune(config, out.name, hp, str(data), str(init), str(out))  # space freed: the retry trains
+    assert row["status"] == "ok" and pd.read_parquet(out / "metrics.parquet").status.tolist() == ["ok"]
+
+
+def test_forcing_one_run_retrains_it_alone_and_the_summary_says_how(finished):
+    import pandas as pd
+
+    from soupflow.summary import format_retry
+
+    work, _ = finished
+    runs = pd.read_parquet(work / "results/metrics/runs.parquet")
+    target = f"results/runs/{runs.run_id.iloc[0]}/metrics.parquet"
+    planned = _planned(ROOT, work, "--forcerun", target)
+    assert planned["finetune"] == 1 and planned["soup"] >= 1 and "init" not in planned
+    failed = runs.assign(status=["failed"] + ["ok"] * (len(runs) - 1))
+    assert f"--forcerun {target}" in format_retry(failed) and format_retry(runs) == ""

@@ -64,6 +64,10 @@ def checkpoint_metadata(model_config: dict[str, Any], data: PreparedData, **extr
     return meta
 
 
+#: Errors of the machine, not of the run: they fail the job so that a rerun retries it (never status=failed).
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, torch.cuda.OutOfMemoryError)
+
+
 # ---------------------------------------------------------------- shared init
 def _timm_pretrained(data: PreparedData, model_config: dict[str, Any]) -> torch.nn.Module:
     """timm's own pretrained weights: from ``model.file`` (a timm-format checkpoint, offline) or the hub.
@@ -185,9 +189,9 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
         seeded = {**hp, "seed": pipeline_seed(config, hp["seed"])}  # the row keeps the run's own seed
         result = train(model, images, labels, data, seeded, device, name=run_id,
                        resume=_resume(config, out / "resume.pt", init_path), precision=config["training"]["precision"])
-    except (Preempted, KeyboardInterrupt, MemoryError):
-        raise  # killed from outside or out of host memory: the job fails, a rerun resumes from saved state
-    except Exception as failure:  # a run that cannot train (bad hyperparameters, CUDA OOM …) is a result too
+    except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
+        raise  # killed, disk full, I/O, out of memory: the job fails and a rerun retries (resuming saved state)
+    except Exception as failure:  # a run that cannot train (bad hyperparameters, ...) is a result too
         log.exception("%s failed; recorded with status=failed and left out of soups", run_id)
         error = f"{type(failure).__name__}: {failure}"[:500]
         model.load_state_dict(load_checkpoint(init_path))

@@ -92,10 +92,21 @@ def format_bn_effects(table: pd.DataFrame) -> str:
     return header + "\n".join(lines) + "\n" if lines else ""
 
 
+def format_retry(runs: pd.DataFrame, runs_folder: str = "results/runs") -> str:
+    """How to train the failed runs again, when there are any (diverged runs would only diverge again)."""
+    failed = runs[runs["status"] == "failed"].run_id.tolist()
+    if not failed:
+        return ""
+    targets = " ".join(f"{runs_folder}/{run_id}/metrics.parquet" for run_id in failed)
+    return (f"{len(failed)} run(s) failed (see the error column of runs.parquet); to train them again:\n"
+            f"  snakemake --cores N --forcerun {targets}\n")
+
+
 def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
-    table = summary_table(pd.read_parquet(runs_path), pd.read_parquet(soups_path))
+    runs = pd.read_parquet(runs_path)
+    table = summary_table(runs, pd.read_parquet(soups_path))
     text = ("soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n"
-            + format_bn_effects(table) + LEGEND)
+            + format_bn_effects(table) + format_retry(runs) + LEGEND)
     atomic_write_text(text + "\n", out_text)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return text
