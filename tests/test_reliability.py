@@ -155,3 +155,28 @@ def test_forcing_one_run_retrains_it_alone_and_the_summary_says_how(finished):
     assert planned["finetune"] == 1 and planned["soup"] >= 1 and "init" not in planned
     failed = runs.assign(status=["failed"] + ["ok"] * (len(runs) - 1))
     assert f"--forcerun {target}" in format_retry(failed) and format_retry(runs) == ""
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, damage):
+    from soupflow.models import load_checkpoint
+
+    path = tmp_path / "runs" / "run-0123456789" / "model.safetensors"
+    io.atomic_save_safetensors({"w": torch.randn(64, 64), "b": torch.zeros(64)}, path, {"model": "x"})
+    assert torch.equal(load_checkpoint(path)["b"], torch.zeros(64))
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-100] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(io.DamagedFileError, match=f"{path} is damaged .*delete it and rerun snakemake"):
+        load_checkpoint(path)
+
+
+def test_a_damaged_training_state_is_discarded_not_fatal(tmp_path, caplog):
+    first = _train(tmp_path, start="A")
+    (tmp_path / "resume.pt").write_bytes((tmp_path / "resume.pt").read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="soupflow"):
+        again = _train(tmp_path, start="A")
+    assert again.resumed_from_step == 0 and again.steps == first.steps and "cannot be read" in caplog.text

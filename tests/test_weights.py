@@ -125,7 +125,8 @@ def test_normalize_pretrained_uses_timms_constants_averaged_for_grey_images(fash
 
 
 def test_given_normalisation_must_fit_the_channels():
-    user = {"data": {"name": "fashion_mnist", "root": FASHION, "normalize": {"mean": [0.1, 0.2], "std": [0.3]}}}
+    user = {"model": {"name": "resnet10t"},
+            "data": {"name": "fashion_mnist", "root": FASHION, "normalize": {"mean": [0.1, 0.2], "std": [0.3]}}}
     with pytest.raises(ConfigError, match="'data.normalize.mean' has 2 values; allowed: 1 or 3"):
         resolve_config(user, check_model=False)
 

@@ -16,15 +16,13 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from soupflow import analysis
 from soupflow.average import average
 from soupflow.corruptions import corrupt_split
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
-from soupflow.io import atomic_save_safetensors, atomic_write_parquet
+from soupflow.io import atomic_save_safetensors, atomic_write_parquet, open_safetensors, read_safetensors
 from soupflow.jobs import _model_for, untrained_state
 from soupflow.models import load_checkpoint, pick_device, set_threads
 from soupflow.similarity import flatten, output_similarity, parameter_similarity
@@ -38,7 +36,7 @@ def make_corrupted(config: dict[str, Any], data_path: str, out_path: str) -> Non
     spec = config["analysis"]["corruptions"]
     images, labels = PreparedData(data_path).split("test")
     tensors = corrupt_split(images, labels, spec["types"], spec["severities"], spec["max_images"], spec["seed"])
-    with safe_open(data_path, framework="pt") as handle:
+    with open_safetensors(data_path) as handle:
         meta = dict(handle.metadata())
     meta["corruption_types"] = json.dumps(spec["types"])
     atomic_save_safetensors(tensors, out_path, metadata=meta)
@@ -90,16 +88,16 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], data_path: str, c
 
     @lru_cache(maxsize=4)
     def state(run_id: str) -> dict[str, torch.Tensor]:
-        return load_file(str(Path(run_dirs[run_id]) / "model.safetensors"))
+        return read_safetensors(str(Path(run_dirs[run_id]) / "model.safetensors"))
 
     @lru_cache(maxsize=8)
     def vector(key: str) -> torch.Tensor:
-        return flatten(load_file(init_paths[key]) if key in init_paths else state(key))
+        return flatten(read_safetensors(init_paths[key]) if key in init_paths else state(key))
 
     @lru_cache(maxsize=None)
     def outputs(run_id: str) -> tuple[torch.Tensor, torch.Tensor, Scores]:
-        tensors = load_file(str(Path(run_dirs[run_id]) / "outputs.safetensors"))
-        corrupted_scores = scores_from_logits(load_file(corrupted_logits[run_id])["logits"], evaluators[CORRUPTED].labels)
+        tensors = read_safetensors(str(Path(run_dirs[run_id]) / "outputs.safetensors"))
+        corrupted_scores = scores_from_logits(read_safetensors(corrupted_logits[run_id])["logits"], evaluators[CORRUPTED].labels)
         return tensors["test_logits"], tensors["test_features"], corrupted_scores
 
     run_rows = {run_id: _run_row(run_dir) for run_id, run_dir in run_dirs.items()}  # read once, not per pair
@@ -157,7 +155,7 @@ def sanity(config: dict[str, Any], data_path: str, run_dirs: list[str], out_path
     cases = []
     if usable:
         best = max(usable, key=lambda r: r["val_accuracy"])
-        weights = load_file(str(Path(best["dir"]) / "model.safetensors"))
+        weights = read_safetensors(str(Path(best["dir"]) / "model.safetensors"))
         cases.append(("self", best["run_id"], best["run_id"], weights, weights))
     untrained = [untrained_state(data, config["model"], seed) for seed in (1, 2)]
     cases.append(("untrained", "untrained-seed1", "untrained-seed2", *untrained))

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from soupflow.io import atomic_save_safetensors
+from soupflow.io import atomic_save_safetensors, open_safetensors
 
 SPLITS = ("pretrain", "train", "val", "test")
 
@@ -223,10 +223,8 @@ class PreparedData:
     """The prepared tensors of one experiment, with normalisation constants; loads splits lazily."""
 
     def __init__(self, path: str | os.PathLike):
-        from safetensors import safe_open
-
         self.path = str(path)
-        with safe_open(self.path, framework="pt") as handle:
+        with open_safetensors(self.path) as handle:
             meta = handle.metadata()
         self.classes = json.loads(meta["classes"])
         self.mean = torch.tensor(json.loads(meta["mean"])).view(1, -1, 1, 1)
@@ -239,16 +237,12 @@ class PreparedData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of every image, read from the file's header (no tensor loaded)."""
-        from safetensors import safe_open
-
-        with safe_open(self.path, framework="pt") as handle:
+        with open_safetensors(self.path) as handle:
             return tuple(handle.get_slice("test_x").get_shape()[1:])
 
     def split(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and int64 labels of one split, on ``device``."""
-        from safetensors import safe_open
-
-        with safe_open(self.path, framework="pt") as handle:
+        with open_safetensors(self.path) as handle:
             images, labels = handle.get_tensor(f"{name}_x"), handle.get_tensor(f"{name}_y")
         return images.to(device), labels.to(device)
 

@@ -63,9 +63,30 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
         handle.write(text)
 
 
+class DamagedFileError(RuntimeError):
+    """A result file that cannot be read back as written; the message names it and says what to do."""
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in key order: the content a file must hold."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _damaged(path: str | os.PathLike, why: str) -> DamagedFileError:
+    return DamagedFileError(f"{path} is damaged ({why}); delete it and rerun snakemake to make it again")
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors (contiguous, no shared storage) atomically."""
+    """Save tensors as safetensors (contiguous, no shared storage) atomically, with the sha256 of their
+    content in the metadata so that ``read_safetensors`` can tell a damaged file."""
     from safetensors.torch import save_file
 
     plain, seen = {}, set()
@@ -76,7 +97,30 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
         seen.add(tensor.data_ptr())
         plain[name] = tensor
     with atomic_path(path) as tmp:
-        save_file(plain, tmp, metadata=metadata)
+        save_file(plain, tmp, metadata={**(metadata or {}), "sha256": tensor_digest(plain)})
+
+
+def open_safetensors(path: str | os.PathLike):
+    """``safe_open`` (lazy, by tensor) whose failure to read the header names the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except SafetensorError as error:
+        raise _damaged(path, str(error)) from None
+
+
+def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, checked against the sha256 recorded when soupflow wrote it."""
+    with open_safetensors(path) as handle:
+        expected = (handle.metadata() or {}).get("sha256")
+        try:
+            tensors = {name: handle.get_tensor(name).to(device) for name in handle.keys()}
+        except Exception as error:  # a truncated body surfaces here
+            raise _damaged(path, f"{type(error).__name__}: {error}") from None
+    if expected and tensor_digest(tensors) != expected:
+        raise _damaged(path, "its content does not match the sha256 recorded when it was written")
+    return tensors
 
 
 def atomic_write_parquet(table: Any, path: str | os.PathLike) -> None:

@@ -22,7 +22,7 @@ from soupflow.config import pipeline_seed
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.io import (atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml, file_digest,
-                         remove_orphan_temps)
+                         open_safetensors, read_safetensors, remove_orphan_temps)
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
@@ -227,8 +227,6 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
 # ---------------------------------------------------------------- soups
 def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
     """The usable runs (status ok) of a runs table as soup ingredients, weights loaded lazily from their folders."""
-    from safetensors.torch import load_file
-
     from soupflow.recipes import Ingredient
 
     usable = rows[rows["status"] == "ok"]
@@ -237,19 +235,17 @@ def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
         log.warning("leaving %s out of soups: status %s", row["run_id"], row["status"])
     by_id = {Path(d).name: d for d in run_dirs}
     return [Ingredient(row.run_id, Scores(row.val_loss, row.val_accuracy),
-                       (lambda p=str(Path(by_id[row.run_id]) / "model.safetensors"): load_file(p)))
+                       (lambda p=str(Path(by_id[row.run_id]) / "model.safetensors"): read_safetensors(p)))
             for row in usable.itertuples()], by_id
 
 
 def _cached_logits(names: list[str], by_id: dict[str, str], split: str) -> torch.Tensor | None:
     """Mean of the ingredients' cached logits: the logit ensemble (k forward passes at inference)."""
-    from safetensors import safe_open
-
     if not names or any(n not in by_id for n in names):
         return None
     total = None
     for name in names:
-        with safe_open(str(Path(by_id[name]) / "outputs.safetensors"), framework="pt") as handle:
+        with open_safetensors(Path(by_id[name]) / "outputs.safetensors") as handle:
             logits = handle.get_tensor(f"{split}_logits")
         total = logits if total is None else total + logits
     return total / len(names)

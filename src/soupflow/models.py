@@ -105,9 +105,9 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     """A state dict from a .safetensors file (or a .pth/.pt file holding one, for ``model.init = file``)."""
     path = str(path)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from soupflow.io import read_safetensors
 
-        return load_file(path, device=str(device))
+        return read_safetensors(path, device=str(device))
     state = torch.load(path, map_location=device, weights_only=True)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

@@ -131,7 +131,12 @@ def save_state(path: str, fingerprint: str, model: torch.nn.Module, optimizer: t
 def load_state(path: str, fingerprint: str, device: torch.device) -> dict[str, Any] | None:
     if not os.path.exists(path):
         return None
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # damaged (a disk fault, a copy cut short): start over rather than fail for good
+        log.warning("discarding %s and training from the start: it cannot be read (%s: %s)", path,
+                    type(error).__name__, error)
+        return None
     if state.get("fingerprint") != fingerprint:
         log.warning("discarding %s and training from the start: it was saved for other hyperparameters, data, "
                     "model or starting weights (e.g. the init was retrained since)", path)
