@@ -97,11 +97,17 @@ VARIANTS: dict[str, dict] = {
     "lite0_low": {"_base": "lite0", "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
     "lite0_low_frozen": {"_base": "lite0", "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1],
                                                     "bn_statistics": ["frozen"]}},
+    # the init's BatchNorm statistics re-estimated on Fashion-MNIST train images, then kept by every fine-tune
+    "lite0_initbn_frozen": {"_base": "lite0", "model": {"init_bn": "recompute"},
+                            "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1], "bn_statistics": ["frozen"]}},
+    "lite0_initbn": {"_base": "lite0", "model": {"init_bn": "recompute"},
+                     "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
 }
 
 #: experiments/lite0_fmnist.yaml's data, model and fine-tune settings (variants set the grid)
 LITE0 = {key: value for key, value in yaml.safe_load((ROOT / "experiments" / "lite0_fmnist.yaml").read_text()).items()
          if key in {"data", "model", "finetune"}}
+LITE0["model"] = {key: value for key, value in LITE0["model"].items() if key != "init_bn"}
 BASES = {"fmnist": BASE, "lite0": LITE0}
 
 

@@ -32,12 +32,13 @@ from soupflow.weights import import_state, resolve_file
 log = logging.getLogger("soupflow")
 
 
-def setup_logging(log_file: str | None = None) -> None:
-    """Progress to stderr (shown by Snakemake) and to the job's log file."""
+def setup_logging(log_file: str | None = None, append: bool = False) -> None:
+    """Progress to stderr (shown by Snakemake) and to the job's log file; ``append`` for jobs that resume,
+    so that the epochs before a kill stay in the log."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        handlers.append(logging.FileHandler(log_file, mode="a" if append else "w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         handlers=handlers, force=True)
 
@@ -107,6 +108,11 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
         log.info("imported %s: %s (fresh tensors seeded with model.head_seed %s)", model_config["file"],
                  report.summary(), model_config.get("head_seed", 0))
         meta.update(report.metadata())
+    if model_config.get("init_bn") == "recompute" and has_batchnorm(model):
+        refresher = BatchNormRefresher(model, data, device, 2000, pipeline_seed(config, 0))
+        model.load_state_dict(refresher.refresh(model.state_dict()))
+        log.info("BatchNorm statistics of the init re-estimated on %d train images (model.init_bn: recompute)",
+                 refresher.images.shape[0])
     # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:
     # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
     staging = Path(out_model).parent / ".staging"

@@ -4,6 +4,6 @@ from pathlib import Path
 from soupflow.jobs import finetune
 from soupflow.snakemake_job import start
 
-config = start(snakemake)
+config = start(snakemake, resumable=True)
 finetune({**config, "model": snakemake.params.model}, snakemake.wildcards.run_id, snakemake.params.hp,
          snakemake.input.data, snakemake.input.init, str(Path(snakemake.output.model).parent), snakemake.threads)
