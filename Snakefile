@@ -21,9 +21,10 @@ include: "workflow/rules/soups.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/export.smk"
 
 # Seconds of pandas: on a cluster they run where Snakemake runs instead of waiting in the queue.
-localrules: all, run_table, table, summary
+localrules: all, run_table, table, summary, timm_configs
 
 
 rule all:
@@ -31,6 +32,7 @@ rule all:
     input:
         rules.summary.output,
         rules.plots.output,
+        rules.timm_configs.output,
 
 
 onsuccess:

@@ -211,3 +211,14 @@ def test_bn_recompute_is_compared_with_averaged_statistics(finished, soups):
     assert row.bn_acc_diff_pt_low <= row.bn_acc_diff_pt <= row.bn_acc_diff_pt_high
     assert pd.isna(kept.get("bn_acc_diff_pt"))
     assert "BatchNorm statistics re-estimated" in (work / "results/summary.txt").read_text()
+
+
+def test_every_checkpoint_folder_loads_in_plain_timm_by_local_dir(finished, runs):
+    results = finished[0] / "results"
+    folders = [results / "init", results / "runs" / runs.run_id.iloc[0], results / "soups" / "greedy"]
+    for folder in folders:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+        saved = load_file(str(folder / "model.safetensors"))
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items()), folder
+        data_config = timm.data.resolve_data_config({}, model=model)
+        assert data_config["input_size"] == (1, 28, 28) and len(data_config["mean"]) == 1
