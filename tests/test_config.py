@@ -95,3 +95,27 @@ def test_init_file_must_exist():
 def test_unknown_heatmap_axis():
     message = rejected(lambda c: c["plots"].update(heatmap_axes=["lr", "colour"]))
     assert "plots.heatmap_axes" in message and "weight_decay" in message
+
+
+def test_nested_config_overrides_given_as_text_are_read_as_the_schema_wants():
+    from soupflow.config import coerce_strings
+
+    config = copy.deepcopy(DEFAULT)
+    config["grid"] = {"lr": ["0.1", "1e-2"], "seed": ["0", "1"], "nesterov": ["true"]}
+    config["model"]["name"] = "123"  # a string where the schema wants one stays a string
+    config["data"]["max_train"] = "null"
+    fixed = coerce_strings(config)
+    assert fixed["grid"] == {"lr": [0.1, 0.01], "seed": [0, 1], "nesterov": [True]}
+    assert fixed["model"]["name"] == "123" and fixed["data"]["max_train"] is None
+    assert config["grid"]["seed"] == ["0", "1"]  # the caller's dict is not changed
+    resolve_config(fixed, check_model=False)
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["model"].update(init="timm"), "analysis.branching.epochs"),
+    (lambda c: c["grid"].update(branch_epoch=[99]), "grid.branch_epoch"),
+    (lambda c: c.setdefault("runs", []).append({"lr": 0.01, "branch_epoch": 7}), "runs[0].branch_epoch"),
+])
+def test_a_branch_epoch_that_is_not_kept_names_the_key_the_user_wrote(mutate, key):
+    message = rejected(mutate)
+    assert f"config key '{key}'" in message and "not a kept pretraining epoch" in message

@@ -125,6 +125,56 @@ def load_schema() -> dict[str, Any]:
         return yaml.safe_load(handle)
 
 
+def _string_type_errors(errors) -> list:
+    """Schema 'type' errors on string values where the schema wants no string, nested contexts included."""
+    found = []
+    for error in errors:
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if error.validator == "type" and isinstance(error.instance, str) and "string" not in expected:
+            found.append(error)
+        found += _string_type_errors(error.context or [])
+    return found
+
+
+def _scalar(text: str) -> Any:
+    """Text read as YAML, and as a float where YAML 1.1 leaves exponents without a dot as text ("1e-2")."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    return value
+
+
+def coerce_strings(config: dict[str, Any]) -> dict[str, Any]:
+    """Values that arrive as text where the schema wants a number, boolean or null, read as YAML.
+
+    Snakemake hands nested ``--config`` values over as strings (``--config 'grid={lr: [0.1], seed: [0, 1]}'``
+    gives ``seed: ['0', '1']``); the same values written in a YAML file are numbers. Only values the schema
+    rejects as strings are touched, so names and paths stay text.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    config = copy.deepcopy(config)
+    for _ in range(1000):  # each pass fixes every reported value; nested ones may surface on the next
+        changed = False
+        for error in _string_type_errors(validator.iter_errors(config)):
+            value = _scalar(error.instance)
+            if isinstance(value, str):
+                continue
+            parent = config
+            *path, last = list(error.absolute_path)
+            for part in path:
+                parent = parent[part]
+            if parent[last] != value:
+                parent[last], changed = value, True
+        if not changed:
+            return config
+    return config
+
+
 def validate_schema(config: dict[str, Any]) -> None:
     """Check ``config`` against the JSON schema; raise ConfigError on the first (most specific) problem."""
     import jsonschema
@@ -178,6 +228,29 @@ def _check_model_file(model: dict[str, Any]) -> None:
                           f"(or package:NAME/path) when model.init is {model['init']!r}")
 
 
+def kept_epochs(config: dict[str, Any]) -> list[int]:
+    """Epochs of the pretraining trajectory kept as branch points (0 = before pretraining)."""
+    if config["model"]["init"] != "pretrain":
+        return [0]
+    every, epochs = config["pretrain"]["keep_every"], config["pretrain"]["epochs"]
+    return sorted({0, *range(every, epochs + 1, every)})
+
+
+def _check_branch_epochs(config: dict[str, Any]) -> None:
+    """Every branch epoch a user wrote must be a kept pretraining epoch; the error names where it was written."""
+    written = [("analysis.branching.epochs", e) for e in config["analysis"]["branching"]["epochs"]]
+    written += [("grid.branch_epoch", e) for e in config["grid"].get("branch_epoch", [])]
+    written += [(f"runs[{i}].branch_epoch", run["branch_epoch"]) for i, run in enumerate(config["runs"])
+                if run.get("branch_epoch") is not None]
+    kept = kept_epochs(config)
+    for key, epoch in written:
+        if epoch not in kept:
+            why = ("model.init is not 'pretrain', so there is no pretraining to branch from; set it to [] or remove it"
+                   if config["model"]["init"] != "pretrain" else "see pretrain.epochs and pretrain.keep_every")
+            raise ConfigError(f"config key '{key}' has {epoch}, which is not a kept pretraining epoch; allowed values: "
+                              f"{', '.join(map(str, kept))} ({why})")
+
+
 #: Image channels of each data set reader (image_folder decodes to RGB).
 CHANNELS = {"fashion_mnist": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "image_folder": 3}
 
@@ -199,6 +272,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     """Checks beyond the schema: names that must exist, fractions that must fit, unique soup names."""
     data, model = config["data"], config["model"]
     _check_normalize(data)
+    _check_branch_epochs(config)
     if data["pretrain_fraction"] + data["val_fraction"] >= 1:
         raise ConfigError(
             "config keys 'data.pretrain_fraction' + 'data.val_fraction' must be < 1 so that images remain to fine-tune on"
@@ -248,6 +322,7 @@ def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: 
     """Validate a user's config and return it with defaults filled in. Raises ConfigError."""
     if not isinstance(user, dict):
         raise ConfigError("the config must be a mapping of keys to values")
+    user = coerce_strings(user)
     validate_schema(user)
     config = merge_defaults(user)
     validate_schema(config)
@@ -259,6 +334,10 @@ def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: 
         expand_analysis_runs(config)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    drawn = sorted({hp["branch_epoch"] for hp in runs.values() if hp.get("branch_epoch") is not None})
+    if set(drawn) - set(kept_epochs(config)):  # what the keys checked above cannot hold: random-search draws
+        raise ConfigError(f"config key 'search.space.branch_epoch' draws {drawn}; allowed values: "
+                          f"{', '.join(map(str, kept_epochs(config)))} (use distribution: choice)")
     if not runs:
         raise ConfigError("config keys 'grid', 'runs' and 'search.n' describe no fine-tune; allowed: at least one grid axis value, run or draw")
     return config

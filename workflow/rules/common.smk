@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works with or without
 from snakemake.exceptions import WorkflowError
 
 from soupflow.config import ConfigError, resolve_config, soup_specs
+from soupflow.config import kept_epochs as kept_epochs_of
 from soupflow.grid import expand_analysis_runs, expand_runs, sample_pairs  # torch-free: parses fast
 from soupflow.versions import TRAINING as TRAINING_VERSION
 
@@ -28,10 +29,7 @@ SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 def kept_epochs():
     """Epochs of the pretraining trajectory that are kept as branch points (0 = before pretraining)."""
-    if CONFIG["model"]["init"] != "pretrain":
-        return [0]
-    every, epochs = CONFIG["pretrain"]["keep_every"], CONFIG["pretrain"]["epochs"]
-    return sorted({0, *range(every, epochs + 1, every)})
+    return kept_epochs_of(CONFIG)
 
 
 def epoch_checkpoint(epoch):
@@ -58,34 +56,3 @@ def print_summary():
     summary = Path(RESULTS) / "summary.txt"
     if summary.exists():
         print(f"\n{summary.read_text()}", file=sys.stderr)
-
-
-for run_id, hp in ALL_RUNS.items():
-    branch = hp.get("branch_epoch")
-    if branch is not None and branch not in kept_epochs():
-        raise WorkflowError(
-            f"invalid soupflow config: 'branch_epoch' {branch} of {run_id} is not a kept pretraining epoch; "
-            f"allowed values: {', '.join(map(str, kept_epochs()))} (see pretrain.keep_every)"
-        )
-
-
-# The analysis target (workflow/rules/analysis.smk): pairs of runs, dealt to PAIR_JOBS pair_soups jobs.
-ANALYSIS = CONFIG["analysis"]
-PAIRS = sample_pairs(list(ALL_RUNS), ANALYSIS["pairs"], ANALYSIS["seed"])
-PAIR_JOBS = max(1, min(ANALYSIS["jobs"], len(PAIRS)))
-
-
-def pair_chunk(wildcards):
-    return PAIRS[int(wildcards.chunk)::PAIR_JOBS]
-
-
-def chunk_runs(wildcards):
-    return sorted({run for pair in pair_chunk(wildcards) for run in pair})
-
-
-def init_checkpoints():
-    """'final' and every kept pretraining epoch: the points task vectors are measured from."""
-    paths = {"final": INIT}
-    if CONFIG["model"]["init"] == "pretrain":
-        paths.update({f"epoch_{e}": epoch_checkpoint(e) for e in kept_epochs()})
-    return paths
