@@ -272,7 +272,6 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     """Checks beyond the schema: names that must exist, fractions that must fit, unique soup names."""
     data, model = config["data"], config["model"]
     _check_normalize(data)
-    _check_branch_epochs(config)
     if data["pretrain_fraction"] + data["val_fraction"] >= 1:
         raise ConfigError(
             "config keys 'data.pretrain_fraction' + 'data.val_fraction' must be < 1 so that images remain to fine-tune on"
@@ -316,6 +315,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
             raise ConfigError(f"config key 'search.space.{name}' needs 'low' <= 'high' for distribution {spec['distribution']!r}")
         if spec["distribution"] == "log_uniform" and spec["low"] <= 0:
             raise ConfigError(f"config key 'search.space.{name}.low' must be > 0 for distribution 'log_uniform'")
+    _check_branch_epochs(config)
 
 
 def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> dict[str, Any]:
