@@ -119,3 +119,19 @@ def test_nested_config_overrides_given_as_text_are_read_as_the_schema_wants():
 def test_a_branch_epoch_that_is_not_kept_names_the_key_the_user_wrote(mutate, key):
     message = rejected(mutate)
     assert f"config key '{key}'" in message and "not a kept pretraining epoch" in message
+
+
+def test_the_schema_ships_inside_the_package_and_the_workflow_sees_the_same_file(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+    from soupflow.config import SCHEMA_PATH
+
+    assert (ROOT / "workflow/schemas/config.schema.yaml").resolve() == SCHEMA_PATH.resolve()
+    pytest.importorskip("setuptools")  # the build backend, present in the project's venv
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("soupflow-*.whl"))
+    assert "soupflow/schemas/config.schema.yaml" in zipfile.ZipFile(wheel).namelist()

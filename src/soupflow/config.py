@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+#: package data (pip install . ships it); workflow/schemas/config.schema.yaml links here, as Snakemake's layout wants
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 #: Hyperparameters of one fine-tune, in the order they are shown in tables.
 HYPERPARAMETERS = (

@@ -1,0 +1,381 @@
+"""The work of each workflow step, as plain functions of paths and settings.
+
+Snakemake's scripts in ``workflow/scripts/`` only unpack the ``snakemake`` object and call these, so each
+step can also be run (and tested) without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
+from soupflow.config import pipeline_seed
+from soupflow.data import PreparedData
+from soupflow.evaluate import Evaluator, Scores, scores_from_logits
+from soupflow.io import (atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml, file_digest,
+                         open_safetensors, read_safetensors, remove_orphan_temps)
+from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
+from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
+from soupflow.stats import compare
+from soupflow.summary import best_individual
+from soupflow.weights import import_state, resolve_file
+
+log = logging.getLogger("soupflow")
+
+
+def setup_logging(log_file: str | None = None, append: bool = False) -> None:
+    """Progress to stderr (shown by Snakemake) and to the job's log file; ``append`` for jobs that resume,
+    so that the epochs before a kill stay in the log."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="a" if append else "w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def _model_for(data: PreparedData, model_config: dict[str, Any], **timm_kwargs: Any) -> torch.nn.Module:
+    return create_model(model_config, data.num_classes, data.image_shape[0], **timm_kwargs)
+
+
+def untrained_state(data: PreparedData, model_config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """The weights of a freshly initialised model (seeded): the 'untrained' soup and sanity ablations."""
+    torch.manual_seed(seed)
+    return _model_for(data, model_config).state_dict()
+
+
+def checkpoint_metadata(model_config: dict[str, Any], data: PreparedData, **extra: Any) -> dict[str, str]:
+    """What plain timm needs to rebuild the architecture and feed it, stored in the safetensors header:
+    name, classes, channels, kwargs, and the input size and per-channel mean/std (of uint8 / 255)."""
+    channels, height, width = data.image_shape
+    meta = {"model": model_config["name"], "num_classes": str(data.num_classes), "in_chans": str(channels),
+            "kwargs": json.dumps(model_config.get("kwargs", {})), "format": "soupflow state_dict",
+            "input_size": json.dumps([channels, height, width]), "mean": json.dumps(data.mean.flatten().tolist()),
+            "std": json.dumps(data.std.flatten().tolist())}
+    meta.update({k: str(v) for k, v in extra.items()})
+    return meta
+
+
+#: Errors of the machine, not of the run: they fail the job so that a rerun retries it (never status=failed).
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, torch.cuda.OutOfMemoryError)
+
+
+# ---------------------------------------------------------------- shared init
+def _timm_pretrained(data: PreparedData, model_config: dict[str, Any]) -> torch.nn.Module:
+    """timm's own pretrained weights: from ``model.file`` (a timm-format checkpoint, offline) or the hub.
+
+    timm adapts the input channels and re-creates a head of another size itself (``load_pretrained``).
+    """
+    overlay = {"file": resolve_file(model_config["file"])} if model_config.get("file") else None
+    try:
+        return _model_for(data, model_config, pretrained=True, pretrained_cfg_overlay=overlay)
+    except Exception as error:  # network errors surface as many exception types
+        where = f"model.file {model_config['file']!r}" if overlay else "the Hugging Face hub"
+        raise RuntimeError(
+            f"could not load timm weights for {model_config['name']!r} from {where} ({type(error).__name__}: "
+            f"{error}). model.init: timm needs network access to the hub, a filled HF cache, or model.file "
+            "naming a timm-format checkpoint; offline, use model.init: pretrain or model.init: file") from None
+
+
+def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_paths: dict[int, str],
+              threads: int = 1) -> None:
+    """Produce the weights every fine-tune starts from: pretrained here, read from a file, or from timm's hub.
+
+    All fine-tunes share this checkpoint *including the classifier head*: heads re-initialised per run
+    with different seeds would put runs in different basins and break averaging.
+    """
+    set_threads(threads)
+    data, model_config = PreparedData(data_path), config["model"]
+    device = pick_device(config["evaluation"]["device"])
+    torch.manual_seed(pipeline_seed(config, model_config.get("head_seed", 0)))
+    init = model_config["init"]
+    model = _timm_pretrained(data, model_config) if init == "timm" else _model_for(data, model_config)
+    meta = checkpoint_metadata(model_config, data, init=init)
+    if init == "file":
+        file = resolve_file(model_config["file"])
+        fitted, report = import_state(model, load_checkpoint(file), model_config["file"],
+                                      model_config.get("match", "name"), model_config.get("rename"))
+        model.load_state_dict(fitted)
+        log.info("imported %s: %s (fresh tensors seeded with model.head_seed %s)", model_config["file"],
+                 report.summary(), model_config.get("head_seed", 0))
+        meta.update(report.metadata())
+    if model_config.get("init_bn") == "recompute" and has_batchnorm(model):
+        refresher = BatchNormRefresher(model, data, device, 2000, pipeline_seed(config, 0))
+        model.load_state_dict(refresher.refresh(model.state_dict()))
+        log.info("BatchNorm statistics of the init re-estimated on %d train images (model.init_bn: recompute)",
+                 refresher.images.shape[0])
+    # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:
+    # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
+    staging = Path(out_model).parent / ".staging"
+    staged = {epoch: staging / Path(path).name for epoch, path in epoch_paths.items()}
+    if 0 in staged and not staged[0].exists():
+        save_checkpoint(model.state_dict(), staged[0], {**meta, "epoch": "0"})
+    resume_path = Path(out_model).parent / "resume.pt"
+    if init == "pretrain":
+        from soupflow.train import train
+
+        task = config["pretrain"].get("task", "labels")
+        hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
+              "seed": pipeline_seed(config, config["pretrain"]["seed"])}
+        images, labels = PRETEXT_TASKS[task](*data.split("pretrain"))
+        head = {} if uses_labels(task) else fresh_head(model, pipeline_seed(config, model_config.get("head_seed", 0)))
+        if head:
+            log.info("pretraining on the %s pretext task (%d images); fine-tunes get a fresh head: %s",
+                     task, labels.shape[0], ", ".join(head))
+
+        def keep(epoch: int, trained: torch.nn.Module) -> None:
+            if epoch in staged:
+                save_checkpoint({**trained.state_dict(), **head}, staged[epoch], {**meta, "epoch": str(epoch)})
+
+        result = train(model, images, labels, data, hp, device, name="pretrain", on_epoch_end=keep,
+                       resume=_resume(config, resume_path, data_path), precision=config["training"]["precision"])
+        if result.status != "ok":
+            raise RuntimeError("pretraining diverged; lower pretrain.lr")
+        model.load_state_dict({**model.state_dict(), **head})
+        scores = Evaluator(model, data, "val", device).scores()
+        log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
+    for epoch, path in staged.items():
+        os.replace(path, epoch_paths[epoch])
+    if staging.exists() and not any(staging.iterdir()):
+        staging.rmdir()
+    save_checkpoint(model.state_dict(), out_model, meta)
+    _forget(resume_path)
+
+
+def _resume(config: dict[str, Any], path: Path, start_file: str):
+    """Where a job keeps its training state; the state is valid only for this model config and this exact
+    starting file (the init checkpoint of a fine-tune, the data of pretraining): a retrained init or
+    re-prepared data discards it instead of resuming stale work."""
+    from soupflow.train import Resume
+
+    remove_orphan_temps(path)
+    start = json.dumps({"model": config["model"], "start_file_sha256": file_digest(start_file)}, sort_keys=True)
+    return Resume(str(path), int(config["training"]["checkpoint_every_steps"]), start)
+
+
+def _forget(path: Path) -> None:
+    """Remove a training state once the outputs it led to are in place."""
+    if path.exists():
+        path.unlink()
+
+
+# ---------------------------------------------------------------- one fine-tune
+def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path: str, init_path: str,
+             out_dir: str, threads: int = 1) -> dict[str, Any]:
+    """Fine-tune one configuration from the shared init; write its checkpoint, logits, metrics and config.
+
+    A run whose loss stops being finite is recorded with ``status=diverged``, one whose training raises with
+    ``status=failed`` (and the error); both are left out of soups, and their outputs are still written so the
+    rest of the workflow completes. A kill (signal, SLURM time limit) is not a failure: the job exits and its
+    rerun resumes from the saved training state.
+    """
+    from soupflow.config import HYPERPARAMETERS
+    from soupflow.train import Preempted, TrainResult, train
+
+    set_threads(threads)
+    hp = {name: hp.get(name) for name in HYPERPARAMETERS} | hp  # every hp_* column in every run's row
+    out = Path(out_dir)
+    data, model_config = PreparedData(data_path), config["model"]
+    device = pick_device(config["evaluation"]["device"])
+    model = _model_for(data, model_config)
+    model.load_state_dict(load_checkpoint(init_path))
+    images, labels = data.split("train")
+    log.info("fine-tune %s on %d images, %s: %s", run_id, labels.numel(), device, json.dumps(hp))
+    error = ""
+    try:
+        seeded = {**hp, "seed": pipeline_seed(config, hp["seed"])}  # the row keeps the run's own seed
+        result = train(model, images, labels, data, seeded, device, name=run_id,
+                       resume=_resume(config, out / "resume.pt", init_path), precision=config["training"]["precision"])
+    except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
+        raise  # killed, disk full, I/O, out of memory: the job fails and a rerun retries (resuming saved state)
+    except Exception as failure:  # a run that cannot train (bad hyperparameters, ...) is a result too
+        log.exception("%s failed; recorded with status=failed and left out of soups", run_id)
+        error = f"{type(failure).__name__}: {failure}"[:500]
+        model.load_state_dict(load_checkpoint(init_path))
+        result = TrainResult("failed", 0, 0, 0.0, 0.0, float("nan"))
+    row: dict[str, Any] = {"run_id": run_id, **{f"hp_{k}": v for k, v in hp.items()}, "status": result.status,
+                           "error": error, "resumed_from_step": result.resumed_from_step,
+                           "epochs_done": result.epochs_done, "train_loss": result.train_loss,
+                           "train_seconds": result.seconds, "train_images_per_second": result.images_per_second,
+                           "n_parameters": count_parameters(model), "device": device.type}
+    logits = {}
+    for split in ("val", "test"):
+        evaluator = Evaluator(model, data, split, device, config["evaluation"]["batch_size"])
+        split_logits, features = evaluator.outputs(features=True)
+        scores = scores_from_logits(split_logits, evaluator.labels)
+        if result.status == "ok" and not torch.isfinite(split_logits).all():
+            row["status"] = "diverged"
+        row[f"{split}_accuracy"], row[f"{split}_loss"] = scores.accuracy, scores.loss
+        logits[f"{split}_logits"], logits[f"{split}_features"] = split_logits, features
+    if result.status == "failed":  # the scores above are the init's: do not let them pass for the run's
+        row.update({f"{split}_{name}": float("nan") for split in ("val", "test") for name in ("accuracy", "loss")})
+    log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run_id, row["status"],
+             row["val_accuracy"], row["test_accuracy"], result.seconds)
+    meta = checkpoint_metadata(model_config, data, run_id=run_id, status=row["status"])
+    save_checkpoint(model.state_dict(), out / "model.safetensors", meta)
+    atomic_save_safetensors(logits, out / "outputs.safetensors")
+    atomic_write_yaml({"run_id": run_id, "hyperparameters": hp, "model": model_config,
+                       "data": config["data"]["name"], "init": init_path}, out / "config.yaml")
+    atomic_write_parquet(pd.DataFrame([row]), out / "metrics.parquet")
+    _forget(out / "resume.pt")
+    return row
+
+
+# ---------------------------------------------------------------- soups
+def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
+    """The usable runs (status ok) of a runs table as soup ingredients, weights loaded lazily from their folders."""
+    from soupflow.recipes import Ingredient
+
+    usable = rows[rows["status"] == "ok"]
+    left_out = rows[rows["status"] != "ok"]
+    for _, row in left_out.iterrows():
+        log.warning("leaving %s out of soups: status %s", row["run_id"], row["status"])
+    by_id = {Path(d).name: d for d in run_dirs}
+    return [Ingredient(row.run_id, Scores(row.val_loss, row.val_accuracy),
+                       (lambda p=str(Path(by_id[row.run_id]) / "model.safetensors"): read_safetensors(p)))
+            for row in usable.itertuples()], by_id
+
+
+def _cached_logits(names: list[str], by_id: dict[str, str], split: str) -> torch.Tensor | None:
+    """Mean of the ingredients' cached logits: the logit ensemble (k forward passes at inference)."""
+    if not names or any(n not in by_id for n in names):
+        return None
+    total = None
+    for name in names:
+        with open_safetensors(Path(by_id[name]) / "outputs.safetensors") as handle:
+            logits = handle.get_tensor(f"{split}_logits")
+        total = logits if total is None else total + logits
+    return total / len(names)
+
+
+def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData, device: torch.device):
+    """The state transform a soup is scored and saved with: identity, or BatchNorm re-estimated on train."""
+    keep = lambda state: state  # noqa: E731
+    if spec.get("bn", "keep") != "recompute":
+        return keep
+    model = _model_for(data, config["model"])
+    if not has_batchnorm(model):
+        log.info("bn: recompute has nothing to do: %s has no BatchNorm layer", config["model"]["name"])
+        return keep
+    refresher = BatchNormRefresher(model, data, device, int(spec.get("bn_images", 2000)), int(config["seed"]))
+    log.info("BatchNorm statistics of every scored soup re-estimated on %d train images", refresher.images.shape[0])
+    return refresher.refresh
+
+
+def _paired_columns(logits: torch.Tensor | None, reference: torch.Tensor | None, labels: torch.Tensor,
+                    prefix: str) -> dict[str, Any]:
+    """``logits`` against ``reference`` on the same test images (interval, McNemar p, wins), as row columns."""
+    if logits is None or reference is None:
+        return {}
+    comparison = compare(logits, reference, labels)
+    return {**comparison.columns(prefix), f"{prefix}wins": comparison.wins}
+
+
+def _soup_row(name: str, spec: dict[str, Any], soup, n_candidates: int, test_logits: dict[str, torch.Tensor | None],
+              ensemble: dict[str, torch.Tensor | None], labels: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """One row of soups.parquet. ``test_logits`` holds the soup's (``soup``), the best individual's
+    (``reference``) and, with ``bn: recompute``, the same weights' with averaged statistics (``bn_kept``): the
+    soup and the logit ensemble of its ingredients are compared with the best individual, and re-estimated
+    BatchNorm statistics with averaged ones."""
+    test = scores_from_logits(test_logits["soup"], labels["test"])
+    nan = float("nan")
+    row = {"soup": name, "recipe": spec["recipe"], "metric": spec.get("metric", "accuracy"),
+           "bn": spec.get("bn", "keep"), "repeat": soup.repeat, "ingredients": list(soup.ingredients),
+           "n_ingredients": len(soup.ingredients), "n_candidates": n_candidates,
+           "val_accuracy": soup.val.accuracy, "val_loss": soup.val.loss,
+           "test_accuracy": test.accuracy, "test_loss": test.loss}
+    ens = {s: scores_from_logits(ensemble[s], labels[s]) if ensemble[s] is not None else None for s in ensemble}
+    row.update({"ensemble_val_accuracy": ens["val"].accuracy if ens["val"] else nan,
+                "ensemble_test_accuracy": ens["test"].accuracy if ens["test"] else nan,
+                "ensemble_test_loss": ens["test"].loss if ens["test"] else nan})
+    row.update(_paired_columns(test_logits["soup"], test_logits["reference"], labels["test"], ""))
+    row.update(_paired_columns(ensemble["test"], test_logits["reference"], labels["test"], "ensemble_"))
+    row.update(_paired_columns(test_logits["soup"], test_logits.get("bn_kept"), labels["test"], "bn_"))
+    row.update({"inference_passes_soup": 1, "inference_passes_ensemble": len(soup.ingredients),
+                "selection_passes": soup.selection_passes,
+                "options": json.dumps({k: v for k, v in spec.items() if k not in {"name", "recipe"}}, sort_keys=True)})
+    return row
+
+
+def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path: str, runs_table: str,
+              runs_folder: str, out_model: str, out_metrics: str, out_trace: str, threads: int = 1) -> pd.DataFrame:
+    """Cook one soup recipe from the fine-tuned runs listed in the runs table (their folders are
+    ``runs_folder/<run_id>``); select on val, report on test with a paired comparison to the best individual."""
+    from soupflow.recipes import Kitchen, cook
+
+    set_threads(threads)
+    start = time.perf_counter()
+    data, model_config = PreparedData(data_path), config["model"]
+    device = pick_device(config["evaluation"]["device"])
+    batch = config["evaluation"]["batch_size"]
+    runs = pd.read_parquet(runs_table)
+    ingredients, by_id = _ingredients(runs, [str(Path(runs_folder) / run_id) for run_id in runs.run_id])
+    val_eval = Evaluator(_model_for(data, model_config), data, "val", device, batch)
+    test_eval = Evaluator(_model_for(data, model_config), data, "test", device, batch)
+    labels = {"val": val_eval.labels, "test": test_eval.labels}
+    best = best_individual(runs)  # every soup is compared with it on test
+    reference = _cached_logits([best.run_id], by_id, "test") if best is not None else None
+    finish = _refresher(config, spec, data, device)
+
+    def observe(row: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+        scores = test_eval.scores(finish(state))  # reporting only: the recipe never reads these
+        row["test_accuracy"], row["test_loss"] = scores.accuracy, scores.loss
+
+    kitchen = Kitchen(ingredients, lambda state: val_eval.scores(finish(state)),
+                      lambda seed: untrained_state(data, model_config, seed), observe)
+    log.info("soup %s (%s, bn %s): %d candidate ingredients", name, spec["recipe"], spec.get("bn", "keep"),
+             len(ingredients))
+    soups = cook(spec["recipe"], kitchen, spec)
+    rows, traces, chosen = [], [], None
+    for soup in soups:
+        averaged = soup.total.mean()
+        state = finish(averaged)
+        test_logits = {"soup": test_eval.logits(state), "reference": reference}
+        if state is not averaged:  # bn: recompute — the same weights with averaged statistics, for comparison
+            test_logits["bn_kept"] = test_eval.logits(averaged)
+        ensemble = {s: _cached_logits(soup.ingredients, by_id, s) for s in labels}
+        rows.append(_soup_row(name, spec, soup, len(ingredients), test_logits, ensemble, labels))
+        traces += [{"soup": name, "recipe": spec["recipe"], **r} for r in soup.trace]
+        if chosen is None or soup.val.value(rows[-1]["metric"]) > chosen[0].val.value(rows[-1]["metric"]):
+            chosen = (soup, state)
+    seconds = time.perf_counter() - start
+    for row in rows:
+        row["seconds"] = seconds / len(rows)
+    frame = pd.DataFrame(rows)
+    meta = checkpoint_metadata(model_config, data, soup=name, recipe=spec["recipe"], bn=spec.get("bn", "keep"),
+                               ingredients=json.dumps(chosen[0].ingredients))
+    save_checkpoint(chosen[1], out_model, meta)
+    atomic_write_parquet(frame, out_metrics)
+    trace = pd.DataFrame(traces)
+    extra = [c for c in trace.columns if c not in _TRACE_COLUMNS]
+    atomic_write_parquet(trace.reindex(columns=_TRACE_COLUMNS + extra), out_trace)
+    for row in rows:
+        versus = f", vs best {row['acc_diff_pt']:+.2f} pt [{row['acc_diff_pt_low']:+.2f}, {row['acc_diff_pt_high']:+.2f}]" \
+            if "acc_diff_pt" in row else ""
+        log.info("soup %s%s: %d ingredients, val %.4f, test %.4f%s (%.0f s)", name,
+                 f" repeat {row['repeat']}" if len(rows) > 1 else "", row["n_ingredients"], row["val_accuracy"],
+                 row["test_accuracy"], versus, seconds)
+    return frame
+
+
+_TRACE_COLUMNS = ["soup", "recipe", "repeat", "pass", "step", "candidate", "accepted", "n_ingredients",
+                  "val_score", "val_accuracy", "val_loss", "test_accuracy", "test_loss"]
+
+
+# ---------------------------------------------------------------- tables
+def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
+    """One table from many one-job tables (runs, soups, traces), written atomically."""
+    frames = [pd.read_parquet(p) for p in paths]
+    frames = [f for f in frames if len(f)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    atomic_write_parquet(frame, out)
+    return frame

@@ -1,0 +1,119 @@
+"""seaborn figures of the model-soup papers, drawn from the Parquet tables."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from soupflow.io import atomic_path  # noqa: E402
+from soupflow.summary import best_individual  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _empty(ax: plt.Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def plot_soups_vs_ingredients(runs: pd.DataFrame, soups: pd.DataFrame, path: str) -> None:
+    """Model-soups figure: every ingredient (val vs test accuracy) against the soups and the ensemble. Error
+    bars: the paired 95 % interval of each soup's test accuracy against the best individual's."""
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
+    ok = runs[runs["status"] == "ok"]
+    sns.scatterplot(data=ok, x="val_accuracy", y="test_accuracy", color="tab:green", marker="D", s=40,
+                    label="fine-tuned ingredients", ax=ax)
+    best = best_individual(runs)
+    if best is not None:
+        ax.axhline(best.test_accuracy, ls="--", lw=1, color="grey", label="best individual (by val)")
+    means = soups[soups.recipe.isin(["uniform", "greedy", "greedy_random", "pruned", "pruned_random", "topk"])]
+    columns = ["val_accuracy", "test_accuracy", "ensemble_val_accuracy", "ensemble_test_accuracy"]
+    columns += [c for c in ("acc_diff_pt", "acc_diff_pt_low", "acc_diff_pt_high") if c in means]
+    means = means.groupby("soup", sort=False)[columns].mean().reset_index()
+    palette = sns.color_palette("tab10", max(1, len(means)))
+    markers = "osP^vX*<>h"
+    for index, soup in enumerate(means.itertuples()):
+        error = None
+        if "acc_diff_pt" in means and soup.acc_diff_pt == soup.acc_diff_pt:
+            error = [[(soup.acc_diff_pt - soup.acc_diff_pt_low) / 100], [(soup.acc_diff_pt_high - soup.acc_diff_pt) / 100]]
+        ax.errorbar(soup.val_accuracy, soup.test_accuracy, yerr=error, fmt=markers[index % len(markers)], ms=10,
+                    capsize=4, color=palette[index], label=soup.soup)
+    uniform = means[means.soup == "uniform"]
+    if len(uniform) and uniform.ensemble_test_accuracy.notna().all():
+        ax.scatter(uniform.ensemble_val_accuracy, uniform.ensemble_test_accuracy, marker="X", s=120,
+                   color="black", label="logit ensemble of all (k passes)")
+    ax.set(xlabel="validation accuracy", ylabel="test accuracy",
+           title="Soups vs their ingredients (bars: paired 95 % interval vs best)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, path)
+
+
+def plot_val_heatmap(runs: pd.DataFrame, axes: list[str], path: str) -> None:
+    """Validation accuracy over two grid axes (mean over the other axes), as in the pruned-soup paper."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    columns = [f"hp_{a}" for a in axes]
+    ok = runs[runs["status"] == "ok"]
+    if not all(c in ok for c in columns) or ok.empty:
+        _empty(ax, f"no runs vary {axes}")
+    else:
+        table = ok.pivot_table(index=columns[0], columns=columns[1], values="val_accuracy", aggfunc="mean")
+        sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "val accuracy"})
+        ax.set(xlabel=axes[1], ylabel=axes[0], title="Validation accuracy of the fine-tunes")
+    _save(fig, path)
+
+
+def plot_greedy_ingredients(runs: pd.DataFrame, trace: pd.DataFrame, path: str) -> None:
+    """Greedy soup test accuracy as ingredients are accepted (sorted, and random with mean ± sd)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    steps = trace[trace.recipe.isin(["greedy", "greedy_random"]) & trace.accepted.astype(bool)] if len(trace) else trace
+    if steps.empty:
+        _empty(ax, "no greedy soup in the config")
+    else:
+        sns.lineplot(data=steps, x="n_ingredients", y="test_accuracy", hue="soup", errorbar="sd", marker="o", ax=ax)
+        best = best_individual(runs)
+        if best is not None:
+            ax.axhline(best.test_accuracy, ls="--", color="grey", label="best individual (by val)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="number of ingredients", ylabel="test accuracy", title="Greedy soup vs number of ingredients")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_pruned_passes(trace: pd.DataFrame, path: str) -> None:
+    """Pruned soup test accuracy and ingredient count after each pass (pass 0 = the uniform start)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if len(trace) and "pass" in trace:
+        ends = trace[trace.recipe.isin(["pruned", "pruned_random"]) & trace.candidate.str.match(r"^(uniform start|end of pass)")]
+    else:
+        ends = pd.DataFrame()
+    if ends.empty:
+        _empty(left, "no pruned soup in the config")
+        _empty(right, "")
+    else:
+        sns.lineplot(data=ends, x="pass", y="test_accuracy", hue="soup", errorbar="sd", marker="o", ax=left)
+        sns.lineplot(data=ends, x="pass", y="n_ingredients", hue="soup", errorbar="sd", marker="o", ax=right)
+        for ax in (left, right):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        left.set(xlabel="passes", ylabel="test accuracy", title="Pruned soup accuracy vs passes")
+        right.set(xlabel="passes", ylabel="ingredients", title="Pruned soup size vs passes")
+    _save(fig, path)
+
+
+def plot_all(runs_path: str, soups_path: str, trace_path: str, outputs: dict[str, str], heatmap_axes: list[str]) -> None:
+    runs, soups, trace = (pd.read_parquet(p) for p in (runs_path, soups_path, trace_path))
+    sns.set_theme(style="whitegrid")
+    plot_soups_vs_ingredients(runs, soups, outputs["soups"])
+    plot_val_heatmap(runs, heatmap_axes, outputs["heatmap"])
+    plot_greedy_ingredients(runs, trace, outputs["greedy"])
+    plot_pruned_passes(trace, outputs["pruned"])

@@ -1,0 +1,10 @@
+"""Versions of the code whose changes change results on purpose.
+
+Snakemake's "code" rerun trigger is off (profiles/default): editing a script, a rule or a comment never
+retrains finished runs. A deliberate change to what training computes (a new default, a fixed bug in the
+loop, another numeric path) bumps ``TRAINING`` here: it is a param of the init and fine-tune rules, so the
+next run retrains what it affects, and says why ("params changed").
+"""
+
+#: bump when the init or fine-tune jobs' results change on purpose
+TRAINING = 1
