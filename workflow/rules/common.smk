@@ -56,3 +56,25 @@ def print_summary():
     summary = Path(RESULTS) / "summary.txt"
     if summary.exists():
         print(f"\n{summary.read_text()}", file=sys.stderr)
+
+
+# The analysis target (workflow/rules/analysis.smk): pairs of runs, dealt to PAIR_JOBS pair_soups jobs.
+ANALYSIS = CONFIG["analysis"]
+PAIRS = sample_pairs(list(ALL_RUNS), ANALYSIS["pairs"], ANALYSIS["seed"])
+PAIR_JOBS = max(1, min(ANALYSIS["jobs"], len(PAIRS)))
+
+
+def pair_chunk(wildcards):
+    return PAIRS[int(wildcards.chunk)::PAIR_JOBS]
+
+
+def chunk_runs(wildcards):
+    return sorted({run for pair in pair_chunk(wildcards) for run in pair})
+
+
+def init_checkpoints():
+    """'final' and every kept pretraining epoch: the points task vectors are measured from."""
+    paths = {"final": INIT}
+    if CONFIG["model"]["init"] == "pretrain":
+        paths.update({f"epoch_{e}": epoch_checkpoint(e) for e in kept_epochs()})
+    return paths
