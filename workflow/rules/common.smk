@@ -24,7 +24,6 @@ DATA = f"{RESULTS}/data/dataset.safetensors"
 INIT = f"{RESULTS}/init/model.safetensors"
 RUN_TABLE = f"{RESULTS}/metrics/runs.parquet"
 RUNS_FOLDER = f"{RESULTS}/runs"  # one folder per run: model, outputs, metrics, config, train.log
-SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 
 def kept_epochs():
