@@ -4,11 +4,8 @@ from snakemake.utils import min_version
 
 min_version("8.0")
 
-# `--configfile my.yaml` replaces config.yaml instead of being merged into it (merging would leak the
-# default grid axes into a user's experiment).
-if not workflow.overwrite_configfiles:
 
-    configfile: "config.yaml"
+include: "workflow/rules/configfile.smk"
 
 
 report: "workflow/report/workflow.rst"

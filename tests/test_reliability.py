@@ -180,3 +180,16 @@ def test_a_damaged_training_state_is_discarded_not_fatal(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="soupflow"):
         again = _train(tmp_path, start="A")
     assert again.resumed_from_step == 0 and again.steps == first.steps and "cannot be read" in caplog.text
+
+
+def test_a_config_yaml_that_is_not_yaml_is_named_with_line_and_column(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "checkout").mkdir()
+    code = _clone_code(tmp_path / "checkout")
+    (code / "config.yaml").write_text("seed: 0\ngrid:\n  lr: [0.1, 0.2\n")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=code,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "config.yaml, line 4, column 1: not valid YAML (expected ',' or ']'" in result.stdout + result.stderr
