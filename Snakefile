@@ -10,6 +10,7 @@ include: "workflow/rules/configfile.smk"
 
 report: "workflow/report/workflow.rst"
 
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/init.smk"
@@ -20,8 +21,14 @@ include: "workflow/rules/plots.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/export.smk"
 
+
 # Seconds of pandas: on a cluster they run where Snakemake runs instead of waiting in the queue.
-localrules: all, run_table, table, summary, timm_configs
+localrules:
+    all,
+    run_table,
+    table,
+    summary,
+    timm_configs,
 
 
 rule all:

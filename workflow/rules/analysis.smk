@@ -1,9 +1,24 @@
 # When do soups work? ("Too Salty"): `snakemake analysis`. Pairwise midpoint soups of the runs (the grid's and
 # the analysis' branching runs), their gains, similarity measures, transitivity, shared training, corruptions.
 CORRUPTED = f"{RESULTS}/analysis/corrupted.safetensors"
-ANALYSIS_TABLES = ["pairs", "correlations", "triplets", "transitivity", "embedding", "robustness",
-                   "shared_training", "headline"]
-ANALYSIS_PLOTS = ["similarity", "similarity_positive", "transitivity", "embedding", "shared_training", "corrupted"]
+ANALYSIS_TABLES = [
+    "pairs",
+    "correlations",
+    "triplets",
+    "transitivity",
+    "embedding",
+    "robustness",
+    "shared_training",
+    "headline",
+]
+ANALYSIS_PLOTS = [
+    "similarity",
+    "similarity_positive",
+    "transitivity",
+    "embedding",
+    "shared_training",
+    "corrupted",
+]
 
 
 rule corrupt_test:
@@ -12,12 +27,12 @@ rule corrupt_test:
         data=DATA,
     output:
         CORRUPTED,
-    params:
-        corruptions=ANALYSIS["corruptions"],
     log:
         f"{RESULTS}/logs/analysis/corrupt_test.log",
     conda:
         "../../envs/soupflow.yaml"
+    params:
+        corruptions=ANALYSIS["corruptions"],
     script:
         "../scripts/corrupt_test.py"
 
@@ -30,13 +45,13 @@ rule corrupted_outputs:
         model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
     output:
         f"{RESULTS}/analysis/corrupted/{{run_id}}.safetensors",
-    wildcard_constraints:
-        run_id="run-[0-9a-f]{10}",
-    threads: 1
     log:
         f"{RESULTS}/logs/analysis/corrupted_{{run_id}}.log",
+    wildcard_constraints:
+        run_id="run-[0-9a-f]{10}",
     conda:
         "../../envs/soupflow.yaml"
+    threads: 1
     script:
         "../scripts/corrupted_outputs.py"
 
@@ -50,19 +65,22 @@ rule pair_soups:
         models=lambda wildcards: run_file("model.safetensors", chunk_runs(wildcards)),
         outputs=lambda wildcards: run_file("outputs.safetensors", chunk_runs(wildcards)),
         metrics=lambda wildcards: run_file("metrics.parquet", chunk_runs(wildcards)),
-        corrupted_logits=lambda wildcards: [f"{RESULTS}/analysis/corrupted/{r}.safetensors" for r in chunk_runs(wildcards)],
+        corrupted_logits=lambda wildcards: [
+            f"{RESULTS}/analysis/corrupted/{r}.safetensors"
+            for r in chunk_runs(wildcards)
+        ],
     output:
         f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet",
+    log:
+        f"{RESULTS}/logs/analysis/pairs_{{chunk}}.log",
+    wildcard_constraints:
+        chunk=r"\d+",
+    conda:
+        "../../envs/soupflow.yaml"
+    threads: 1
     params:
         pairs=pair_chunk,
         inits=init_checkpoints(),
-    wildcard_constraints:
-        chunk=r"\d+",
-    threads: 1
-    log:
-        f"{RESULTS}/logs/analysis/pairs_{{chunk}}.log",
-    conda:
-        "../../envs/soupflow.yaml"
     script:
         "../scripts/pair_soups.py"
 
@@ -86,18 +104,29 @@ rule soup_sanity:
 rule analysis:
     """Every table and figure of the soup analysis (target: `snakemake analysis`)."""
     input:
-        chunks=expand(f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet", chunk=range(PAIR_JOBS)),
+        chunks=expand(
+            f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet", chunk=range(PAIR_JOBS)
+        ),
         metrics=run_file("metrics.parquet", ALL_RUNS),
         sanity=rules.soup_sanity.output[0],
     output:
-        **{f"table_{name}": f"{RESULTS}/analysis/{name}.parquet" for name in ANALYSIS_TABLES},
-        **{f"plot_{name}": report(f"{RESULTS}/analysis/plots/{name}.png", caption=f"../report/analysis/{name}.rst",
-                                  category="Analysis") for name in ANALYSIS_PLOTS},
-    params:
-        color_by=ANALYSIS["color_by"],
+        **{
+            f"table_{name}": f"{RESULTS}/analysis/{name}.parquet"
+            for name in ANALYSIS_TABLES
+        },
+        **{
+            f"plot_{name}": report(
+                f"{RESULTS}/analysis/plots/{name}.png",
+                caption=f"../report/analysis/{name}.rst",
+                category="Analysis",
+            )
+            for name in ANALYSIS_PLOTS
+        },
     log:
         f"{RESULTS}/logs/analysis/analysis.log",
     conda:
         "../../envs/soupflow.yaml"
+    params:
+        color_by=ANALYSIS["color_by"],
     script:
         "../scripts/analysis.py"

@@ -2,28 +2,45 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works with or without `pip install -e .`
+sys.path.insert(
+    0, str(Path(workflow.basedir) / "src")
+)  # works with or without `pip install -e .`
 
 from snakemake.exceptions import WorkflowError
 
 from soupflow.config import ConfigError, resolve_config, soup_specs
 from soupflow.config import kept_epochs as kept_epochs_of
-from soupflow.grid import expand_analysis_runs, expand_runs, sample_pairs  # torch-free: parses fast
+from soupflow.grid import (
+    expand_analysis_runs,
+    expand_runs,
+    sample_pairs,
+)  # torch-free: parses fast
 from soupflow.versions import TRAINING as TRAINING_VERSION
 
 try:  # model name and data paths are checked once, by the main process, not again inside every job
-    CONFIG = resolve_config(config, check_model=workflow.is_main_process, check_paths=workflow.is_main_process)
+    CONFIG = resolve_config(
+        config,
+        check_model=workflow.is_main_process,
+        check_paths=workflow.is_main_process,
+    )
 except ConfigError as error:
     raise WorkflowError(f"invalid soupflow config: {error}") from None
 
-RUNS = expand_runs(CONFIG)  # {run_id: hyperparameters}: the experiment's fine-tunes, the soups' ingredients
-ALL_RUNS = {**expand_analysis_runs(CONFIG), **RUNS}  # plus the analysis' branching runs (only `analysis` asks for them)
+RUNS = expand_runs(
+    CONFIG
+)  # {run_id: hyperparameters}: the experiment's fine-tunes, the soups' ingredients
+ALL_RUNS = {
+    **expand_analysis_runs(CONFIG),
+    **RUNS,
+}  # plus the analysis' branching runs (only `analysis` asks for them)
 SOUPS = soup_specs(CONFIG)  # {soup name: recipe entry}
 RESULTS = "results"
 DATA = f"{RESULTS}/data/dataset.safetensors"
 INIT = f"{RESULTS}/init/model.safetensors"
 RUN_TABLE = f"{RESULTS}/metrics/runs.parquet"
-RUNS_FOLDER = f"{RESULTS}/runs"  # one folder per run: model, outputs, metrics, config, train.log
+RUNS_FOLDER = (
+    f"{RESULTS}/runs"  # one folder per run: model, outputs, metrics, config, train.log
+)
 
 
 def kept_epochs():
@@ -43,12 +60,15 @@ def init_of(wildcards):
 
 def run_params(wildcards):
     """A run's hyperparameters without None values: exactly what its id hashes, so that a new optional
-    hyperparameter (default None) never re-triggers finished runs through Snakemake's params trigger."""
+    hyperparameter (default None) never re-triggers finished runs through Snakemake's params trigger.
+    """
     return {k: v for k, v in ALL_RUNS[wildcards.run_id].items() if v is not None}
 
 
 def run_file(name, runs=None):
-    return [f"{RUNS_FOLDER}/{run_id}/{name}" for run_id in (RUNS if runs is None else runs)]
+    return [
+        f"{RUNS_FOLDER}/{run_id}/{name}" for run_id in (RUNS if runs is None else runs)
+    ]
 
 
 def print_summary():
@@ -64,7 +84,7 @@ PAIR_JOBS = max(1, min(ANALYSIS["jobs"], len(PAIRS)))
 
 
 def pair_chunk(wildcards):
-    return PAIRS[int(wildcards.chunk)::PAIR_JOBS]
+    return PAIRS[int(wildcards.chunk) :: PAIR_JOBS]
 
 
 def chunk_runs(wildcards):

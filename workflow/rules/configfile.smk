@@ -4,7 +4,8 @@
 
 def check_yaml(path):
     """A config file that is not valid YAML stops with its name, line and column (Snakemake's own message
-    names neither; files given with --configfile are read by Snakemake before this file runs)."""
+    names neither; files given with --configfile are read by Snakemake before this file runs).
+    """
     import yaml
 
     from snakemake.exceptions import WorkflowError
@@ -13,7 +14,9 @@ def check_yaml(path):
         with open(path) as handle:
             yaml.safe_load(handle)
     except FileNotFoundError:
-        raise WorkflowError(f"no {path} here: run snakemake in the soupflow folder or pass --configfile") from None
+        raise WorkflowError(
+            f"no {path} here: run snakemake in the soupflow folder or pass --configfile"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -3,14 +3,18 @@ rule prepare_data:
     output:
         tensors=DATA,
         splits=f"{RESULTS}/data/splits.json",
-    params:
-        data=CONFIG["data"],
-        seed=CONFIG["seed"],
-        # normalize: pretrained reads the model's pretrained_cfg; otherwise the model is not the data's business
-        model=CONFIG["model"]["name"] if CONFIG["data"].get("normalize") == "pretrained" else None,
     log:
         f"{RESULTS}/logs/prepare_data.log",
     conda:
         "../../envs/soupflow.yaml"
+    params:
+        data=CONFIG["data"],
+        seed=CONFIG["seed"],
+        # normalize: pretrained reads the model's pretrained_cfg; otherwise the model is not the data's business
+        model=(
+            CONFIG["model"]["name"]
+            if CONFIG["data"].get("normalize") == "pretrained"
+            else None
+        ),
     script:
         "../scripts/prepare_data.py"

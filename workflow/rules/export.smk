@@ -4,7 +4,8 @@ TIMM_FOLDERS += [f"{RESULTS}/soups/{name}" for name in SOUPS]
 
 rule timm_configs:
     """timm's config.json beside every checkpoint: `timm.create_model("local-dir:<folder>", pretrained=True)`
-    loads it without soupflow. One job for all folders (it reads only the checkpoints' headers)."""
+    loads it without soupflow. One job for all folders (it reads only the checkpoints' headers).
+    """
     input:
         data=DATA,
         models=[f"{folder}/model.safetensors" for folder in TIMM_FOLDERS],

@@ -9,16 +9,16 @@ rule finetune:
         outputs=f"{RUNS_FOLDER}/{{run_id}}/outputs.safetensors",
         metrics=f"{RUNS_FOLDER}/{{run_id}}/metrics.parquet",
         config=f"{RUNS_FOLDER}/{{run_id}}/config.yaml",
+    log:
+        f"{RUNS_FOLDER}/{{run_id}}/train.log",
+    wildcard_constraints:
+        run_id="run-[0-9a-f]{10}",
+    conda:
+        "../../envs/soupflow.yaml"
+    threads: 1
     params:
         hp=run_params,
         model=CONFIG["model"],
         code=TRAINING_VERSION,  # soupflow.versions: bumped when results change on purpose
-    wildcard_constraints:
-        run_id="run-[0-9a-f]{10}",
-    threads: 1
-    log:
-        f"{RUNS_FOLDER}/{{run_id}}/train.log",
-    conda:
-        "../../envs/soupflow.yaml"
     script:
         "../scripts/finetune.py"

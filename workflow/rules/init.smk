@@ -5,15 +5,15 @@ rule init:
     output:
         model=INIT,
         epochs=[epoch_checkpoint(e) for e in kept_epochs()],
+    log:
+        f"{RESULTS}/logs/init.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    threads: 4
     params:
         # only what changes the init's weights: editing soups or grids never retrains it
         model=CONFIG["model"],
         pretrain=CONFIG["pretrain"] if CONFIG["model"]["init"] == "pretrain" else None,
         code=TRAINING_VERSION,  # soupflow.versions: bumped when results change on purpose
-    threads: 4
-    log:
-        f"{RESULTS}/logs/init.log",
-    conda:
-        "../../envs/soupflow.yaml"
     script:
         "../scripts/make_init.py"

@@ -6,7 +6,8 @@ TABLE_PARTS = {
 
 rule run_table:
     """Every run's metrics in one table: the soups' list of ingredients. It also asks for each run's model and
-    cached outputs, so that a run folder missing any of its files is made again before any soup."""
+    cached outputs, so that a run folder missing any of its files is made again before any soup.
+    """
     input:
         parts=run_file("metrics.parquet"),
         models=run_file("model.safetensors"),
@@ -27,10 +28,10 @@ rule table:
         parts=lambda wildcards: TABLE_PARTS[wildcards.table](),
     output:
         f"{RESULTS}/metrics/{{table}}.parquet",
-    wildcard_constraints:
-        table="|".join(TABLE_PARTS),
     log:
         f"{RESULTS}/logs/tables/{{table}}.log",
+    wildcard_constraints:
+        table="|".join(TABLE_PARTS),
     conda:
         "../../envs/soupflow.yaml"
     script:
@@ -44,7 +45,11 @@ rule summary:
         soups=f"{RESULTS}/metrics/soups.parquet",
     output:
         text=f"{RESULTS}/summary.txt",
-        table=report(f"{RESULTS}/summary.csv", caption="../report/summary.rst", category="Tables"),
+        table=report(
+            f"{RESULTS}/summary.csv",
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
     log:
         f"{RESULTS}/logs/summary.log",
     conda:

@@ -5,15 +5,31 @@ rule plots:
         soups=f"{RESULTS}/metrics/soups.parquet",
         trace=f"{RESULTS}/metrics/soup_trace.parquet",
     output:
-        soups=report(f"{RESULTS}/plots/soups_vs_ingredients.png", caption="../report/soups_vs_ingredients.rst", category="Plots"),
-        heatmap=report(f"{RESULTS}/plots/val_heatmap.png", caption="../report/val_heatmap.rst", category="Plots"),
-        greedy=report(f"{RESULTS}/plots/greedy_ingredients.png", caption="../report/greedy_ingredients.rst", category="Plots"),
-        pruned=report(f"{RESULTS}/plots/pruned_passes.png", caption="../report/pruned_passes.rst", category="Plots"),
-    params:
-        heatmap_axes=CONFIG["plots"]["heatmap_axes"],
+        soups=report(
+            f"{RESULTS}/plots/soups_vs_ingredients.png",
+            caption="../report/soups_vs_ingredients.rst",
+            category="Plots",
+        ),
+        heatmap=report(
+            f"{RESULTS}/plots/val_heatmap.png",
+            caption="../report/val_heatmap.rst",
+            category="Plots",
+        ),
+        greedy=report(
+            f"{RESULTS}/plots/greedy_ingredients.png",
+            caption="../report/greedy_ingredients.rst",
+            category="Plots",
+        ),
+        pruned=report(
+            f"{RESULTS}/plots/pruned_passes.png",
+            caption="../report/pruned_passes.rst",
+            category="Plots",
+        ),
     log:
         f"{RESULTS}/logs/plots.log",
     conda:
         "../../envs/soupflow.yaml"
+    params:
+        heatmap_axes=CONFIG["plots"]["heatmap_axes"],
     script:
         "../scripts/plots.py"

@@ -9,15 +9,15 @@ rule soup:
         model=f"{RESULTS}/soups/{{soup}}/model.safetensors",
         metrics=f"{RESULTS}/soups/{{soup}}/metrics.parquet",
         trace=f"{RESULTS}/soups/{{soup}}/trace.parquet",
+    log:
+        f"{RESULTS}/logs/soups/{{soup}}.log",
+    wildcard_constraints:
+        soup="|".join(SOUPS),
+    conda:
+        "../../envs/soupflow.yaml"
+    threads: 1
     params:
         spec=lambda wildcards: SOUPS[wildcards.soup],
         runs_folder=RUNS_FOLDER,
-    wildcard_constraints:
-        soup="|".join(SOUPS),
-    threads: 1
-    log:
-        f"{RESULTS}/logs/soups/{{soup}}.log",
-    conda:
-        "../../envs/soupflow.yaml"
     script:
         "../scripts/make_soup.py"

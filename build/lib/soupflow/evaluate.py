@@ -39,7 +39,6 @@ class Evaluator:
         self.model = channels_last(model.to(device)).eval()
         self.data, self.split, self.device, self.batch_size = data, split, device, batch_size
         self.images, self.labels = data.split(split, device)
-        self.passes = 0  # forward passes over the whole split, for cost accounting
 
     def load(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)
@@ -50,7 +49,6 @@ class Evaluator:
         """Logits (and penultimate features when asked) of the whole split, on the CPU."""
         if state_dict is not None:
             self.load(state_dict)
-        self.passes += 1
         logits, feats = [], []
         for start in range(0, self.labels.shape[0], self.batch_size):
             inputs = channels_last_input(self.data.normalise(self.images[start:start + self.batch_size]))

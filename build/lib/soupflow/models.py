@@ -81,10 +81,6 @@ def channels_last_input(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
 
 
-def in_chans_of(image_shape: tuple[int, ...]) -> int:
-    return int(image_shape[1])
-
-
 def create_model(model_config: dict[str, Any], num_classes: int, in_chans: int, pretrained: bool = False,
                  pretrained_cfg_overlay: dict[str, Any] | None = None) -> torch.nn.Module:
     """A timm model for this experiment's classes and channels (kwargs from config win)."""
