@@ -193,3 +193,41 @@ def test_a_config_yaml_that_is_not_yaml_is_named_with_line_and_column(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "config.yaml, line 4, column 1: not valid YAML (expected ',' or ']'" in result.stdout + result.stderr
+
+
+def test_a_killed_workflow_goes_on_with_unlock_and_a_plain_rerun(tmp_path):
+    """kill -9 of Snakemake and its fine-tune mid-run: `snakemake --unlock`, then the same plain command
+    finishes through the default profile, the run resumes from its saved state and its log keeps both parts."""
+    import copy
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from conftest import SMOKE, snakemake
+
+    config = copy.deepcopy(SMOKE)
+    config.update(grid={"lr": [0.01]}, runs=[], soups=[{"recipe": "uniform"}],
+                  training={"checkpoint_every_steps": 3})
+    config["finetune"]["epochs"] = 40
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile",
+               str(tmp_path / "config.yaml"), "--directory", str(tmp_path), "--cores", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not list((tmp_path / "results" / "runs").glob("*/resume.pt")):
+        assert process.poll() is None and time.time() < deadline, "the fine-tune ended before it saved a state"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert snakemake(tmp_path, config, "--unlock").returncode == 0
+    result = snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = next((tmp_path / "results" / "runs").glob("*/train.log")).read_text()
+    assert "epoch 1/40" in log and "resumes at epoch" in log
+    assert log.index("epoch 1/40") < log.index("resumes at epoch")
+    assert (tmp_path / "results" / "summary.txt").exists()
