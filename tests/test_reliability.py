@@ -195,10 +195,19 @@ def test_a_config_yaml_that_is_not_yaml_is_named_with_line_and_column(tmp_path):
     assert "config.yaml, line 4, column 1: not valid YAML (expected ',' or ']'" in result.stdout + result.stderr
 
 
-def test_a_killed_workflow_goes_on_with_unlock_and_a_plain_rerun(tmp_path):
-    """kill -9 of Snakemake and its fine-tune mid-run: `snakemake --unlock`, then the same plain command
-    finishes through the default profile, the run resumes from its saved state and its log keeps both parts."""
+def _long_smoke(work):
     import copy
+
+    from conftest import SMOKE
+
+    config = copy.deepcopy(SMOKE)
+    config.update(grid={"lr": [0.01]}, runs=[], soups=[{"recipe": "uniform"}], training={"checkpoint_every_steps": 3})
+    config["finetune"]["epochs"] = 40
+    return config
+
+
+def _kill_mid_fine_tune(work, config):
+    """Start the workflow, kill -9 Snakemake and its job once a fine-tune has saved a training state."""
     import os
     import signal
     import subprocess
@@ -207,23 +216,26 @@ def test_a_killed_workflow_goes_on_with_unlock_and_a_plain_rerun(tmp_path):
 
     import yaml
 
-    from conftest import SMOKE, snakemake
-
-    config = copy.deepcopy(SMOKE)
-    config.update(grid={"lr": [0.01]}, runs=[], soups=[{"recipe": "uniform"}],
-                  training={"checkpoint_every_steps": 3})
-    config["finetune"]["epochs"] = 40
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile",
-               str(tmp_path / "config.yaml"), "--directory", str(tmp_path), "--cores", "1"]
+               str(work / "config.yaml"), "--directory", str(work), "--cores", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    while not list((tmp_path / "results" / "runs").glob("*/resume.pt")):
+    while not list((work / "results" / "runs").glob("*/resume.pt")):
         assert process.poll() is None and time.time() < deadline, "the fine-tune ended before it saved a state"
         time.sleep(0.05)
     time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_a_killed_workflow_goes_on_with_unlock_and_a_plain_rerun(tmp_path):
+    """kill -9 of Snakemake and its fine-tune mid-run: `snakemake --unlock`, then the same plain command
+    finishes through the default profile, the run resumes from its saved state and its log keeps both parts."""
+    from conftest import snakemake
+
+    config = _long_smoke(tmp_path)
+    _kill_mid_fine_tune(tmp_path, config)
     assert snakemake(tmp_path, config, "--unlock").returncode == 0
     result = snakemake(tmp_path, config)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -231,3 +243,18 @@ def test_a_killed_workflow_goes_on_with_unlock_and_a_plain_rerun(tmp_path):
     assert "epoch 1/40" in log and "resumes at epoch" in log
     assert log.index("epoch 1/40") < log.index("resumes at epoch")
     assert (tmp_path / "results" / "summary.txt").exists()
+
+
+def test_a_state_saved_before_the_init_was_retrained_is_not_resumed(tmp_path):
+    """The issue's trial: a fine-tune killed mid-run, then pretrain.lr changed: the init is retrained and the
+    run starts over from it (one log line says why) instead of resuming the state of the old init."""
+    from conftest import snakemake
+
+    config = _long_smoke(tmp_path)
+    _kill_mid_fine_tune(tmp_path, config)
+    config["pretrain"]["lr"] = 0.02
+    assert snakemake(tmp_path, config, "--unlock").returncode == 0
+    result = snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = next((tmp_path / "results" / "runs").glob("*/train.log")).read_text()
+    assert "discarding" in log and "starting weights" in log and "resumes at epoch" not in log
