@@ -135,3 +135,15 @@ def test_the_schema_ships_inside_the_package_and_the_workflow_sees_the_same_file
                     str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("soupflow-*.whl"))
     assert "soupflow/schemas/config.schema.yaml" in zipfile.ZipFile(wheel).namelist()
+
+
+def test_a_data_root_without_the_data_set_is_rejected_before_any_job(tmp_path):
+    message = rejected(lambda c: c["data"].update(root=str(tmp_path)))
+    assert f"config key 'data.root' is '{tmp_path}', which holds no fashion_mnist data set" in message
+    assert "train-images-idx3-ubyte" in message
+
+
+def test_every_data_set_name_of_the_schema_has_a_reader_and_no_other():
+    from soupflow.config import READERS, load_schema
+
+    assert load_schema()["properties"]["data"]["properties"]["name"]["enum"] == list(READERS)

@@ -66,3 +66,8 @@ def test_rotation_pretraining_hands_fine_tunes_a_fresh_seeded_head(tmp_path, dat
     assert head and all(torch.equal(init[k], v) and torch.equal(first[k], v) for k, v in head.items())
     body = next(k for k in init if k.endswith("conv1.weight"))
     assert not torch.equal(init[body], load_file(paths[0])[body])  # the body did train
+
+
+def test_model_kwargs_timm_rejects_fail_naming_the_key():
+    with pytest.raises(TypeError, match=r"config key 'model.kwargs' \{'bogus_width': 3\} does not fit timm's 'resnet10t'"):
+        create_model({"name": "resnet10t", "kwargs": {"bogus_width": 3}}, num_classes=10, in_chans=1)

@@ -89,7 +89,11 @@ def create_model(model_config: dict[str, Any], num_classes: int, in_chans: int, 
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **model_config.get("kwargs", {})}
     if pretrained_cfg_overlay:
         kwargs["pretrained_cfg_overlay"] = pretrained_cfg_overlay
-    return timm.create_model(model_config["name"], pretrained=pretrained, **kwargs)
+    try:
+        return timm.create_model(model_config["name"], pretrained=pretrained, **kwargs)
+    except TypeError as error:  # an argument the architecture does not take
+        raise TypeError(f"config key 'model.kwargs' {model_config.get('kwargs', {})} does not fit timm's "
+                        f"{model_config['name']!r} ({error})") from None
 
 
 def save_checkpoint(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,

@@ -10,6 +10,7 @@ import copy
 import importlib.metadata
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -252,8 +253,39 @@ def _check_branch_epochs(config: dict[str, Any]) -> None:
                               f"{', '.join(map(str, kept))} ({why})")
 
 
-#: Image channels of each data set reader (image_folder decodes to RGB).
-CHANNELS = {"fashion_mnist": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "image_folder": 3}
+@dataclass(frozen=True)
+class Reader:
+    """What a data set reader (``data.name``) gives and needs: image channels, and the files or folders it
+    reads in ``data.root`` (IDX files may be gzipped)."""
+
+    channels: int
+    needs: tuple[str, ...]
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: every ``data.name``; the schema's enum must list the same names (tests/test_config.py checks it)
+READERS = {
+    "fashion_mnist": Reader(1, IDX_FILES),
+    "mnist": Reader(1, IDX_FILES),
+    "cifar10": Reader(3, ("cifar-10-batches-py",)),
+    "cifar100": Reader(3, ("cifar-100-python",)),
+    "image_folder": Reader(3, ("train", "test")),  # decoded to RGB
+}
+
+
+def _check_data_root(data: dict[str, Any]) -> None:
+    """``data.root`` must be a folder holding the data set (unless torchvision may download it)."""
+    root = data.get("root")
+    if data["name"] in {"cifar10", "cifar100"} and data["download"]:
+        return
+    if not root or not os.path.isdir(root):
+        hint = " (install Debian's dataset-fashion-mnist or point data.root at the IDX files)" if data["name"] == "fashion_mnist" else ""
+        raise ConfigError(f"config key 'data.root' is {root!r}, which is not an existing folder{hint}")
+    missing = [name for name in READERS[data["name"]].needs
+               if not any(os.path.exists(os.path.join(root, name + suffix)) for suffix in ("", ".gz"))]
+    if missing:
+        raise ConfigError(f"config key 'data.root' is {root!r}, which holds no {data['name']} data set: missing "
+                          f"{', '.join(missing)}; allowed: a folder with {', '.join(READERS[data['name']].needs)}")
 
 
 def _check_normalize(data: dict[str, Any]) -> None:
@@ -261,7 +293,7 @@ def _check_normalize(data: dict[str, Any]) -> None:
     given = data.get("normalize")
     if not isinstance(given, dict):
         return
-    channels = CHANNELS[data["name"]]
+    channels = READERS[data["name"]].channels
     allowed = sorted({1, channels, 3})
     for name in ("mean", "std"):
         if len(given[name]) not in allowed:
@@ -280,11 +312,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     if model["init"] == "pretrain" and data["pretrain_fraction"] <= 0:
         raise ConfigError("config key 'data.pretrain_fraction' must be > 0 when model.init is 'pretrain'")
     if check_paths:
-        root = data.get("root")
-        needs_root = not (data["name"] in {"cifar10", "cifar100"} and data["download"])
-        if needs_root and (not root or not os.path.isdir(root)):
-            hint = " (install Debian's dataset-fashion-mnist or point data.root at the IDX files)" if data["name"] == "fashion_mnist" else ""
-            raise ConfigError(f"config key 'data.root' is {root!r}, which is not an existing folder{hint}")
+        _check_data_root(data)
         _check_model_file(model)
     if check_model and not model["name"].startswith(("hf-hub:", "hf_hub:")):
         known = known_timm_models()

@@ -32,13 +32,17 @@ from soupflow.weights import import_state, resolve_file
 log = logging.getLogger("soupflow")
 
 
-def setup_logging(log_file: str | None = None, append: bool = False) -> None:
-    """Progress to stderr (shown by Snakemake) and to the job's log file; ``append`` for jobs that resume,
-    so that the epochs before a kill stay in the log."""
+def setup_logging(log_file: str | None = None, history: str | os.PathLike | None = None) -> None:
+    """Progress to stderr (shown by Snakemake) and to the job's log file. Jobs that resume pass ``history``
+    (see ``history_of``): what earlier, killed attempts logged comes first in the log, and is kept there."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="a" if append else "w"))
+        earlier = Path(history).read_text() if history and Path(history).exists() else ""
+        Path(log_file).write_text(earlier)
+        handlers.append(logging.FileHandler(log_file, mode="a"))
+        if history:
+            handlers.append(logging.FileHandler(history, mode="a"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         handlers=handlers, force=True)
 
@@ -163,9 +167,15 @@ def _resume(config: dict[str, Any], path: Path, start_file: str):
 
 
 def _forget(path: Path) -> None:
-    """Remove a training state once the outputs it led to are in place."""
-    if path.exists():
-        path.unlink()
+    """Remove a training state (and the log history kept beside it) once the outputs it led to are in place."""
+    for stale in (path, history_of(path)):
+        stale.unlink(missing_ok=True)
+
+
+def history_of(resume_path: Path) -> Path:
+    """The log of a resumable job's earlier attempts, kept beside its training state: Snakemake deletes the
+    log of an incomplete job before rerunning it, this copy survives and is written back at the top."""
+    return resume_path.with_suffix(".log")
 
 
 # ---------------------------------------------------------------- one fine-tune
