@@ -2,6 +2,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from soupflow import io
 from soupflow.io import atomic_path, atomic_save_safetensors
 
 
@@ -21,3 +22,22 @@ def test_tied_weights_are_saved(tmp_path):
     atomic_save_safetensors({"a": shared, "b": shared}, tmp_path / "t.safetensors")
     loaded = load_file(str(tmp_path / "t.safetensors"))
     assert torch.equal(loaded["a"], loaded["b"])
+
+
+def test_run_tables_of_grid_and_branching_runs_read_as_one_data_set(tmp_path):
+    import pyarrow.dataset as ds
+
+    from soupflow.config import HYPERPARAMETERS
+    from soupflow.tables import HYPERPARAMETER_TYPES, RUN_SCHEMA, run_table
+
+    assert list(HYPERPARAMETER_TYPES) == list(HYPERPARAMETERS)
+    base = {name: None for name in RUN_SCHEMA.names} | {"run_id": "run-a", "hp_lr": 0.1, "status": "ok"}
+    grid = base | {"hp_branch_epoch": None, "hp_perturbation": None}
+    branching = base | {"run_id": "run-b", "hp_branch_epoch": 2, "hp_perturbation": "salty1"}
+    for row in (grid, branching):
+        (tmp_path / row["run_id"]).mkdir()
+        io.atomic_write_parquet(run_table([row]), tmp_path / row["run_id"] / "metrics.parquet")
+    table = ds.dataset(str(tmp_path), format="parquet").to_table()
+    assert table.schema.equals(RUN_SCHEMA) and sorted(table.column("hp_branch_epoch").to_pylist(), key=str) == [2, None]
+    with pytest.raises(ValueError, match="extra \\['hp_new'\\]"):
+        run_table([grid | {"hp_new": 1}])

@@ -27,6 +27,7 @@ from soupflow.models import count_parameters, create_model, load_checkpoint, pic
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
 from soupflow.summary import best_individual
+from soupflow.tables import run_table
 from soupflow.weights import import_state, resolve_file
 
 log = logging.getLogger("soupflow")
@@ -235,7 +236,7 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     atomic_save_safetensors(logits, out / "outputs.safetensors")
     atomic_write_yaml({"run_id": run_id, "hyperparameters": hp, "model": model_config,
                        "data": config["data"]["name"], "init": init_path}, out / "config.yaml")
-    atomic_write_parquet(pd.DataFrame([row]), out / "metrics.parquet")
+    atomic_write_parquet(run_table([row]), out / "metrics.parquet")
     _forget(out / "resume.pt")
     return row
 
@@ -383,9 +384,16 @@ _TRACE_COLUMNS = ["soup", "recipe", "repeat", "pass", "step", "candidate", "acce
 
 # ---------------------------------------------------------------- tables
 def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
-    """One table from many one-job tables (runs, soups, traces), written atomically."""
-    frames = [pd.read_parquet(p) for p in paths]
-    frames = [f for f in frames if len(f)]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """One table from many one-job tables (runs, soups, traces), written atomically; parts that share a
+    schema (every run's, see ``tables.RUN_SCHEMA``) keep it exactly."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [t for t in (pq.read_table(p) for p in paths) if t.num_rows]
+    if tables and all(t.schema.equals(tables[0].schema) for t in tables):
+        table = pa.concat_tables(tables)
+        atomic_write_parquet(table, out)
+        return table.to_pandas()
+    frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True) if tables else pd.DataFrame()
     atomic_write_parquet(frame, out)
     return frame
