@@ -29,6 +29,7 @@ localrules:
     table,
     summary,
     timm_configs,
+    learning_curves,
 
 
 rule all:
@@ -37,6 +38,7 @@ rule all:
         rules.summary.output,
         rules.plots.output,
         rules.timm_configs.output,
+        rules.learning_curves.output,
 
 
 onsuccess:

@@ -98,3 +98,18 @@ def test_frozen_batchnorm_statistics_stay_those_of_the_init_while_its_affine_tra
     assert not torch.equal(after["net.1.weight"], before["net.1.weight"])  # the affine scale trains either way
     kept = [torch.equal(after[f"net.1.{k}"], before[f"net.1.{k}"]) for k in ("running_mean", "running_var")]
     assert all(kept) if statistics == "frozen" else not any(kept)
+
+
+def test_the_history_has_one_row_per_epoch_with_the_schedules_learning_rate():
+    images = torch.randint(0, 255, (64, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.randint(0, 4, (64,))
+    hp = {"lr": 0.2, "weight_decay": 0.0, "epochs": 3, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
+          "seed": 0, "schedule": "onecycle", "warmup_fraction": 0.3}
+    result = train(Tiny(), images, labels, FakeData(), hp, torch.device("cpu"))
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert [row["train_loss"] for row in result.history] == result.epoch_losses
+    # the lr of each epoch's last step (4 steps an epoch): warm-up peak after 30 %, annealed towards 0
+    assert [row["lr"] for row in result.history] == pytest.approx([0.2 * lr_factor(s, 12, "onecycle", 0.3)
+                                                                   for s in (3, 7, 11)])
+    assert result.history[-1]["lr"] < 0.01 < result.history[0]["lr"]
+    assert all(b["seconds"] >= a["seconds"] for a, b in zip(result.history, result.history[1:]))

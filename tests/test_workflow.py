@@ -222,3 +222,16 @@ def test_every_checkpoint_folder_loads_in_plain_timm_by_local_dir(finished, runs
         assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items()), folder
         data_config = timm.data.resolve_data_config({}, model=model)
         assert data_config["input_size"] == (1, 28, 28) and len(data_config["mean"]) == 1
+
+
+def test_every_run_has_a_learning_curve_and_the_report_a_figure(finished, runs):
+    results = finished[0] / "results"
+    for row in runs.itertuples():
+        history = pd.read_parquet(results / "runs" / row.run_id / "history.parquet")
+        if row.status == "ok":
+            assert history.epoch.tolist() == list(range(1, SMOKE["finetune"]["epochs"] + 1))
+            assert history.train_loss.iloc[-1] == pytest.approx(row.train_loss)
+            assert (history.lr >= 0).all() and (history.images_per_second > 0).all()
+        else:
+            assert history.run_id.isin([row.run_id]).all()  # a diverged run: what it finished, maybe nothing
+    assert (results / "plots" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"

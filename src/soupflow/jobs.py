@@ -27,7 +27,7 @@ from soupflow.models import count_parameters, create_model, load_checkpoint, pic
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
 from soupflow.summary import best_individual
-from soupflow.tables import run_table
+from soupflow.tables import history_table, run_table
 from soupflow.weights import import_state, resolve_file
 
 log = logging.getLogger("soupflow")
@@ -236,6 +236,7 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     atomic_save_safetensors(logits, out / "outputs.safetensors")
     atomic_write_yaml({"run_id": run_id, "hyperparameters": hp, "model": model_config,
                        "data": config["data"]["name"], "init": init_path}, out / "config.yaml")
+    atomic_write_parquet(history_table(run_id, result.history), out / "history.parquet")
     atomic_write_parquet(run_table([row]), out / "metrics.parquet")
     _forget(out / "resume.pt")
     return row

@@ -117,3 +117,24 @@ def plot_all(runs_path: str, soups_path: str, trace_path: str, outputs: dict[str
     plot_val_heatmap(runs, heatmap_axes, outputs["heatmap"])
     plot_greedy_ingredients(runs, trace, outputs["greedy"])
     plot_pruned_passes(trace, outputs["pruned"])
+
+
+def plot_learning_curves(history_paths: list[str], path: str) -> None:
+    """Train loss and learning rate per epoch of every fine-tune (each run's history.parquet)."""
+    frames = [pd.read_parquet(p) for p in history_paths]
+    history = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
+    sns.set_theme(style="whitegrid")
+    fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    if history is None:
+        _empty(loss_ax, "no run finished an epoch")
+        _empty(lr_ax, "")
+    else:
+        legend = history.run_id.nunique() <= 12
+        sns.lineplot(history, x="epoch", y="train_loss", hue="run_id", marker="o", ax=loss_ax, legend=legend)
+        sns.lineplot(history, x="epoch", y="lr", hue="run_id", ax=lr_ax, legend=False)
+        loss_ax.set(title="train loss per epoch", ylabel="mean train loss")
+        lr_ax.set(title="learning rate at each epoch's end", ylabel="lr")
+        loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if legend:
+            loss_ax.legend(fontsize=7, title="run")
+    _save(fig, path)

@@ -36,3 +36,12 @@ def run_table(rows: list[dict[str, Any]]) -> pa.Table:
             raise ValueError(f"run row columns differ from RUN_SCHEMA: extra {sorted(set(row) - set(RUN_SCHEMA.names))}, "
                              f"missing {sorted(set(RUN_SCHEMA.names) - set(row))}")
     return pa.Table.from_pylist(rows, schema=RUN_SCHEMA)
+
+
+HISTORY_SCHEMA = pa.schema([("run_id", pa.string()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
+                            ("lr", pa.float64()), ("seconds", pa.float64()), ("images_per_second", pa.float64())])
+
+
+def history_table(run_id: str, rows: list[dict[str, float]]) -> pa.Table:
+    """A run's learning curve (``train.TrainResult.history``) as a table of ``HISTORY_SCHEMA``."""
+    return pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=HISTORY_SCHEMA)

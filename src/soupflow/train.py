@@ -155,6 +155,7 @@ class TrainResult:
     train_loss: float
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per finished epoch (learning curves)
 
 
 def freeze_batchnorm_statistics(model: torch.nn.Module) -> None:
@@ -198,6 +199,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
     smoothing = float(hp.get("label_smoothing", 0.0))
     fingerprint = _fingerprint(hp, n, resume.start if resume else "")
     step, first_epoch, first_index, order, running, epoch_losses, spent = 0, 0, 0, None, 0.0, [], 0.0
+    epoch_ends: list[float] = []  # seconds since the start (kills excluded) at each epoch's end
     saved = load_state(resume.path, fingerprint, device) if resume else None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -208,13 +210,15 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
             torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
         step, first_epoch, first_index = saved["step"], saved["epoch"], saved["index"]
         order, running, epoch_losses, spent = saved["order"], saved["running"], saved["epoch_losses"], saved["seconds"]
+        epoch_ends = saved.get("epoch_ends", [])
         log.info("%s resumes at epoch %d step %d/%d from %s", name, first_epoch + 1, first_index, steps_per_epoch,
                  resume.path)
     resumed_from, start = step, time.perf_counter() - spent
 
     def progress(epoch: int, index: int, order: torch.Tensor | None, running: float) -> dict[str, Any]:
         return {"step": step, "epoch": epoch, "index": index, "order": order, "running": running,
-                "epoch_losses": list(epoch_losses), "seconds": time.perf_counter() - start}
+                "epoch_losses": list(epoch_losses), "epoch_ends": list(epoch_ends),
+                "seconds": time.perf_counter() - start}
 
     with StopRequests() as stop:
         for epoch in range(first_epoch, epochs):
@@ -252,13 +256,28 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
                 if stop.requested:
                     raise _preempted(name, stop, step, resume)
             epoch_losses.append(float(total_loss) / steps_per_epoch)
+            epoch_ends.append(time.perf_counter() - start)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model)
             if resume:
                 save_state(resume.path, fingerprint, model, optimizer, generator, progress(epoch + 1, 0, None, 0.0))
             if stop.requested:
                 raise _preempted(name, stop, step, resume)
-    return _result("ok", epochs, step, start, batch_size, epoch_losses[-1], epoch_losses, resumed_from)
+    result = _result("ok", epochs, step, start, batch_size, epoch_losses[-1], epoch_losses, resumed_from)
+    result.history = epoch_history(epoch_losses, epoch_ends, hp, steps_per_epoch)
+    return result
+
+
+def epoch_history(losses: list[float], ends: list[float], hp: dict[str, Any], steps_per_epoch: int) -> list[dict]:
+    """One row per epoch: mean train loss, the learning rate at the epoch's last step, wall seconds, img/s."""
+    total, rows, previous = steps_per_epoch * int(hp["epochs"]), [], 0.0
+    for epoch, (loss, end) in enumerate(zip(losses, ends), start=1):
+        factor = lr_factor(epoch * steps_per_epoch - 1, total, hp.get("schedule", "onecycle"),
+                           float(hp.get("warmup_fraction", 0.3)))
+        rows.append({"epoch": epoch, "train_loss": loss, "lr": hp["lr"] * factor, "seconds": end,
+                     "images_per_second": steps_per_epoch * int(hp["batch_size"]) / max(end - previous, 1e-9)})
+        previous = end
+    return rows
 
 
 def _preempted(name: str, stop: StopRequests, step: int, resume: Resume | None) -> Preempted:

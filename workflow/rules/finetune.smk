@@ -7,6 +7,7 @@ rule finetune:
     output:
         model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
         outputs=f"{RUNS_FOLDER}/{{run_id}}/outputs.safetensors",
+        history=f"{RUNS_FOLDER}/{{run_id}}/history.parquet",
         metrics=f"{RUNS_FOLDER}/{{run_id}}/metrics.parquet",
         config=f"{RUNS_FOLDER}/{{run_id}}/config.yaml",
     log:

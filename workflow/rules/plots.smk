@@ -33,3 +33,21 @@ rule plots:
         heatmap_axes=CONFIG["plots"]["heatmap_axes"],
     script:
         "../scripts/plots.py"
+
+
+rule learning_curves:
+    """Train loss and learning rate per epoch of every fine-tune, from the runs' history tables."""
+    input:
+        histories=run_file("history.parquet"),
+    output:
+        report(
+            f"{RESULTS}/plots/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="Plots",
+        ),
+    log:
+        f"{RESULTS}/logs/learning_curves.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/learning_curves.py"
