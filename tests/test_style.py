@@ -20,3 +20,12 @@ def test_snakefmt_leaves_every_rule_file_as_it_is():
     files = ["Snakefile", *map(str, sorted((ROOT / "workflow" / "rules").glob("*.smk")))]
     result = subprocess.run([snakefmt, "--check", *files], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_both_profiles_give_every_gpu_rule_its_resources():
+    import yaml
+
+    gpu_rules = {"init", "finetune", "soup", "pair_soups", "corrupted_outputs", "soup_sanity"}
+    for name in ("local", "slurm"):
+        profile = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
+        assert gpu_rules <= set(profile["set-resources"]) and gpu_rules <= set(profile["set-threads"]), name
