@@ -131,8 +131,14 @@ def test_the_schema_ships_inside_the_package_and_the_workflow_sees_the_same_file
 
     assert (ROOT / "workflow/schemas/config.schema.yaml").resolve() == SCHEMA_PATH.resolve()
     pytest.importorskip("setuptools")  # the build backend, present in the project's venv
+    import shutil
+
+    project = tmp_path / "project"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(tmp_path), str(project)], check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("soupflow-*.whl"))
     assert "soupflow/schemas/config.schema.yaml" in zipfile.ZipFile(wheel).namelist()
 
