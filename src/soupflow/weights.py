@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are handled: resolve_file runs at Snakefile parse
+    import torch
 
 COUNTER = "num_batches_tracked"  # BatchNorm step counters: not weights, never matched or required
 
@@ -56,6 +57,8 @@ class ImportReport:
 
 def weights_only(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of a state dict, without BatchNorm counters."""
+    import torch
+
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and not k.endswith(COUNTER)}
 
 
