@@ -324,12 +324,15 @@ def _pretend_finished(work: Path, config: dict) -> None:
         [results / "init/model.safetensors",
          *[results / f"init/epoch_{e:03d}.safetensors" for e in range(resolved["pretrain"]["epochs"] + 1)]],
         [results / "runs" / run / name for run in expand_runs(resolved)
-         for name in ("model.safetensors", "outputs.safetensors", "metrics.parquet", "config.yaml")],
+         for name in ("model.safetensors", "outputs.safetensors", "metrics.parquet", "history.parquet", "config.yaml")],
         [results / "metrics/runs.parquet"],
         [results / "soups" / soup / name for soup in soup_specs(resolved)
          for name in ("model.safetensors", "metrics.parquet", "trace.parquet")],
-        [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")],
-        [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes")]
+        [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")]
+        + [folder / "config.json" for folder in [results / "init", *(results / "runs" / r for r in expand_runs(resolved)),
+                                                 *(results / "soups" / s for s in soup_specs(resolved))]],
+        [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes",
+                                              "learning_curves")]
         + [results / "summary.txt", results / "summary.csv"],
     ]
     # Snakemake notices a changed *set* of inputs through its metadata records; write the one of the job that
