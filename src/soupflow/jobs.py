@@ -21,8 +21,15 @@ from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
 from soupflow.config import pipeline_seed
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
-from soupflow.io import (atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml, file_digest,
-                         open_safetensors, read_safetensors, remove_orphan_temps)
+from soupflow.io import (
+    atomic_save_safetensors,
+    atomic_write_parquet,
+    atomic_write_yaml,
+    file_digest,
+    open_safetensors,
+    read_safetensors,
+    remove_orphan_temps,
+)
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
