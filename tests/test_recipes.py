@@ -128,3 +128,31 @@ def test_no_ingredients_is_a_clear_error():
     kitchen = Kitchen([], score)
     with pytest.raises(ValueError, match="no usable ingredient"):
         cook("uniform", kitchen, {})
+
+
+class NoMemo(Kitchen):
+    """A kitchen that runs a val pass for every candidate, as before the memo."""
+
+    def score(self, names, state):
+        return self.select(state), True
+
+
+@pytest.mark.parametrize("recipe", ["pruned_random", "greedy_random", "pruned", "greedy"])
+def test_a_set_of_ingredients_is_scored_once_per_job_and_selection_is_unchanged(recipe):
+    """The memo of scored ingredient sets saves val passes and changes no decision."""
+    memo, calls = make_kitchen(), []
+    memo.select = lambda state: calls.append(1) or score(state)
+    plain = make_kitchen()
+    plain.__class__ = NoMemo
+    options = {"repeats": 3, "seed": 1, "passes": 3}
+    soups, baseline = cook(recipe, memo, options), cook(recipe, plain, options)
+    for soup, reference in zip(soups, baseline, strict=True):
+        assert soup.ingredients == reference.ingredients
+        assert [(r["candidate"], r["accepted"]) for r in soup.trace] == [
+            (r["candidate"], r["accepted"]) for r in reference.trace]
+    passes = sum(soup.selection_passes for soup in soups)
+    assert passes == len(calls) == len(memo.scored)  # every val pass scored a set not scored before
+    saved = sum(soup.selection_passes for soup in baseline) - passes
+    if recipe == "pruned_random":
+        assert saved >= 2  # the uniform start, shared by the 2 later repeats
+    assert saved >= 0

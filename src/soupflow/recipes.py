@@ -46,9 +46,23 @@ class Kitchen:
     fresh_init: Callable[[int], StateDict] | None = None  # an untrained model, seeded
     observe: Callable[[dict[str, Any], StateDict], None] = lambda row, state: None
 
+    scored: dict[tuple[str, ...], Scores] = field(default_factory=dict)  # val scores by ingredient multiset
+
     def ranked(self, metric: str) -> list[Ingredient]:
         """Ingredients by decreasing validation score (ties broken by name, for determinism)."""
         return sorted(self.ingredients, key=lambda ing: (-ing.val.value(metric), ing.name))
+
+    def score(self, names: list[str], state: StateDict) -> tuple[Scores, bool]:
+        """The val scores of ``state`` (the soup of ``names``), and whether a val pass ran.
+
+        A soup of the same ingredients is scored once per job: a pruned pass that tries a removal on a set it
+        already tried, or the uniform start every pruned_random repeat shares, reuses the score.
+        """
+        key = tuple(sorted(names))
+        if key in self.scored:
+            return self.scored[key], False
+        self.scored[key] = self.select(state)
+        return self.scored[key], True
 
 
 @dataclass
@@ -137,8 +151,8 @@ def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, max_ingr
         weights = ingredient.load()
         total.add(weights)
         state = total.mean()
-        scores = kitchen.select(state)
-        passes += 1
+        scores, evaluated = kitchen.score(chosen + [ingredient.name], state)
+        passes += evaluated
         accepted = best is None or scores.value(metric) >= best.value(metric)
         row = {"repeat": repeat, "step": step, "candidate": ingredient.name, "accepted": accepted,
                "n_ingredients": total.count if accepted else total.count - 1,
@@ -182,9 +196,10 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
     total = StateSum()
     for ingredient in pool:
         total.add(ingredient.load())
-    state = total.mean()
-    best, evaluations = kitchen.select(state), 1
     inside = {ing.name: ing for ing in pool}
+    state = total.mean()
+    best, evaluated = kitchen.score(list(inside), state)
+    evaluations = int(evaluated)
     start = {"repeat": repeat, "pass": 0, "step": 0, "candidate": "uniform start", "accepted": True,
              "n_ingredients": total.count, "val_score": best.value(metric), "val_accuracy": best.accuracy,
              "val_loss": best.loss}
@@ -196,8 +211,8 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
                 break
             weights = ingredient.load()
             total.subtract(weights)
-            scores = kitchen.select(total.mean())
-            evaluations += 1
+            scores, evaluated = kitchen.score([n for n in inside if n != ingredient.name], total.mean())
+            evaluations += evaluated
             removed = scores.value(metric) >= best.value(metric)
             log.info("pruned pass %d: without %s val %s %.4f -> %s", pass_number, ingredient.name, metric,
                      scores.value(metric), "removed" if removed else "kept")
