@@ -107,7 +107,6 @@ VARIANTS: dict[str, dict] = {
 #: experiments/lite0_fmnist.yaml's data, model and fine-tune settings (variants set the grid)
 LITE0 = {key: value for key, value in yaml.safe_load((ROOT / "experiments" / "lite0_fmnist.yaml").read_text()).items()
          if key in {"data", "model", "finetune"}}
-LITE0["model"] = {key: value for key, value in LITE0["model"].items() if key != "init_bn"}
 BASES = {"fmnist": BASE, "lite0": LITE0}
 
 

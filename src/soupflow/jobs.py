@@ -27,7 +27,6 @@ from soupflow.io import (
     atomic_write_yaml,
     file_digest,
     open_safetensors,
-    read_safetensors,
     remove_orphan_temps,
 )
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
@@ -260,7 +259,7 @@ def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
         log.warning("leaving %s out of soups: status %s", row["run_id"], row["status"])
     by_id = {Path(d).name: d for d in run_dirs}
     return [Ingredient(row.run_id, Scores(row.val_loss, row.val_accuracy),
-                       (lambda p=str(Path(by_id[row.run_id]) / "model.safetensors"): read_safetensors(p)))
+                       (lambda p=str(Path(by_id[row.run_id]) / "model.safetensors"): load_checkpoint(p)))
             for row in usable.itertuples()], by_id
 
 

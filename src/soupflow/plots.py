@@ -121,8 +121,8 @@ def plot_all(runs_path: str, soups_path: str, trace_path: str, outputs: dict[str
 
 def plot_learning_curves(history_paths: list[str], path: str) -> None:
     """Train loss and learning rate per epoch of every fine-tune (each run's history.parquet)."""
-    frames = [pd.read_parquet(p) for p in history_paths]
-    history = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
+    frames = [frame for frame in map(pd.read_parquet, history_paths) if len(frame)]
+    history = pd.concat(frames, ignore_index=True) if frames else None
     sns.set_theme(style="whitegrid")
     fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(11, 4))
     if history is None:

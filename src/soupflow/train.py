@@ -215,6 +215,12 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
                  resume.path)
     resumed_from, start = step, time.perf_counter() - spent
 
+    def finish(status: str, epochs_done: int, loss: float) -> TrainResult:
+        """The result, with the learning curve of the epochs that finished (a diverged run's too)."""
+        result = _result(status, epochs_done, step, start, batch_size, loss, epoch_losses, resumed_from)
+        result.history = epoch_history(epoch_losses, epoch_ends, hp, steps_per_epoch)
+        return result
+
     def progress(epoch: int, index: int, order: torch.Tensor | None, running: float) -> dict[str, Any]:
         return {"step": step, "epoch": epoch, "index": index, "order": order, "running": running,
                 "epoch_losses": list(epoch_losses), "epoch_ends": list(epoch_ends),
@@ -246,7 +252,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
                              (step - resumed_from) * batch_size / max(elapsed - spent, 1e-9))
                     if not math.isfinite(mean_loss):
                         log.warning("%s diverged at epoch %d step %d (loss %s)", name, epoch + 1, index + 1, mean_loss)
-                        return _result("diverged", epoch, step, start, batch_size, mean_loss, epoch_losses, resumed_from)
+                        return finish("diverged", epoch, mean_loss)
                 if index + 1 == steps_per_epoch:
                     break  # the epoch-end save below covers the last step
                 periodic = resume and resume.every_steps and step % resume.every_steps == 0
@@ -263,9 +269,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
                 save_state(resume.path, fingerprint, model, optimizer, generator, progress(epoch + 1, 0, None, 0.0))
             if stop.requested:
                 raise _preempted(name, stop, step, resume)
-    result = _result("ok", epochs, step, start, batch_size, epoch_losses[-1], epoch_losses, resumed_from)
-    result.history = epoch_history(epoch_losses, epoch_ends, hp, steps_per_epoch)
-    return result
+    return finish("ok", epochs, epoch_losses[-1])
 
 
 def epoch_history(losses: list[float], ends: list[float], hp: dict[str, Any], steps_per_epoch: int) -> list[dict]:
