@@ -23,17 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from soupflow.config import resolve_config  # noqa: E402
+from soupflow.config import resolve_config, wise_ft_base  # noqa: E402
 from soupflow.data import prepare  # noqa: E402
 from soupflow.grid import expand_runs  # noqa: E402
-from soupflow.jobs import concat_parquet, finetune, make_init, make_soup, setup_logging  # noqa: E402
+from soupflow.jobs import SoupPaths, concat_parquet, finetune, make_init, make_soup, setup_logging  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy"}, {"recipe": "pruned"},
          {"name": "uniform_bn", "recipe": "uniform", "bn": "recompute"},
          {"name": "greedy_bn", "recipe": "greedy", "bn": "recompute"},
          {"name": "greedy_loss", "recipe": "greedy", "metric": "loss"},
-         {"name": "greedy_loss_bn", "recipe": "greedy", "metric": "loss", "bn": "recompute"}]
+         {"name": "greedy_loss_bn", "recipe": "greedy", "metric": "loss", "bn": "recompute"},
+         {"recipe": "model_stock"}, {"recipe": "wise_ft", "base": "greedy"}]
 
 #: The default before calibration (soupflow <= a31c901): every variant below is a change to it (dicts merge,
 #: lists and the grid replace), so the table stays reproducible whatever config.yaml holds now.
@@ -90,6 +91,17 @@ VARIANTS: dict[str, dict] = {
                "pretrain": {"epochs": 2, "task": "rotation", "augmentation": "shift"}, "finetune": {"epochs": 10},
                "grid": {"lr": [0.03, 0.06, 0.1], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
                         "augmentation": ["flip"]}},
+    # data diversity: each fine-tune trains on its own seeded share of the fine-tuning images (hyperparameter
+    # data_fraction); shard_half keeps the 5k pool (2.5k per run), shard_quarter pools 20k (5k per run, as
+    # smallft_a's runs), both with runs on all the pool's images in the same grid as the fair baseline
+    "shard_half": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
+                   "pretrain": {"epochs": 6}, "finetune": {"epochs": 10, "augmentation": "flip"},
+                   "runs": [{"lr": 0.02, "seed": 0}, {"lr": 0.04, "seed": 0}],
+                   "grid": {"lr": [0.02, 0.04], "seed": [0, 1, 2, 3, 4], "data_fraction": [0.5]}},
+    "shard_quarter": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667},
+                      "pretrain": {"epochs": 6}, "finetune": {"epochs": 10, "augmentation": "flip"},
+                      "runs": [{"lr": 0.02, "seed": 0, "epochs": 3}, {"lr": 0.04, "seed": 0, "epochs": 3}],
+                      "grid": {"lr": [0.02, 0.04], "seed": [0, 1, 2, 3, 4], "data_fraction": [0.25]}},
     # issue 11: real ImageNet weights (EfficientNet-Lite0, experiments/lite0_fmnist.yaml without its grid)
     "lite0": {"_base": "lite0", "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
     "lite0_frozen": {"_base": "lite0", "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1],
@@ -146,12 +158,16 @@ def experiment(config: dict, work: Path, threads: int) -> pd.DataFrame:
     table = work / "tables" / f"{key_of(init_key, sorted(runs))}.parquet"
     concat_parquet([str(d / "metrics.parquet") for d in run_dirs], str(table))
     frames = []
+    by_name = {spec.get("name", spec["recipe"]): spec for spec in SOUPS}
     for spec in SOUPS:
         name = spec.get("name", spec["recipe"])
         out = work / "soups" / key_of(str(table), spec) / name
-        frames.append(make_soup(config, name, spec, str(data_path), str(table), str(work / "runs" / init_key),
-                                str(out / "model.safetensors"), str(out / "metrics.parquet"),
-                                str(out / "trace.parquet"), threads))
+        base = wise_ft_base(spec)
+        paths = SoupPaths(str(data_path), str(table), str(work / "runs" / init_key), str(out / "model.safetensors"),
+                          str(out / "metrics.parquet"), str(out / "trace.parquet"), start=str(init_path),
+                          base=str(work / "soups" / key_of(str(table), by_name[base]) / base / "model.safetensors")
+                          if base else None)
+        frames.append(make_soup(config, name, spec, paths, threads))
     soups = pd.concat(frames, ignore_index=True)
     runs_frame = pd.read_parquet(table)
     soups.attrs["mean_ingredient_test"] = float(runs_frame[runs_frame.status == "ok"].test_accuracy.mean())

@@ -82,7 +82,7 @@ def _greedy_child(args: argparse.Namespace) -> None:
     before = timed_passes()
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    soup = greedy_pass(Kitchen(ingredients, evaluator.scores), ingredients, "accuracy", None)
+    soup = greedy_pass(Kitchen(ingredients, evaluator.scores), ingredients, "accuracy", {})
     seconds = time.perf_counter() - start
     one_pass = float(np.median(before + timed_passes()))  # passes before and after the soup: the VM drifts
     print(json.dumps({"k": args.k, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -331,8 +331,8 @@ def _pretend_finished(work: Path, config: dict) -> None:
         [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")]
         + [folder / "config.json" for folder in [results / "init", *(results / "runs" / r for r in expand_runs(resolved)),
                                                  *(results / "soups" / s for s in soup_specs(resolved))]],
-        [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes",
-                                              "learning_curves")]
+        [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients",
+                                              "pruned_passes", "wise_ft", "learning_curves")]
         + [results / "summary.txt", results / "summary.csv"],
     ]
     # Snakemake notices a changed *set* of inputs through its metadata records; write the one of the job that

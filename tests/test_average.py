@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from soupflow.average import StateSum, average, weighted_average
+from soupflow.average import StateSum, UnitDirections, average, interpolate, model_stock_ratio
 
 
 def state(seed: int) -> dict[str, torch.Tensor]:
@@ -51,7 +51,37 @@ def test_cannot_remove_the_last_ingredient():
         StateSum().add(state(0)).subtract(state(0))
 
 
-def test_weighted_midpoint_matches_half_sum():
+def test_interpolation_ends_are_the_two_states_and_the_midpoint_is_their_mean():
     a, b = state(0), state(1)
-    mid = weighted_average([a, b], [0.5, 0.5])
-    assert torch.allclose(mid["w"], (a["w"] + b["w"]) / 2, atol=1e-7)
+    assert torch.equal(interpolate(a, b, 0.0)["w"], a["w"]) and torch.equal(interpolate(a, b, 1.0)["w"], b["w"])
+    assert torch.allclose(interpolate(a, b, 0.5)["w"], (a["w"] + b["w"]) / 2, atol=1e-7)
+    per_tensor = interpolate(a, b, {"w": 0.25})  # names left out move all the way (α = 1)
+    assert torch.allclose(per_tensor["w"], 0.75 * a["w"] + 0.25 * b["w"], atol=1e-7)
+    assert torch.equal(per_tensor["bn.num_batches_tracked"], b["bn.num_batches_tracked"])
+
+
+def test_mean_pairwise_cosine_of_task_vectors_from_the_streamed_sum():
+    """Three task vectors with known pairwise cosines (0, 0.6, 0.8): the mean 0.4667, computed in one pass."""
+    origin = {"w": torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)}
+    deltas = [torch.tensor(d, dtype=torch.float64) for d in ([1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.8, 2.4, 0.0])]
+    directions = UnitDirections(origin)
+    for delta in deltas:
+        directions.add({"w": origin["w"] + delta})
+    pairwise = [torch.nn.functional.cosine_similarity(deltas[i], deltas[j], dim=0) for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert directions.mean_cosine("w") == pytest.approx(float(sum(pairwise) / 3), abs=1e-12)
+    assert directions.mean_cosine("w") == pytest.approx((0 + 0.6 + 0.8) / 3, abs=1e-12)
+
+
+def test_a_tensor_no_fine_tune_moved_has_cosine_one():
+    origin = {"w": torch.ones(4)}
+    directions = UnitDirections(origin)
+    directions.add(origin)
+    directions.add(origin)
+    assert directions.mean_cosine("w") == 1.0
+
+
+@pytest.mark.parametrize("k, cosine, expected", [(2, 1.0, 1.0), (2, 0.5, 2 * 0.5 / 1.5), (5, 0.2, 1.0 / 1.8),
+                                                 (3, 0.0, 0.0), (3, -0.4, 0.0)])
+def test_model_stock_ratio(k, cosine, expected):
+    """t = k·cos / (1 + (k − 1)·cos): 1 for parallel task vectors, 0 for orthogonal ones (the start)."""
+    assert model_stock_ratio(k, cosine) == pytest.approx(expected)

@@ -153,3 +153,31 @@ def test_every_data_set_name_of_the_schema_has_a_reader_and_no_other():
     from soupflow.config import READERS, load_schema
 
     assert load_schema()["properties"]["data"]["properties"]["name"]["enum"] == list(READERS)
+
+
+def test_every_hyperparameter_list_of_the_schema_is_config_hyperparameters():
+    """A hyperparameter is a `finetune` key, a `runs` key, a grid axis and a search dimension, or none of them."""
+    from soupflow.config import HYPERPARAMETERS, load_schema
+
+    schema = load_schema()
+    listed = {
+        "hyperparameters": list(schema["$defs"]["hyperparameters"]["properties"]),
+        "grid": list(schema["properties"]["grid"]["properties"]),
+        "search.space": schema["properties"]["search"]["properties"]["space"]["propertyNames"]["enum"],
+    }
+    for where, names in listed.items():
+        assert names == list(HYPERPARAMETERS), where
+
+
+def test_a_wise_ft_base_must_name_another_soup():
+    message = rejected(lambda c: c["soups"].append({"recipe": "wise_ft", "base": "gredy"}))
+    assert "soups[" in message and "'gredy'" in message and "greedy" in message
+    message = rejected(lambda c: c["soups"].append({"name": "w2", "recipe": "wise_ft", "base": "w2"}))
+    assert "'w2'" in message
+
+
+def test_wise_ft_defaults_to_the_best_individual_as_its_base():
+    from soupflow.config import wise_ft_base
+
+    assert wise_ft_base({"recipe": "wise_ft"}) == "best_individual"
+    assert wise_ft_base({"recipe": "greedy"}) is None

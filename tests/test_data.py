@@ -103,3 +103,16 @@ def test_image_size_resizes_every_split_once_and_keeps_flat_images_flat(tiny_idx
     assert all(data.split(s)[0].shape[-2:] == (32, 32) for s in ("pretrain", "train", "val", "test"))
     flat = np.full((3, 1, 28, 28), 77, dtype=np.uint8)
     assert (resize(flat, 40) == 77).all() and resize(flat, 28) is flat
+
+
+def test_a_data_fraction_is_a_seeded_subset_of_distinct_fine_tuning_images():
+    import torch
+
+    from soupflow.data import subset
+
+    images, labels = torch.arange(1000).view(1000, 1, 1, 1), torch.arange(1000)
+    assert subset(images, labels, None, 0)[1] is labels
+    half, again, other = (subset(images, labels, 0.5, seed)[1] for seed in (3, 3, 4))
+    assert len(half) == 500 == len(set(half.tolist())) and torch.equal(half, again)
+    assert not torch.equal(half, other)
+    assert torch.equal(subset(images, labels, 0.5, 3)[0].flatten(), half)  # images and labels stay paired

@@ -27,7 +27,9 @@ def make_kitchen(n=8, seed=0, observe=None):
         ingredients.append(Ingredient(f"run{i}", score(weights), (lambda w=weights: {"w": w["w"].clone()})))
     random.Random(seed).shuffle(ingredients)
     kwargs = {} if observe is None else {"observe": observe}
-    return Kitchen(ingredients, score, fresh_init=lambda s: {"w": torch.randn(4, generator=torch.Generator().manual_seed(s))}, **kwargs)
+    best = min(ingredients, key=lambda ing: ing.val.loss)
+    return Kitchen(ingredients, score, fresh_init=lambda s: {"w": torch.randn(4, generator=torch.Generator().manual_seed(s))},
+                   start=lambda: {"w": torch.zeros(4)}, base=lambda: ([best.name], best.load()), **kwargs)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -111,7 +113,7 @@ def test_recipes_decide_without_what_observe_records():
     def noisy_observe(row, state):
         row["test_accuracy"] = random.random()
 
-    for recipe in ("greedy", "pruned", "greedy_random"):
+    for recipe in ("greedy", "pruned", "greedy_random", "wise_ft"):
         plain = cook(recipe, make_kitchen(), {"repeats": 2})
         observed = cook(recipe, make_kitchen(observe=noisy_observe), {"repeats": 2})
         assert [s.ingredients for s in plain] == [s.ingredients for s in observed]
@@ -156,3 +158,77 @@ def test_a_set_of_ingredients_is_scored_once_per_job_and_selection_is_unchanged(
     if recipe == "pruned_random":
         assert saved >= 2  # the uniform start, shared by the 2 later repeats
     assert saved >= 0
+
+
+def test_greedy_tie_gt_accepts_only_a_strict_improvement():
+    """Two identical ingredients: the second leaves the val score unchanged, so ge keeps it and gt does not."""
+    weights = {"w": TARGET + 0.5}
+    twins = [Ingredient(name, score(weights), lambda: {"w": weights["w"].clone()}) for name in ("a", "b")]
+    assert cook("greedy", Kitchen(twins, score), {"tie": "ge"})[0].ingredients == ["a", "b"]
+    assert cook("greedy", Kitchen(twins, score), {"tie": "gt"})[0].ingredients == ["a"]
+    best_so_far = float("-inf")
+    for row in cook("greedy", make_kitchen(seed=2), {"tie": "gt"})[0].trace:
+        assert row["accepted"] == (row["val_score"] > best_so_far)
+        best_so_far = max(best_so_far, row["val_score"]) if row["accepted"] else best_so_far
+
+
+def constructed_stock(cosine_pairs):
+    """Two fine-tunes whose task vectors from θ0 = 0 have a chosen cosine, per tensor."""
+    ingredients = []
+    for index in range(2):
+        state = {name: torch.tensor([1.0, 0.0]) if index == 0 else torch.tensor([c, (1 - c * c) ** 0.5]) * 2
+                 for name, c in cosine_pairs.items()}
+        ingredients.append(Ingredient(f"ft{index}", score_stock(state), lambda s=state: {k: v.clone() for k, v in s.items()}))
+    return Kitchen(ingredients, score_stock, start=lambda: {name: torch.zeros(2) for name in cosine_pairs})
+
+
+def score_stock(state):
+    return Scores(loss=float(sum(t.sum() for t in state.values())), accuracy=0.5)
+
+
+def test_model_stock_moves_each_tensor_toward_the_start_by_its_own_ratio():
+    """k = 2, θ0 = 0: t = 2 cos / (1 + cos) per tensor, the soup t · (θ1 + θ2) / 2 (Jang et al., eq. 2)."""
+    cosines = {"parallel": 1.0, "half": 0.5, "orthogonal": 0.0}
+    soup = cook("model_stock", constructed_stock(cosines), {})[0]
+    state = soup.state()
+    for name, c in cosines.items():
+        t = 2 * c / (1 + c)
+        mean = (torch.tensor([1.0, 0.0]) + torch.tensor([c, (1 - c * c) ** 0.5]) * 2) / 2
+        assert torch.allclose(state[name], t * mean, atol=1e-6), name
+    assert soup.trace[0]["ratio_min"] == pytest.approx(0.0) and soup.trace[0]["ratio_max"] == pytest.approx(1.0)
+
+
+def test_model_stock_averages_buffers_like_the_uniform_soup():
+    kitchen = constructed_stock({"w": 0.0, "bn.running_mean": 0.0})
+    kitchen.buffers = frozenset({"bn.running_mean"})
+    state = cook("model_stock", kitchen, {})[0].state()
+    assert torch.allclose(state["w"], torch.zeros(2))  # orthogonal task vectors: the start
+    expected = (torch.tensor([1.0, 0.0]) + torch.tensor([0.0, 2.0])) / 2
+    assert torch.allclose(state["bn.running_mean"], expected)
+
+
+def test_model_stock_of_the_top_k():
+    kitchen = make_kitchen()
+    soup = cook("model_stock", kitchen, {"k": 3})[0]
+    assert soup.ingredients == [i.name for i in kitchen.ranked("accuracy")[:3]]
+
+
+def test_wise_ft_walks_from_the_start_to_the_base_and_keeps_the_best_val_alpha():
+    kitchen = make_kitchen()
+    names, base = kitchen.base()
+    soup = cook("wise_ft", kitchen, {"alphas": [0.0, 0.5, 0.9, 1.0]})[0]
+    alphas = [row["alpha"] for row in soup.trace]
+    assert alphas == [0.0, 0.5, 0.9, 1.0]
+    for row in soup.trace:
+        assert row["val_score"] == pytest.approx(score({"w": row["alpha"] * base["w"]}).accuracy)
+    best = max(soup.trace, key=lambda row: (row["val_score"], row["alpha"]))
+    assert [row["accepted"] for row in soup.trace] == [row is best for row in soup.trace]
+    assert torch.allclose(soup.state()["w"], best["alpha"] * base["w"])
+    assert soup.ingredients == names and soup.selection_passes == 4
+
+
+def test_wise_ft_end_points_are_the_start_and_the_base_exactly():
+    kitchen = make_kitchen()
+    _, base = kitchen.base()
+    assert torch.equal(cook("wise_ft", kitchen, {"alphas": [1.0]})[0].state()["w"], base["w"])
+    assert torch.equal(cook("wise_ft", kitchen, {"alphas": [0.0]})[0].state()["w"], torch.zeros(4))

@@ -46,7 +46,7 @@ def test_every_output_exists(finished, runs):
             assert (results / "soups" / name / file).exists()
     for table in ("runs", "soups", "soup_trace"):
         assert (results / "metrics" / f"{table}.parquet").exists()
-    for plot in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes"):
+    for plot in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes", "wise_ft"):
         assert (results / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
     assert "best individual" in (results / "summary.txt").read_text()
     splits = json.loads((results / "data/splits.json").read_text())
@@ -92,6 +92,39 @@ def test_uniform_soup_is_the_mean_of_its_ingredients(finished, soups):
             assert torch.equal(tensor, mean), name
         else:
             assert torch.equal(tensor, states[0][name])
+
+
+def test_wise_ft_soup_is_the_interpolation_of_the_init_and_its_base_at_the_chosen_alpha(finished, soups):
+    from soupflow.average import interpolate
+
+    work, _ = finished
+    trace = pd.read_parquet(work / "results/metrics/soup_trace.parquet")
+    curve = trace[trace.soup == "wise_ft"]
+    assert curve.alpha.tolist() == [0.0, 0.5, 1.0]
+    chosen = curve[curve.accepted.astype(bool)]
+    assert len(chosen) == 1 and chosen.val_accuracy.iloc[0] == curve.val_accuracy.max()
+    init, base = (load_file(str(work / f"results/{p}/model.safetensors")) for p in ("init", "soups/greedy"))
+    soup = load_file(str(work / "results/soups/wise_ft/model.safetensors"))
+    expected = interpolate(init, base, float(chosen.alpha.iloc[0]))
+    assert all(torch.equal(soup[name], expected[name]) for name in soup)
+    row = soups[soups.soup == "wise_ft"].iloc[0]
+    assert list(row.ingredients) == list(soups[soups.soup == "greedy"].iloc[0].ingredients)
+
+
+def test_model_stock_soup_stays_between_the_init_and_the_uniform_soup(finished, soups):
+    """Per weight tensor θ0 + t·(mean − θ0) with one t in [0, 1]; buffers are the uniform soup's."""
+    work, _ = finished
+    init, uniform, stock = (load_file(str(work / f"results/{p}/model.safetensors"))
+                            for p in ("init", "soups/uniform", "soups/model_stock"))
+    assert soups[soups.soup == "model_stock"].n_ingredients.iloc[0] == 4
+    for name, tensor in stock.items():
+        if not tensor.is_floating_point() or "running_" in name:
+            assert torch.allclose(tensor.double(), uniform[name].double(), atol=1e-6), name
+            continue
+        step, moved = (uniform[name] - init[name]).double(), (tensor - init[name]).double()
+        if step.norm() > 0:
+            t = float((moved * step).sum() / step.pow(2).sum())
+            assert -1e-6 <= t <= 1 + 1e-6 and torch.allclose(moved, t * step, atol=1e-5), name
 
 
 def test_soups_carry_paired_differences_to_the_best_individual(soups, runs):

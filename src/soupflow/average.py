@@ -73,19 +73,49 @@ def average(states: Iterable[StateDict]) -> StateDict:
     return total.mean()
 
 
-def weighted_average(states: Iterable[StateDict], weights: Iterable[float]) -> StateDict:
-    """Σ wᵢ θᵢ / Σ wᵢ, streamed; used for interpolations such as the pairwise midpoint."""
-    total, norm, kept = {}, 0.0, {}
-    dtypes = {}
-    for state, weight in zip(states, weights):
-        norm += weight
-        for name, tensor in state.items():
-            if not tensor.is_floating_point():
-                kept.setdefault(name, tensor.clone())
-                continue
-            dtypes[name] = tensor.dtype
-            scaled = tensor.to(torch.float64) * weight
-            total[name] = total[name].add_(scaled) if name in total else scaled
-    out = {name: (value / norm).to(dtypes[name]) for name, value in total.items()}
-    out.update(kept)
+def interpolate(start: StateDict, end: StateDict, alpha: float | dict[str, float]) -> StateDict:
+    """``(1 - α)·start + α·end`` per floating tensor (α one number, or one per tensor name: a missing name
+    means α = 1); integer counters are taken from ``end``. WiSE-FT's path (α = 0 the start, 1 the end)."""
+    out = {}
+    for name, tensor in end.items():
+        a = alpha.get(name, 1.0) if isinstance(alpha, dict) else alpha
+        if tensor.is_floating_point():
+            mixed = torch.lerp(start[name].to(torch.float64), tensor.to(torch.float64), float(a))
+            out[name] = mixed.to(tensor.dtype)
+        else:
+            out[name] = tensor.clone()
     return out
+
+
+class UnitDirections:
+    """Per tensor, the running sum of the unit task vectors ``(θi − θ0) / ‖θi − θ0‖`` of k fine-tunes, in one
+    pass and constant memory. Their mean pairwise cosine follows from the sum alone:
+    Σ_{i≠j} cos(δi, δj) = ‖Σ uᵢ‖² − Σ ‖uᵢ‖², so cos̄ = (‖Σ uᵢ‖² − m) / (m (m − 1)) over the m non-zero vectors."""
+
+    def __init__(self, start: StateDict) -> None:
+        self.start = {n: t.to(torch.float64) for n, t in start.items() if t.is_floating_point()}
+        self.sums: StateDict = {}
+        self.nonzero: dict[str, int] = {}
+
+    def add(self, state: StateDict) -> None:
+        for name, origin in self.start.items():
+            delta = state[name].to(torch.float64) - origin
+            norm = float(delta.norm())
+            if norm > 0:
+                self.sums[name] = self.sums[name] + delta / norm if name in self.sums else delta / norm
+                self.nonzero[name] = self.nonzero.get(name, 0) + 1
+
+    def mean_cosine(self, name: str) -> float:
+        """The mean pairwise cosine of tensor ``name``'s task vectors; 1 when fewer than two moved."""
+        m = self.nonzero.get(name, 0)
+        if m < 2:
+            return 1.0
+        return (float(self.sums[name].pow(2).sum()) - m) / (m * (m - 1))
+
+
+def model_stock_ratio(k: int, cosine: float) -> float:
+    """Model Stock's interpolation ratio t = k·cos / (1 + (k − 1)·cos) from the average of k fine-tunes toward
+    the start (Jang et al. 2024, eq. for k models). cos is clamped to [0, 1]: task vectors that point apart on
+    average (cos < 0) would give t < 0, past the start, so such a tensor stays at the start (t = 0)."""
+    cosine = min(max(cosine, 0.0), 1.0)
+    return k * cosine / (1 + (k - 1) * cosine) if cosine > 0 else 0.0

@@ -23,6 +23,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 HYPERPARAMETERS = (
     "lr", "weight_decay", "epochs", "batch_size", "label_smoothing", "augmentation", "optimizer",
     "momentum", "nesterov", "schedule", "warmup_fraction", "seed", "branch_epoch", "perturbation", "bn_statistics",
+    "data_fraction",
 )
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg")
 
@@ -48,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 0.01, "weight_decay": 1e-4, "epochs": 2, "batch_size": 128, "label_smoothing": 0.0,
         "augmentation": "none", "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
         "schedule": "onecycle", "warmup_fraction": 0.3, "seed": 0, "branch_epoch": None,
-        "perturbation": None, "bn_statistics": None,
+        "perturbation": None, "bn_statistics": None, "data_fraction": None,
     },
     # Too Salty, Table 1: the four optimizer perturbations (scales of lr, momentum, weight decay)
     "perturbations": {
@@ -301,6 +302,31 @@ def _check_normalize(data: dict[str, Any]) -> None:
                               f"{' or '.join(map(str, allowed))} for {data['name']}'s {channels}-channel images")
 
 
+#: Recipes that are baselines or ablations, not soups a user would deploy (plots leave them out of soup figures).
+BASELINE_RECIPES = ("best_individual", "self_soup", "untrained")
+
+#: Recipes that read the weights the fine-tunes started from (the soup rule then takes the init as input).
+RECIPES_FROM_START = ("model_stock", "wise_ft")
+
+
+def wise_ft_base(spec: dict[str, Any]) -> str | None:
+    """The soup a wise_ft entry interpolates toward (``base``, default best_individual); None for others."""
+    return spec.get("base", "best_individual") if spec["recipe"] == "wise_ft" else None
+
+
+def _check_soups(soups: list[dict[str, Any]]) -> None:
+    names = [soup.get("name", soup["recipe"]) for soup in soups]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"config key 'soups' names {', '.join(duplicates)} more than once; give each entry a unique 'name'")
+    bases = [name for name, soup in zip(names, soups) if soup["recipe"] != "wise_ft"]
+    for index, soup in enumerate(soups):
+        base = wise_ft_base(soup)
+        if base is not None and base not in bases:
+            raise ConfigError(f"config key 'soups[{index}].base' is {base!r}; allowed: the name of another soup "
+                              f"entry that is not wise_ft ({', '.join(bases) or 'none configured'})")
+
+
 def check_semantics(config: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> None:
     """Checks beyond the schema: names that must exist, fractions that must fit, unique soup names."""
     data, model = config["data"], config["model"]
@@ -321,10 +347,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
             close = sorted(name for name in known if stem in name)[:8]
             hint = f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()"
             raise ConfigError(f"config key 'model.name' is {model['name']!r}, which timm does not know{hint}")
-    names = [soup.get("name", soup["recipe"]) for soup in config["soups"]]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"config key 'soups' names {', '.join(duplicates)} more than once; give each entry a unique 'name'")
+    _check_soups(config["soups"])
     for axis in config["plots"]["heatmap_axes"]:
         if axis not in HYPERPARAMETERS:
             raise ConfigError(f"config key 'plots.heatmap_axes' has {axis!r}; allowed values: {', '.join(HYPERPARAMETERS)}")

@@ -138,6 +138,17 @@ def _subsample(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: 
     return images[keep], labels[keep], keep
 
 
+def subset(images: torch.Tensor, labels: torch.Tensor, fraction: float | None, seed: int):
+    """``fraction`` of the images (all of them for None), drawn with ``seed``: a run's own share of the
+    fine-tuning set (hyperparameter ``data_fraction``), so runs with different seeds see different images."""
+    if fraction is None or fraction >= 1:
+        return images, labels
+    n = labels.shape[0]
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max(1, round(n * fraction))]
+    keep = keep.sort().values
+    return images[keep], labels[keep]
+
+
 def resize(images: np.ndarray, size: int | None, chunk: int = 4096) -> np.ndarray:
     """uint8 NCHW images resized to ``size`` x ``size`` (bilinear, antialiased, rounded), chunk by chunk;
     unchanged when ``size`` is None or already theirs."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-FLOAT_KEYS = {"lr", "weight_decay", "label_smoothing", "momentum", "warmup_fraction"}
+FLOAT_KEYS = {"lr", "weight_decay", "label_smoothing", "momentum", "warmup_fraction", "data_fraction"}
 INT_KEYS = {"epochs", "batch_size", "seed", "branch_epoch"}
 
 

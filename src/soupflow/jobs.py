@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 
 from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
 from soupflow.config import pipeline_seed
-from soupflow.data import PreparedData
+from soupflow.data import PreparedData, subset
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.io import (
     atomic_save_safetensors,
@@ -205,11 +206,11 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     device = pick_device(config["evaluation"]["device"])
     model = _model_for(data, model_config)
     model.load_state_dict(load_checkpoint(init_path))
-    images, labels = data.split("train")
+    seeded = {**hp, "seed": pipeline_seed(config, hp["seed"])}  # the row keeps the run's own seed
+    images, labels = subset(*data.split("train"), hp["data_fraction"], seeded["seed"])
     log.info("fine-tune %s on %d images, %s: %s", run_id, labels.numel(), device, json.dumps(hp))
     error = ""
     try:
-        seeded = {**hp, "seed": pipeline_seed(config, hp["seed"])}  # the row keeps the run's own seed
         result = train(model, images, labels, data, seeded, device, name=run_id,
                        resume=_resume(config, out / "resume.pt", init_path), precision=config["training"]["precision"])
     except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
@@ -324,42 +325,77 @@ def _soup_row(name: str, spec: dict[str, Any], soup, n_candidates: int, test_log
     return row
 
 
-def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path: str, runs_table: str,
-              runs_folder: str, out_model: str, out_metrics: str, out_trace: str, threads: int = 1) -> pd.DataFrame:
-    """Cook one soup recipe from the fine-tuned runs listed in the runs table (their folders are
-    ``runs_folder/<run_id>``); select on val, report on test with a paired comparison to the best individual."""
-    from soupflow.recipes import Kitchen, cook
+@dataclass(frozen=True)
+class SoupPaths:
+    """Every file one soup job reads and writes, as the soup rule names them. ``start`` (the init the
+    fine-tunes began from) and ``base`` (another soup's checkpoint) only for the recipes that use them."""
+
+    data: str
+    runs: str  # the runs table; run folders are ``runs_folder/<run_id>``
+    runs_folder: str
+    model: str
+    metrics: str
+    trace: str
+    start: str | None = None
+    base: str | None = None
+
+
+def _base_soup(path: str | None):
+    """A loader of another soup's checkpoint: its ingredient names (from the header) and its weights."""
+    if path is None:
+        return None
+
+    def load() -> tuple[list[str], dict[str, torch.Tensor]]:
+        with open_safetensors(path) as handle:
+            names = json.loads((handle.metadata() or {}).get("ingredients", "[]"))
+        return names, load_checkpoint(path)
+    return load
+
+
+def _kitchen(config, spec, paths: SoupPaths, data: PreparedData, evaluators: dict[str, Evaluator], ingredients):
+    """What a recipe works with: ingredients, val scoring (after the soup's BatchNorm option), test reporting."""
+    from soupflow.recipes import Kitchen
+
+    finish = _refresher(config, spec, data, evaluators["val"].device)
+
+    def observe(row: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+        scores = evaluators["test"].scores(finish(state))  # reporting only: the recipe never reads these
+        row["test_accuracy"], row["test_loss"] = scores.accuracy, scores.loss
+
+    model = evaluators["val"].model
+    return Kitchen(ingredients, lambda state: evaluators["val"].scores(finish(state)),
+                   lambda seed: untrained_state(data, config["model"], seed), observe,
+                   start=(lambda: load_checkpoint(paths.start)) if paths.start else None,
+                   base=_base_soup(paths.base), buffers=frozenset(name for name, _ in model.named_buffers())), finish
+
+
+def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: SoupPaths, threads: int = 1) -> pd.DataFrame:
+    """Cook one soup recipe from the fine-tuned runs listed in the runs table; select on val, report on test
+    with a paired comparison to the best individual; write the chosen soup, its rows and its trace."""
+    from soupflow.recipes import cook
 
     set_threads(threads)
     start = time.perf_counter()
-    data, model_config = PreparedData(data_path), config["model"]
+    data = PreparedData(paths.data)
     device = pick_device(config["evaluation"]["device"])
-    batch = config["evaluation"]["batch_size"]
-    runs = pd.read_parquet(runs_table)
-    ingredients, by_id = _ingredients(runs, [str(Path(runs_folder) / run_id) for run_id in runs.run_id])
-    val_eval = Evaluator(_model_for(data, model_config), data, "val", device, batch)
-    test_eval = Evaluator(_model_for(data, model_config), data, "test", device, batch)
-    labels = {"val": val_eval.labels, "test": test_eval.labels}
+    runs = pd.read_parquet(paths.runs)
+    ingredients, by_id = _ingredients(runs, [str(Path(paths.runs_folder) / run_id) for run_id in runs.run_id])
+    evaluators = {split: Evaluator(_model_for(data, config["model"]), data, split, device,
+                                   config["evaluation"]["batch_size"]) for split in ("val", "test")}
+    labels = {split: evaluator.labels for split, evaluator in evaluators.items()}
     best = best_individual(runs)  # every soup is compared with it on test
     reference = _cached_logits([best.run_id], by_id, "test") if best is not None else None
-    finish = _refresher(config, spec, data, device)
-
-    def observe(row: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-        scores = test_eval.scores(finish(state))  # reporting only: the recipe never reads these
-        row["test_accuracy"], row["test_loss"] = scores.accuracy, scores.loss
-
-    kitchen = Kitchen(ingredients, lambda state: val_eval.scores(finish(state)),
-                      lambda seed: untrained_state(data, model_config, seed), observe)
+    kitchen, finish = _kitchen(config, spec, paths, data, evaluators, ingredients)
     log.info("soup %s (%s, bn %s): %d candidate ingredients", name, spec["recipe"], spec.get("bn", "keep"),
              len(ingredients))
     soups = cook(spec["recipe"], kitchen, spec)
     rows, traces, chosen = [], [], None
     for soup in soups:
-        averaged = soup.total.mean()
+        averaged = soup.state()
         state = finish(averaged)
-        test_logits = {"soup": test_eval.logits(state), "reference": reference}
+        test_logits = {"soup": evaluators["test"].logits(state), "reference": reference}
         if state is not averaged:  # bn: recompute — the same weights with averaged statistics, for comparison
-            test_logits["bn_kept"] = test_eval.logits(averaged)
+            test_logits["bn_kept"] = evaluators["test"].logits(averaged)
         ensemble = {s: _cached_logits(soup.ingredients, by_id, s) for s in labels}
         rows.append(_soup_row(name, spec, soup, len(ingredients), test_logits, ensemble, labels))
         traces += [{"soup": name, "recipe": spec["recipe"], **r} for r in soup.trace]
@@ -369,13 +405,13 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], data_path
     for row in rows:
         row["seconds"] = seconds / len(rows)
     frame = pd.DataFrame(rows)
-    meta = checkpoint_metadata(model_config, data, soup=name, recipe=spec["recipe"], bn=spec.get("bn", "keep"),
+    meta = checkpoint_metadata(config["model"], data, soup=name, recipe=spec["recipe"], bn=spec.get("bn", "keep"),
                                ingredients=json.dumps(chosen[0].ingredients))
-    save_checkpoint(chosen[1], out_model, meta)
-    atomic_write_parquet(frame, out_metrics)
+    save_checkpoint(chosen[1], paths.model, meta)
+    atomic_write_parquet(frame, paths.metrics)
     trace = pd.DataFrame(traces)
     extra = [c for c in trace.columns if c not in _TRACE_COLUMNS]
-    atomic_write_parquet(trace.reindex(columns=_TRACE_COLUMNS + extra), out_trace)
+    atomic_write_parquet(trace.reindex(columns=_TRACE_COLUMNS + extra), paths.trace)
     for row in rows:
         versus = f", vs best {row['acc_diff_pt']:+.2f} pt [{row['acc_diff_pt_low']:+.2f}, {row['acc_diff_pt_high']:+.2f}]" \
             if "acc_diff_pt" in row else ""

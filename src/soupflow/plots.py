@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from soupflow.config import BASELINE_RECIPES  # noqa: E402
 from soupflow.io import atomic_path  # noqa: E402
 from soupflow.summary import best_individual  # noqa: E402
 
@@ -37,7 +38,7 @@ def plot_soups_vs_ingredients(runs: pd.DataFrame, soups: pd.DataFrame, path: str
     best = best_individual(runs)
     if best is not None:
         ax.axhline(best.test_accuracy, ls="--", lw=1, color="grey", label="best individual (by val)")
-    means = soups[soups.recipe.isin(["uniform", "greedy", "greedy_random", "pruned", "pruned_random", "topk"])]
+    means = soups[~soups.recipe.isin(BASELINE_RECIPES)]
     columns = ["val_accuracy", "test_accuracy", "ensemble_val_accuracy", "ensemble_test_accuracy"]
     columns += [c for c in ("acc_diff_pt", "acc_diff_pt_low", "acc_diff_pt_high") if c in means]
     means = means.groupby("soup", sort=False)[columns].mean().reset_index()
@@ -110,6 +111,27 @@ def plot_pruned_passes(trace: pd.DataFrame, path: str) -> None:
     _save(fig, path)
 
 
+def plot_wise_ft(runs: pd.DataFrame, trace: pd.DataFrame, path: str) -> None:
+    """WiSE-FT: val and test accuracy along θ(α) = (1 − α)·θ0 + α·θ_base, the chosen α circled."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    curve = trace[trace.recipe == "wise_ft"] if len(trace) and "alpha" in trace else pd.DataFrame()
+    if curve.empty:
+        _empty(ax, "no wise_ft soup in the config")
+    else:
+        long = curve.melt(id_vars=["soup", "alpha", "accepted"], value_vars=["val_accuracy", "test_accuracy"],
+                          var_name="split", value_name="accuracy")
+        sns.lineplot(data=long, x="alpha", y="accuracy", hue="soup", style="split", marker="o", ax=ax)
+        chosen = curve[curve.accepted.astype(bool)]
+        ax.scatter(chosen.alpha, chosen.test_accuracy, s=160, facecolors="none", edgecolors="black",
+                   label="chosen on val (test)")
+        best = best_individual(runs)
+        if best is not None:
+            ax.axhline(best.test_accuracy, ls="--", color="grey", label="best individual (by val), test")
+        ax.set(xlabel="α (0 = the init, 1 = the base soup)", ylabel="accuracy", title="WiSE-FT interpolation")
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def plot_all(runs_path: str, soups_path: str, trace_path: str, outputs: dict[str, str], heatmap_axes: list[str]) -> None:
     runs, soups, trace = (pd.read_parquet(p) for p in (runs_path, soups_path, trace_path))
     sns.set_theme(style="whitegrid")
@@ -117,6 +139,7 @@ def plot_all(runs_path: str, soups_path: str, trace_path: str, outputs: dict[str
     plot_val_heatmap(runs, heatmap_axes, outputs["heatmap"])
     plot_greedy_ingredients(runs, trace, outputs["greedy"])
     plot_pruned_passes(trace, outputs["pruned"])
+    plot_wise_ft(runs, trace, outputs["wise_ft"])
 
 
 def plot_learning_curves(history_paths: list[str], path: str) -> None:

@@ -15,6 +15,10 @@ Recipes (names as in config):
 - ``best_individual``: the single best ingredient by val (the baseline every soup must beat).
 - ``self_soup``: the best ingredient averaged with itself; must equal it exactly (Gretel ablation).
 - ``untrained``: two freshly initialised models averaged (Gretel ablation; not expected to help).
+- ``model_stock``: the average of the k best, moved per tensor toward the start θ0 by Model Stock's ratio
+  (Jang et al. 2024); no selection beyond k.
+- ``wise_ft``: θ(α) = (1 − α)·θ0 + α·θ_base along a grid of α, the α chosen on val (Wortsman et al.'s WiSE-FT);
+  the base is another soup of the config (a soup or the best individual).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from soupflow.average import StateDict, StateSum
+from soupflow.average import StateDict, StateSum, UnitDirections, interpolate, model_stock_ratio
 from soupflow.evaluate import Scores
 
 log = logging.getLogger("soupflow")
@@ -45,6 +49,9 @@ class Kitchen:
     select: Callable[[StateDict], Scores]  # scores a state dict on the validation split
     fresh_init: Callable[[int], StateDict] | None = None  # an untrained model, seeded
     observe: Callable[[dict[str, Any], StateDict], None] = lambda row, state: None
+    start: Callable[[], StateDict] | None = None  # θ0, the weights the fine-tunes started from
+    base: Callable[[], tuple[list[str], StateDict]] | None = None  # another soup: its ingredients, its weights
+    buffers: frozenset[str] = frozenset()  # names of the model's buffers (BatchNorm statistics), not weights
 
     scored: dict[tuple[str, ...], Scores] = field(default_factory=dict)  # val scores by ingredient multiset
 
@@ -73,6 +80,11 @@ class Soup:
     trace: list[dict[str, Any]] = field(default_factory=list)
     repeat: int = 0
     selection_passes: int = 0
+    weights: StateDict | None = None  # the soup when it is not the plain mean of ``total`` (model_stock, wise_ft)
+
+    def state(self) -> StateDict:
+        """The soup's weights."""
+        return self.weights if self.weights is not None else self.total.mean()
 
 
 Recipe = Callable[[Kitchen, dict[str, Any]], list[Soup]]
@@ -141,9 +153,19 @@ def untrained(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     return [_uniform_of(kitchen, fresh, metric, "untrained")]
 
 
-def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, max_ingredients: int | None,
+def improves(score: float, best: Scores | None, metric: str, tie: str) -> bool:
+    """Greedy's acceptance test: ``ge`` keeps a candidate that does not lower the val score (the paper's
+    Algorithm 1), ``gt`` only one that raises it (the authors' main.py)."""
+    if best is None:
+        return True
+    return score >= best.value(metric) if tie == "ge" else score > best.value(metric)
+
+
+def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, options: dict[str, Any],
                 repeat: int = 0) -> Soup:
-    """Algorithm 1: try each ingredient in ``order``; keep it when the val score is >= the best so far."""
+    """Algorithm 1: try each ingredient in ``order``; keep it when the val score is >= the best so far
+    (``tie: gt``: only when it is higher); at most ``max_ingredients``."""
+    max_ingredients, tie = options.get("max_ingredients"), options.get("tie", "ge")
     total, chosen, trace, best, passes = StateSum(), [], [], None, 0
     for step, ingredient in enumerate(order, start=1):
         if max_ingredients is not None and total.count >= max_ingredients:
@@ -153,7 +175,7 @@ def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, max_ingr
         state = total.mean()
         scores, evaluated = kitchen.score(chosen + [ingredient.name], state)
         passes += evaluated
-        accepted = best is None or scores.value(metric) >= best.value(metric)
+        accepted = improves(scores.value(metric), best, metric, tie)
         row = {"repeat": repeat, "step": step, "candidate": ingredient.name, "accepted": accepted,
                "n_ingredients": total.count if accepted else total.count - 1,
                "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss}
@@ -172,7 +194,7 @@ def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, max_ingr
 @register("greedy")
 def greedy(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     metric = options.get("metric", "accuracy")
-    return [greedy_pass(kitchen, kitchen.ranked(metric), metric, options.get("max_ingredients"))]
+    return [greedy_pass(kitchen, kitchen.ranked(metric), metric, options)]
 
 
 def _shuffled(kitchen: Kitchen, metric: str, seed: int) -> list[Ingredient]:
@@ -184,7 +206,7 @@ def _shuffled(kitchen: Kitchen, metric: str, seed: int) -> list[Ingredient]:
 @register("greedy_random")
 def greedy_random(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     metric, seed = options.get("metric", "accuracy"), int(options.get("seed", 0))
-    return [greedy_pass(kitchen, _shuffled(kitchen, metric, seed + r), metric, options.get("max_ingredients"), r)
+    return [greedy_pass(kitchen, _shuffled(kitchen, metric, seed + r), metric, options, r)
             for r in range(int(options.get("repeats", 5)))]
 
 
@@ -252,3 +274,71 @@ def pruned_random(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
         return pruned_passes(kitchen, metric, int(options.get("passes", 3)), options.get("max_ingredients"), order, repeat)
 
     return [run(r) for r in range(int(options.get("repeats", 5)))]
+
+
+def _anchor(kitchen: Kitchen, recipe: str) -> StateDict:
+    if kitchen.start is None:
+        raise ValueError(f"soup recipe {recipe!r} needs the weights the fine-tunes started from")
+    return kitchen.start()
+
+
+@register("model_stock")
+def model_stock(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
+    """Model Stock over the ``k`` best ingredients by val (all by default), one streamed pass.
+
+    Per weight tensor: t = k·cos / (1 + (k − 1)·cos) with cos the mean pairwise cosine of the k task vectors
+    θᵢ − θ0 (for k > 2 the mean over all pairs, as mergekit and fusion_bench do), then θ0 + t·(mean − θ0).
+    Buffers (BatchNorm running statistics) are not weights and have no task direction: they are averaged as
+    in the uniform soup (t = 1); with ``bn: recompute`` they are re-estimated instead.
+    """
+    metric, k = options.get("metric", "accuracy"), options.get("k")
+    start = _anchor(kitchen, "model_stock")
+    total, directions = StateSum(), UnitDirections(start)
+    for ingredient in kitchen.ranked(metric)[:k]:
+        weights = ingredient.load()
+        total.add(weights)
+        directions.add(weights)
+    ratios = {name: model_stock_ratio(total.count, directions.mean_cosine(name))
+              for name in directions.start if name not in kitchen.buffers}
+    state = interpolate(start, total.mean(), ratios)
+    scores = kitchen.select(state)
+    values = sorted(ratios.values())
+    log.info("model stock of %d: ratio t from %.3f to %.3f (median %.3f) over %d tensors", total.count, values[0],
+             values[-1], values[len(values) // 2], len(values))
+    row = {"step": total.count, "candidate": "model stock", "accepted": True, "n_ingredients": total.count,
+           "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss,
+           "ratio_min": values[0], "ratio_median": values[len(values) // 2], "ratio_max": values[-1]}
+    kitchen.observe(row, state)
+    names = [ing.name for ing in kitchen.ranked(metric)[:k]]
+    return [Soup(names, total, scores, [row], selection_passes=1, weights=state)]
+
+
+WISE_FT_ALPHAS = [round(0.1 * i, 1) for i in range(11)]
+
+
+@register("wise_ft")
+def wise_ft(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
+    """WiSE-FT: θ(α) = (1 − α)·θ0 + α·θ_base for each α of ``alphas`` (0, 0.1, …, 1 by default); the α with
+    the best val score wins (ties: the larger α, nearer the base). Every α's val and test scores go to the
+    trace: the robustness curve of the paper, here on the configured splits."""
+    if kitchen.base is None:
+        raise ValueError("soup recipe 'wise_ft' needs a base soup")
+    metric = options.get("metric", "accuracy")
+    start = _anchor(kitchen, "wise_ft")
+    names, base = kitchen.base()
+    best: tuple[Scores, StateDict, dict[str, Any]] | None = None
+    trace = []
+    for step, alpha in enumerate(sorted(float(a) for a in options.get("alphas", WISE_FT_ALPHAS))):
+        state = interpolate(start, base, alpha)
+        scores = kitchen.select(state)
+        row = {"step": step, "candidate": f"alpha {alpha:g}", "accepted": False, "n_ingredients": len(names),
+               "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss,
+               "alpha": alpha}
+        log.info("wise_ft alpha %g: val %s %.4f", alpha, metric, scores.value(metric))
+        kitchen.observe(row, state)
+        trace.append(row)
+        if best is None or scores.value(metric) >= best[0].value(metric):
+            best = (scores, state, row)
+    best[2]["accepted"] = True
+    total = StateSum().add(base)
+    return [Soup(list(names), total, best[0], trace, selection_passes=len(trace), weights=best[1])]

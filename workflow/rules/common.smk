@@ -8,7 +8,13 @@ sys.path.insert(
 
 from snakemake.exceptions import WorkflowError
 
-from soupflow.config import ConfigError, resolve_config, soup_specs
+from soupflow.config import (
+    RECIPES_FROM_START,
+    ConfigError,
+    resolve_config,
+    soup_specs,
+    wise_ft_base,
+)
 from soupflow.config import kept_epochs as kept_epochs_of
 from soupflow.grid import (
     expand_analysis_runs,
@@ -41,6 +47,17 @@ RUN_TABLE = f"{RESULTS}/metrics/runs.parquet"
 RUNS_FOLDER = (
     f"{RESULTS}/runs"  # one folder per run: model, outputs, metrics, config, train.log
 )
+
+
+def soup_inputs(wildcards):
+    """A soup's inputs: the data, the runs table, and for some recipes the init and a base soup."""
+    spec = SOUPS[wildcards.soup]
+    inputs = {"data": DATA, "runs": RUN_TABLE}
+    if spec["recipe"] in RECIPES_FROM_START:
+        inputs["start"] = INIT
+    if wise_ft_base(spec) is not None:
+        inputs["base"] = expand(rules.soup.output.model, soup=wise_ft_base(spec))[0]
+    return inputs
 
 
 def kept_epochs():

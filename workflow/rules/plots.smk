@@ -25,6 +25,11 @@ rule plots:
             caption="../report/pruned_passes.rst",
             category="Plots",
         ),
+        wise_ft=report(
+            f"{RESULTS}/plots/wise_ft.png",
+            caption="../report/wise_ft.rst",
+            category="Plots",
+        ),
     log:
         f"{RESULTS}/logs/plots.log",
     conda:

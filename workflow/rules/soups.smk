@@ -1,10 +1,10 @@
 rule soup:
     """One soup recipe over every fine-tuned run (failed or diverged runs are left out inside). Its input is
     the runs table, which stands for every run's folder (see rule run_table): one input per soup, not three
-    per run and soup, keeps the DAG of a 10,000-point grid small."""
+    per run and soup, keeps the DAG of a 10,000-point grid small. model_stock and wise_ft also read the init
+    (start), wise_ft the checkpoint of the soup it interpolates toward (base)."""
     input:
-        data=DATA,
-        runs=RUN_TABLE,
+        unpack(soup_inputs),
     output:
         model=f"{RESULTS}/soups/{{soup}}/model.safetensors",
         metrics=f"{RESULTS}/soups/{{soup}}/metrics.parquet",

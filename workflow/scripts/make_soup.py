@@ -1,8 +1,16 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
-from soupflow.jobs import make_soup
+from soupflow.jobs import SoupPaths, make_soup
 from soupflow.snakemake_job import start
 
 config = start(snakemake)
-make_soup(config, snakemake.wildcards.soup, snakemake.params.spec, snakemake.input.data, snakemake.input.runs,
-          snakemake.params.runs_folder, snakemake.output.model, snakemake.output.metrics, snakemake.output.trace,
-          snakemake.threads)
+paths = SoupPaths(
+    data=snakemake.input.data,
+    runs=snakemake.input.runs,
+    runs_folder=snakemake.params.runs_folder,
+    model=snakemake.output.model,
+    metrics=snakemake.output.metrics,
+    trace=snakemake.output.trace,
+    start=snakemake.input.get("start"),
+    base=snakemake.input.get("base"),
+)
+make_soup(config, snakemake.wildcards.soup, snakemake.params.spec, paths, snakemake.threads)
