@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from conftest import SMOKE, snakemake
 from safetensors.torch import load_file
 
-from conftest import SMOKE, snakemake
 from soupflow.data import PreparedData
 from soupflow.evaluate import scores_from_logits
 

@@ -3,10 +3,10 @@ images are ever read."""
 
 import pytest
 import torch
+from test_data import write_tiny_idx_dataset
 
 from soupflow.batchnorm import BatchNormRefresher, sample_images
 from soupflow.data import PreparedData, prepare
-from test_data import write_tiny_idx_dataset
 
 
 class SplitSpy(PreparedData):

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from soupflow.config import ConfigError, resolve_config
-from conftest import ROOT
 
 DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
 
@@ -127,6 +127,7 @@ def test_the_schema_ships_inside_the_package_and_the_workflow_sees_the_same_file
     import zipfile
 
     from conftest import ROOT
+
     from soupflow.config import SCHEMA_PATH
 
     assert (ROOT / "workflow/schemas/config.schema.yaml").resolve() == SCHEMA_PATH.resolve()
@@ -170,7 +171,7 @@ def test_every_hyperparameter_list_of_the_schema_is_config_hyperparameters():
 
 
 def test_a_wise_ft_base_must_name_another_soup():
-    message = rejected(lambda c: c["soups"].append({"recipe": "wise_ft", "base": "gredy"}))
+    message = rejected(lambda c: c["soups"].append({"name": "w1", "recipe": "wise_ft", "base": "gredy"}))
     assert "soups[" in message and "'gredy'" in message and "greedy" in message
     message = rejected(lambda c: c["soups"].append({"name": "w2", "recipe": "wise_ft", "base": "w2"}))
     assert "'w2'" in message

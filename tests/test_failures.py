@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import SMOKE
 from safetensors.torch import load_file
 
-from conftest import SMOKE
 from soupflow import jobs
 from soupflow import train as train_module
 from soupflow.config import resolve_config

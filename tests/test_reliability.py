@@ -5,12 +5,11 @@ import stat
 
 import pytest
 import torch
-
 from conftest import ROOT
+from test_train import FakeData, TinyBN
+
 from soupflow import io
 from soupflow.train import Resume, train
-
-from test_train import FakeData, TinyBN
 
 
 def _train(tmp_path, start: str):
@@ -94,9 +93,10 @@ def _planned(code, work, *args):
 
 
 def test_touched_code_retrains_nothing_and_a_training_version_bump_retrains_all(finished, tmp_path):
-    from soupflow.grid import expand_runs
-    from soupflow.config import resolve_config
     from conftest import SMOKE
+
+    from soupflow.config import resolve_config
+    from soupflow.grid import expand_runs
 
     work, _ = finished
     (tmp_path / "checkout").mkdir()
@@ -116,10 +116,9 @@ def test_a_full_disk_fails_the_job_instead_of_recording_a_failed_run(finished, t
     import errno
 
     import pandas as pd
-
     import yaml
-
     from conftest import SMOKE
+
     from soupflow import jobs
     from soupflow import train as train_module
     from soupflow.config import resolve_config

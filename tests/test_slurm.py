@@ -14,9 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT, SMOKE, snakemake
+from safetensors.torch import load_file
 
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 

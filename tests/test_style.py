@@ -29,3 +29,11 @@ def test_both_profiles_give_every_gpu_rule_its_resources():
     for name in ("local", "slurm"):
         profile = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
         assert gpu_rules <= set(profile["set-resources"]) and gpu_rules <= set(profile["set-threads"]), name
+
+
+def test_ruff_finds_nothing():
+    """pyflakes and import order over the package, the scripts, the benchmarks and the tests (pyproject.toml)."""
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    result = subprocess.run([ruff, "check", "src", "workflow", "bench", "tests"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from conftest import SMOKE, snakemake
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import SMOKE, snakemake
 from soupflow.config import resolve_config
 from soupflow.grid import expand_runs
 

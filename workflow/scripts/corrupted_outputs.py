@@ -1,5 +1,6 @@
-import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 from pathlib import Path
+
+import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
 from soupflow.analysis_jobs import corrupted_outputs
 from soupflow.snakemake_job import start

@@ -1,4 +1,5 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
+
 from soupflow.jobs import log
 from soupflow.plots import plot_all
 from soupflow.snakemake_job import start

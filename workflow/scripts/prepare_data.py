@@ -1,4 +1,5 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
+
 from soupflow.data import prepare
 from soupflow.snakemake_job import start
 

@@ -1,4 +1,5 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
+
 from soupflow.export import write_timm_configs
 from soupflow.snakemake_job import start
 
