@@ -232,3 +232,34 @@ def test_wise_ft_end_points_are_the_start_and_the_base_exactly():
     _, base = kitchen.base()
     assert torch.equal(cook("wise_ft", kitchen, {"alphas": [1.0]})[0].state()["w"], base["w"])
     assert torch.equal(cook("wise_ft", kitchen, {"alphas": [0.0]})[0].state()["w"], torch.zeros(4))
+
+
+def two_basins(a, b):
+    """Accuracy high near a or near b, low between them: the landscape of a soup that collapses."""
+    def basin_score(state):
+        near = max(float(torch.exp(-((state["w"] - c) ** 2).sum())) for c in (a, b))
+        return Scores(loss=1 - near, accuracy=0.1 + 0.9 * near)
+    return basin_score
+
+
+def test_soupability_flags_a_collapsing_midpoint_and_passes_a_soupable_pair():
+    from soupflow.recipes import soupability
+
+    a, b = torch.zeros(4), torch.full((4,), 2.0)
+    basin = two_basins(a, b)
+    pair = [Ingredient(n, basin({"w": w}), (lambda w=w: {"w": w.clone()})) for n, w in (("a", a), ("b", b))]
+    check = soupability(Kitchen(pair, basin), chance=0.1)
+    assert check.verdict == "collapsed" and check.midpoint_accuracy < 0.15 and check.worse_accuracy == 1.0
+    close = [Ingredient(n, basin({"w": w}), (lambda w=w: {"w": w.clone()})) for n, w in (("a", a), ("c", a + 0.05))]
+    assert soupability(Kitchen(close, basin), chance=0.1).verdict == "ok"
+    assert soupability(Kitchen(pair[:1], basin), chance=0.1) is None
+
+
+def test_the_pre_check_pass_is_greedys_second_step_for_free():
+    from soupflow.recipes import soupability
+
+    checked, plain = make_kitchen(), make_kitchen()
+    soupability(checked, chance=0.1)
+    first, second = cook("greedy", checked, {})[0], cook("greedy", plain, {})[0]
+    assert first.ingredients == second.ingredients
+    assert first.selection_passes == second.selection_passes - 1

@@ -88,3 +88,16 @@ def test_pooling_seeds_averages_their_differences_per_image():
                             (logits_for(reference), logits_for(reference))], labels)
     assert math.isclose(mixed.accuracy_pt.diff, 1.0, abs_tol=1e-9)  # (+2 + 0) / 2
     assert mixed.accuracy_pt.high - mixed.accuracy_pt.low < one.accuracy_pt.high - one.accuracy_pt.low
+
+
+def test_the_summary_says_in_one_line_when_the_two_best_runs_do_not_soup():
+    import pandas as pd
+
+    from soupflow.summary import format_soupability
+
+    rows = pd.DataFrame({"soup": ["uniform", "uniform_bn"], "bn": ["keep", "recompute"],
+                         "precheck_midpoint_val_accuracy": [0.02, 0.70], "precheck_pair_val_accuracy": [0.74, 0.74],
+                         "soupability": ["collapsed", "barrier"]})
+    line = format_soupability(rows)
+    assert line.count("\n") == 1 and "2.00 %" in line and "collapsed" in line and "bn: recompute" in line
+    assert format_soupability(rows.assign(soupability="ok")) == ""

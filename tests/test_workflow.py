@@ -268,3 +268,10 @@ def test_every_run_has_a_learning_curve_and_the_report_a_figure(finished, runs):
         else:
             assert history.run_id.isin([row.run_id]).all()  # a diverged run: what it finished, maybe nothing
     assert (results / "plots" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_soup_row_carries_the_soupability_pre_check(soups):
+    keep = soups[soups.bn == "keep"]
+    assert set(soups.soupability) <= {"ok", "barrier", "collapsed"}
+    assert keep.precheck_midpoint_val_accuracy.nunique() == 1  # the same two runs, the same midpoint, every job
+    assert (keep.precheck_pair_val_accuracy > 0).all()

@@ -369,10 +369,19 @@ def _kitchen(config, spec, paths: SoupPaths, data: PreparedData, evaluators: dic
                    base=_base_soup(paths.base), buffers=frozenset(name for name, _ in model.named_buffers())), finish
 
 
+def _check_columns(check) -> dict[str, Any]:
+    """The soupability pre-check as columns of every soup row."""
+    if check is None:
+        return {"precheck_midpoint_val_accuracy": float("nan"), "precheck_pair_val_accuracy": float("nan"),
+                "soupability": "n/a"}
+    return {"precheck_midpoint_val_accuracy": check.midpoint_accuracy,
+            "precheck_pair_val_accuracy": check.worse_accuracy, "soupability": check.verdict}
+
+
 def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: SoupPaths, threads: int = 1) -> pd.DataFrame:
     """Cook one soup recipe from the fine-tuned runs listed in the runs table; select on val, report on test
     with a paired comparison to the best individual; write the chosen soup, its rows and its trace."""
-    from soupflow.recipes import cook
+    from soupflow.recipes import cook, soupability
 
     set_threads(threads)
     start = time.perf_counter()
@@ -388,6 +397,11 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
     kitchen, finish = _kitchen(config, spec, paths, data, evaluators, ingredients)
     log.info("soup %s (%s, bn %s): %d candidate ingredients", name, spec["recipe"], spec.get("bn", "keep"),
              len(ingredients))
+    check = soupability(kitchen, 1.0 / data.num_classes)
+    if check is not None and check.verdict != "ok":
+        log.warning("soupability: the midpoint of the two best runs scores %.4f on val against %.4f (%s); "
+                    "see bn: recompute and `snakemake analysis`", check.midpoint_accuracy, check.worse_accuracy,
+                    check.verdict)
     soups = cook(spec["recipe"], kitchen, spec)
     rows, traces, chosen = [], [], None
     for soup in soups:
@@ -397,7 +411,7 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
         if state is not averaged:  # bn: recompute — the same weights with averaged statistics, for comparison
             test_logits["bn_kept"] = evaluators["test"].logits(averaged)
         ensemble = {s: _cached_logits(soup.ingredients, by_id, s) for s in labels}
-        rows.append(_soup_row(name, spec, soup, len(ingredients), test_logits, ensemble, labels))
+        rows.append(_soup_row(name, spec, soup, len(ingredients), test_logits, ensemble, labels) | _check_columns(check))
         traces += [{"soup": name, "recipe": spec["recipe"], **r} for r in soup.trace]
         if chosen is None or soup.val.value(rows[-1]["metric"]) > chosen[0].val.value(rows[-1]["metric"]):
             chosen = (soup, state)

@@ -87,6 +87,35 @@ class Soup:
         return self.weights if self.weights is not None else self.total.mean()
 
 
+@dataclass(frozen=True)
+class Soupability:
+    """The pre-check every soup job runs: the midpoint of the two best ingredients (by val accuracy) on val,
+    against the worse of the two. ``collapsed``: the midpoint keeps less than half of that model's margin over
+    chance (the BatchNorm-model collapse: a MobileNet soup at 2 %); ``barrier``: it loses more than 1 point;
+    ``ok`` otherwise. One val pass, shared with greedy's second step and top-2 through the kitchen's memo."""
+
+    pair: tuple[str, str]
+    midpoint_accuracy: float
+    worse_accuracy: float
+    verdict: str
+
+
+def soupability(kitchen: Kitchen, chance: float) -> Soupability | None:
+    top = kitchen.ranked("accuracy")[:2]
+    if len(top) < 2:
+        return None
+    total = StateSum().add(top[0].load()).add(top[1].load())
+    midpoint, _ = kitchen.score([ing.name for ing in top], total.mean())
+    worse = min(ing.val.accuracy for ing in top)
+    if midpoint.accuracy - chance < 0.5 * (worse - chance):
+        verdict = "collapsed"
+    elif midpoint.accuracy < worse - 0.01:
+        verdict = "barrier"
+    else:
+        verdict = "ok"
+    return Soupability((top[0].name, top[1].name), midpoint.accuracy, worse, verdict)
+
+
 Recipe = Callable[[Kitchen, dict[str, Any]], list[Soup]]
 RECIPES: dict[str, Recipe] = {}
 

@@ -92,6 +92,22 @@ def format_bn_effects(table: pd.DataFrame) -> str:
     return header + "\n".join(lines) + "\n" if lines else ""
 
 
+def format_soupability(soups: pd.DataFrame) -> str:
+    """One line when the midpoint of the two best runs collapses or loses more than a point on val."""
+    if "soupability" not in soups or not len(soups):
+        return ""
+    keep = soups[(soups.bn == "keep") & (soups.soupability != "n/a")]
+    recompute = soups[(soups.bn == "recompute") & (soups.soupability != "n/a")]
+    row = (keep if len(keep) else recompute).iloc[0] if len(keep) or len(recompute) else None
+    if row is None or row.soupability == "ok":
+        return ""
+    fixed = len(recompute) and (recompute.soupability == "ok").all() and row.bn == "keep"
+    hint = ("with bn: recompute the midpoint holds" if fixed else
+            "try bn: recompute, lower fine-tune learning rates, or `snakemake --cores N analysis` to see which pairs soup")
+    return (f"Soupability: the midpoint of the two best runs scores {_pct(row.precheck_midpoint_val_accuracy)} % on val "
+            f"against {_pct(row.precheck_pair_val_accuracy)} % ({row.soupability}); {hint}.\n")
+
+
 def format_retry(runs: pd.DataFrame, runs_folder: str = "results/runs") -> str:
     """How to train the failed runs again, when there are any (diverged runs would only diverge again)."""
     failed = runs[runs["status"] == "failed"].run_id.tolist()
@@ -103,10 +119,10 @@ def format_retry(runs: pd.DataFrame, runs_folder: str = "results/runs") -> str:
 
 
 def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
-    runs = pd.read_parquet(runs_path)
-    table = summary_table(runs, pd.read_parquet(soups_path))
+    runs, soups = pd.read_parquet(runs_path), pd.read_parquet(soups_path)
+    table = summary_table(runs, soups)
     text = ("soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n"
-            + format_bn_effects(table) + format_retry(runs) + LEGEND)
+            + format_bn_effects(table) + format_soupability(soups) + format_retry(runs) + LEGEND)
     atomic_write_text(text + "\n", out_text)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return text
