@@ -135,7 +135,7 @@ def test_no_ingredients_is_a_clear_error():
 class NoMemo(Kitchen):
     """A kitchen that runs a val pass for every candidate, as before the memo."""
 
-    def score(self, names, state):
+    def score(self, names, state, bar=None):
         return self.select(state), True
 
 
@@ -263,3 +263,73 @@ def test_the_pre_check_pass_is_greedys_second_step_for_free():
     first, second = cook("greedy", checked, {})[0], cook("greedy", plain, {})[0]
     assert first.ingredients == second.ingredients
     assert first.selection_passes == second.selection_passes - 1
+
+
+class TinyData:
+    """A PreparedData stand-in: n random 1x4x4 images in 3 classes, labels from a fixed linear rule."""
+
+    def __init__(self, n=600, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)
+        self.truth = torch.randn(16, 3, generator=g)
+        self.labels = (self.normalise(self.images).flatten(1) @ self.truth).argmax(1)
+
+    def split(self, name, device="cpu"):
+        return self.images, self.labels
+
+    def normalise(self, images):
+        return images.float() / 255 - 0.5
+
+
+def linear_kitchen(n_runs, seed, bounded):
+    """Noisy copies of the rule that labels TinyData, scored by a real Evaluator (its select pass)."""
+    from soupflow.evaluate import Evaluator
+
+    data = TinyData(seed=seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3, bias=False))
+    evaluator = Evaluator(model, data, "val", torch.device("cpu"), batch_size=50)
+    g = torch.Generator().manual_seed(seed + 100)
+    ingredients = []
+    for i in range(n_runs):
+        weight = data.truth.T + torch.randn(3, 16, generator=g) * (0.5 + 0.4 * i)
+        state = {"1.weight": weight}
+        ingredients.append(Ingredient(f"run{i}", evaluator.select(state), (lambda s=state: {k: v.clone() for k, v in s.items()})))
+    evaluator.images_scored = 0
+    kitchen = Kitchen(ingredients, evaluator.select, bounded=evaluator.select if bounded else None)
+    return kitchen, evaluator
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("recipe, options", [("greedy", {}), ("greedy", {"tie": "gt"}), ("greedy", {"metric": "loss"}),
+                                             ("pruned", {"passes": 2}), ("pruned", {"metric": "loss"}),
+                                             ("greedy_random", {"repeats": 2}), ("pruned_random", {"repeats": 2})])
+def test_early_rejection_changes_no_decision_and_evaluates_fewer_images(recipe, options, seed):
+    """Exact early rejection: the same accepted sets and the same accept/reject trace as full passes; the
+    candidates it cut short are exactly rejections; never more images evaluated."""
+    early_kitchen, early = linear_kitchen(8, seed, bounded=True)
+    full_kitchen, full = linear_kitchen(8, seed, bounded=False)
+    with_bar, without = cook(recipe, early_kitchen, dict(options)), cook(recipe, full_kitchen, dict(options))
+    for soup, reference in zip(with_bar, without, strict=True):
+        assert soup.ingredients == reference.ingredients
+        assert [(r["candidate"], r["accepted"]) for r in soup.trace] == [
+            (r["candidate"], r["accepted"]) for r in reference.trace]
+        assert soup.val == reference.val
+        for row, ref in zip(soup.trace, reference.trace):
+            if row.get("stopped_early"):
+                assert not row["accepted"] and not ref["accepted"]
+            else:
+                assert row["val_score"] == ref["val_score"] or row["val_score"] != row["val_score"]
+    assert early.images_scored <= full.images_scored
+
+
+def test_early_rejection_stops_a_hopeless_candidate_within_the_first_batches():
+    from soupflow.evaluate import Bar, Partial
+
+    kitchen, evaluator = linear_kitchen(2, 0, bounded=True)
+    perfect = evaluator.select({"1.weight": TinyData(seed=0).truth.T.clone()})
+    assert perfect.accuracy == 1.0
+    evaluator.images_scored = 0
+    wrong = {"1.weight": -TinyData(seed=0).truth.T}
+    stopped = evaluator.select(wrong, Bar("accuracy", perfect.accuracy))
+    assert isinstance(stopped, Partial) and stopped.seen == 50 == evaluator.images_scored  # one batch: out of reach
+    assert evaluator.select(wrong, resume=stopped) == evaluator.select(wrong)  # going on = a whole pass

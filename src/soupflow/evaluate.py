@@ -21,10 +21,46 @@ class Scores:
         return self.accuracy if metric == "accuracy" else -self.loss
 
 
+@dataclass(frozen=True)
+class Partial:
+    """A selection pass that stopped: its counts so far, from which a later pass can go on."""
+
+    correct: int
+    loss_sum: float
+    seen: int
+
+
+@dataclass(frozen=True)
+class Bar:
+    """What a candidate's val score must reach to be accepted: ``>= value`` (``strict``: ``> value``), with
+    ``value`` a :meth:`Scores.value` of the same streamed val pass. Lets a pass stop once it cannot."""
+
+    metric: str
+    value: float
+    strict: bool = False
+
+    def implies(self, other: "Bar") -> bool:
+        """A score that misses ``other`` misses this bar too (same metric, this one at least as high)."""
+        return self.metric == other.metric and (
+            self.value > other.value or (self.value == other.value and (self.strict or not other.strict)))
+
+    def out_of_reach(self, correct: int, loss_sum: float, seen: int, n: int) -> bool:
+        """Exact: True only when no outcome of the ``n - seen`` images left can reach the bar.
+
+        Accuracy: even if every image left is right, ``correct`` stays below the count the bar needs.
+        Loss: the sum of per-image losses (each >= 0, added in float64 in a fixed order) only grows, so once
+        ``loss_sum / n`` is past the bar the final mean is too."""
+        if self.metric == "accuracy":
+            needed = round(self.value * n) + int(self.strict)
+            return correct + (n - seen) < needed
+        mean_so_far, limit = loss_sum / n, -self.value
+        return mean_so_far >= limit if self.strict else mean_so_far > limit
+
+
 def scores_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> Scores:
     logits, labels = logits.float(), labels.to(logits.device)
     loss = F.cross_entropy(logits, labels).item()
-    accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
+    accuracy = int((logits.argmax(dim=1) == labels).sum()) / labels.numel()  # exact, as Evaluator.select
     return Scores(loss=loss if loss == loss else float("inf"), accuracy=accuracy)
 
 
@@ -39,6 +75,39 @@ class Evaluator:
         self.model = channels_last(model.to(device)).eval()
         self.data, self.split, self.device, self.batch_size = data, split, device, batch_size
         self.images, self.labels = data.split(split, device)
+        self.shuffled: tuple[torch.Tensor, torch.Tensor] | None = None  # the split in select()'s order
+        self.images_scored = 0  # images select() has run the model on
+
+    @torch.inference_mode()
+    def select(self, state_dict: dict[str, torch.Tensor], bar: Bar | None = None,
+               resume: Partial | None = None) -> Scores | Partial:
+        """Selection scores of ``state_dict``: one pass over the split in a fixed seeded order of images,
+        accuracy from integer counts, loss as a float64 sum of per-image losses. With ``bar``, the pass stops
+        as soon as the candidate can no longer reach it and returns its :class:`Partial` counts; ``resume``
+        goes on from such counts (the same weights, a lower bar). A pass that is not stopped gives exactly the
+        scores of the same pass without a bar, so early rejection never changes a decision."""
+        images, labels = self._in_selection_order()
+        self.load(state_dict)
+        n = labels.shape[0]
+        correct, loss_sum, first = (resume.correct, resume.loss_sum, resume.seen) if resume else (0, 0.0, 0)
+        for start in range(first, n, self.batch_size):
+            inputs = channels_last_input(self.data.normalise(images[start:start + self.batch_size]))
+            logits, target = self.model(inputs).float(), labels[start:start + self.batch_size]
+            correct += int((logits.argmax(dim=1) == target).sum())
+            loss_sum += float(F.cross_entropy(logits, target, reduction="none").double().sum())
+            seen = min(n, start + self.batch_size)
+            self.images_scored += seen - start
+            if bar is not None and seen < n and bar.out_of_reach(correct, loss_sum, seen, n):
+                return Partial(correct, loss_sum, seen)
+        loss = loss_sum / n
+        return Scores(loss=loss if loss == loss else float("inf"), accuracy=correct / n)
+
+    def _in_selection_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split shuffled once with a fixed seed, so that any prefix of a pass is a fair sample."""
+        if self.shuffled is None:
+            order = torch.randperm(self.labels.shape[0], generator=torch.Generator().manual_seed(0))
+            self.shuffled = (self.images[order.to(self.images.device)], self.labels[order.to(self.labels.device)])
+        return self.shuffled
 
     def load(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)

@@ -362,11 +362,14 @@ def _kitchen(config, spec, paths: SoupPaths, data: PreparedData, evaluators: dic
         scores = evaluators["test"].scores(finish(state))  # reporting only: the recipe never reads these
         row["test_accuracy"], row["test_loss"] = scores.accuracy, scores.loss
 
-    model = evaluators["val"].model
-    return Kitchen(ingredients, lambda state: evaluators["val"].scores(finish(state)),
+    val = evaluators["val"]
+    bounded = (lambda state, bar, resume: val.select(finish(state), bar, resume)) \
+        if spec.get("early_rejection", True) else None
+    return Kitchen(ingredients, lambda state: val.select(finish(state)),
                    lambda seed: untrained_state(data, config["model"], seed), observe,
                    start=(lambda: load_checkpoint(paths.start)) if paths.start else None,
-                   base=_base_soup(paths.base), buffers=frozenset(name for name, _ in model.named_buffers())), finish
+                   base=_base_soup(paths.base), buffers=frozenset(name for name, _ in val.model.named_buffers()),
+                   bounded=bounded), finish
 
 
 def _check_columns(check) -> dict[str, Any]:
@@ -418,6 +421,8 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
     seconds = time.perf_counter() - start
     for row in rows:
         row["seconds"] = seconds / len(rows)
+        row["val_images_scored"] = evaluators["val"].images_scored  # the whole job's selection work
+        row["val_images_per_pass"] = len(labels["val"])
     frame = pd.DataFrame(rows)
     meta = checkpoint_metadata(config["model"], data, soup=name, recipe=spec["recipe"], bn=spec.get("bn", "keep"),
                                ingredients=json.dumps(chosen[0].ingredients))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from soupflow.average import StateDict, StateSum, UnitDirections, interpolate, model_stock_ratio
-from soupflow.evaluate import Scores
+from soupflow.evaluate import Bar, Partial, Scores
 
 log = logging.getLogger("soupflow")
 
@@ -52,24 +52,39 @@ class Kitchen:
     start: Callable[[], StateDict] | None = None  # θ0, the weights the fine-tunes started from
     base: Callable[[], tuple[list[str], StateDict]] | None = None  # another soup: its ingredients, its weights
     buffers: frozenset[str] = frozenset()  # names of the model's buffers (BatchNorm statistics), not weights
+    bounded: Callable[..., Scores | Partial] | None = None  # (state, bar, resume) -> scores, or a stopped pass
 
     scored: dict[tuple[str, ...], Scores] = field(default_factory=dict)  # val scores by ingredient multiset
+    missed: dict[tuple[str, ...], tuple[Bar, Partial]] = field(default_factory=dict)  # stopped passes
 
     def ranked(self, metric: str) -> list[Ingredient]:
         """Ingredients by decreasing validation score (ties broken by name, for determinism)."""
         return sorted(self.ingredients, key=lambda ing: (-ing.val.value(metric), ing.name))
 
-    def score(self, names: list[str], state: StateDict) -> tuple[Scores, bool]:
+    def score(self, names: list[str], state: StateDict, bar: Bar | None = None) -> tuple[Scores | None, bool]:
         """The val scores of ``state`` (the soup of ``names``), and whether a val pass ran.
 
         A soup of the same ingredients is scored once per job: a pruned pass that tries a removal on a set it
-        already tried, or the uniform start every pruned_random repeat shares, reuses the score.
+        already tried, or the uniform start every pruned_random repeat shares, reuses the score. With ``bar``
+        and a ``bounded`` scorer, the pass may stop as soon as the soup cannot reach the bar: then the scores
+        are None (a certain rejection); the set is not scored again under a bar as high, and under a lower
+        bar its pass goes on from where it stopped: no image is scored twice for one set.
         """
         key = tuple(sorted(names))
         if key in self.scored:
             return self.scored[key], False
-        self.scored[key] = self.select(state)
-        return self.scored[key], True
+        if bar is None or self.bounded is None:
+            scores = self.select(state)
+        else:
+            missed, partial = self.missed.get(key, (None, None))
+            if missed is not None and bar.implies(missed):
+                return None, False  # it already missed a bar no higher than this one
+            scores = self.bounded(state, bar, partial)  # a lower bar: go on from where that pass stopped
+            if isinstance(scores, Partial):
+                self.missed[key] = (bar, scores)
+                return None, True
+        self.scored[key] = scores
+        return scores, True
 
 
 @dataclass
@@ -182,6 +197,19 @@ def untrained(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     return [_uniform_of(kitchen, fresh, metric, "untrained")]
 
 
+def _score_columns(scores: Scores | None, metric: str) -> dict[str, Any]:
+    """A candidate's val figures for its trace row; NaN with ``stopped_early`` when its pass was cut short."""
+    if scores is None:
+        nan = float("nan")
+        return {"val_score": nan, "val_accuracy": nan, "val_loss": nan, "stopped_early": True}
+    return {"val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss,
+            "stopped_early": False}
+
+
+def _shown(scores: Scores | None, metric: str) -> str:
+    return "(stopped early: out of reach)" if scores is None else f"{scores.value(metric):.4f}"
+
+
 def improves(score: float, best: Scores | None, metric: str, tie: str) -> bool:
     """Greedy's acceptance test: ``ge`` keeps a candidate that does not lower the val score (the paper's
     Algorithm 1), ``gt`` only one that raises it (the authors' main.py)."""
@@ -202,14 +230,14 @@ def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, options:
         weights = ingredient.load()
         total.add(weights)
         state = total.mean()
-        scores, evaluated = kitchen.score(chosen + [ingredient.name], state)
+        bar = Bar(metric, best.value(metric), strict=tie == "gt") if best is not None else None
+        scores, evaluated = kitchen.score(chosen + [ingredient.name], state, bar)
         passes += evaluated
-        accepted = improves(scores.value(metric), best, metric, tie)
+        accepted = scores is not None and improves(scores.value(metric), best, metric, tie)
         row = {"repeat": repeat, "step": step, "candidate": ingredient.name, "accepted": accepted,
-               "n_ingredients": total.count if accepted else total.count - 1,
-               "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss}
-        log.info("greedy%s step %d: %s val %s %.4f -> %s", f" repeat {repeat}" if repeat else "", step,
-                 ingredient.name, metric, scores.value(metric), "accepted" if accepted else "rejected")
+               "n_ingredients": total.count if accepted else total.count - 1, **_score_columns(scores, metric)}
+        log.info("greedy%s step %d: %s val %s %s -> %s", f" repeat {repeat}" if repeat else "", step,
+                 ingredient.name, metric, _shown(scores, metric), "accepted" if accepted else "rejected")
         if accepted:
             best = scores
             chosen.append(ingredient.name)
@@ -262,14 +290,15 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
                 break
             weights = ingredient.load()
             total.subtract(weights)
-            scores, evaluated = kitchen.score([n for n in inside if n != ingredient.name], total.mean())
+            scores, evaluated = kitchen.score([n for n in inside if n != ingredient.name], total.mean(),
+                                              Bar(metric, best.value(metric)))
             evaluations += evaluated
-            removed = scores.value(metric) >= best.value(metric)
-            log.info("pruned pass %d: without %s val %s %.4f -> %s", pass_number, ingredient.name, metric,
-                     scores.value(metric), "removed" if removed else "kept")
+            removed = scores is not None and scores.value(metric) >= best.value(metric)
+            log.info("pruned pass %d: without %s val %s %s -> %s", pass_number, ingredient.name, metric,
+                     _shown(scores, metric), "removed" if removed else "kept")
             trace.append({"repeat": repeat, "pass": pass_number, "step": len(trace), "candidate": ingredient.name,
                           "accepted": removed, "n_ingredients": total.count if removed else total.count + 1,
-                          "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss})
+                          **_score_columns(scores, metric)})
             if removed:
                 best = scores
                 del inside[ingredient.name]
