@@ -2,7 +2,8 @@
 them to results/bench/{soups,train,dag}.parquet.
 
     .venv/bin/python bench/run.py            # everything (about 10 minutes on 2 CPU cores)
-    .venv/bin/python bench/run.py --only dag # one section: soups | train | dag
+    .venv/bin/python bench/run.py --only dag # one section: soups | train | dag | selection
+    .venv/bin/python bench/run.py --only selection --results results   # after `snakemake --cores 2`
 
 Ratios are taken side by side in one run on one machine; nothing here is a pass/fail test.
 """
@@ -384,10 +385,53 @@ def bench_dag(work: Path) -> pd.DataFrame:
     return table
 
 
+def bench_selection(work: Path, results: Path) -> pd.DataFrame:
+    """The default's greedy and pruned soups re-cooked from a finished workflow's results folder, with exact
+    early rejection and without (the memo on in both): val images scored and seconds, against full passes
+    (every trace candidate a whole val pass, as before the memo and early rejection)."""
+    from soupflow.config import resolve_config, soup_specs
+    from soupflow.jobs import SoupPaths, make_soup
+
+    config = resolve_config(yaml.safe_load((ROOT / "config.yaml").read_text()), check_model=False)
+    if not (results / "metrics" / "runs.parquet").exists():
+        raise SystemExit(f"--only selection needs a finished workflow: no {results}/metrics/runs.parquet")
+    rows = []
+    for name, spec in soup_specs(config).items():
+        if spec["recipe"] not in {"greedy", "pruned"}:
+            continue
+        for early in (False, True):
+            out = work / "selection" / f"{name}-{early}"
+            paths = SoupPaths(str(results / "data" / "dataset.safetensors"), str(results / "metrics" / "runs.parquet"),
+                              str(results / "runs"), str(out / "model.safetensors"), str(out / "metrics.parquet"),
+                              str(out / "trace.parquet"))
+            start = time.perf_counter()
+            frame = make_soup(config, name, {**spec, "early_rejection": early}, paths, threads=2)
+            seconds = time.perf_counter() - start
+            candidates = len(pd.read_parquet(paths.trace))
+            rows.append({"soup": name, "early_rejection": early, "seconds": seconds,
+                         "images": int(frame.val_images_scored.iloc[0]),
+                         "full_pass_images": candidates * int(frame.val_images_per_pass.iloc[0]),
+                         "ingredients": json.dumps(list(frame.ingredients.iloc[0]))})
+    table = pd.DataFrame(rows)
+    print("\nselection: the default's greedy + pruned soups (val images scored; seconds of the soup jobs)")
+    for name, group in table.groupby("soup", sort=False):
+        off, on = group[~group.early_rejection].iloc[0], group[group.early_rejection].iloc[0]
+        same = "same soup" if off.ingredients == on.ingredients else "DIFFERENT SOUP"
+        print(f"  {name}: images {on.images} vs memo only {off.images} ({on.images / off.images:.3f}) vs full passes "
+              f"{on.full_pass_images} ({on.images / on.full_pass_images:.3f}); seconds {on.seconds:.1f} vs "
+              f"{off.seconds:.1f} ({on.seconds / off.seconds:.3f}); {same}")
+    on, off = table[table.early_rejection], table[~table.early_rejection]
+    print(f"  greedy + pruned: images vs full passes {on.images.sum() / on.full_pass_images.sum():.3f} (goal <= 0.6), "
+          f"vs memo only {on.images.sum() / off.images.sum():.3f}; seconds vs memo only "
+          f"{on.seconds.sum() / off.seconds.sum():.3f}")
+    return table
+
+
 def main() -> None:
     global FASHION
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["soups", "train", "dag"], action="append")
+    parser.add_argument("--only", choices=["soups", "train", "dag", "selection"], action="append")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     parser.add_argument("--root", default=FASHION, help="Fashion-MNIST IDX folder")
@@ -408,7 +452,8 @@ def main() -> None:
         work = Path(scratch)
         for section in sections:
             table = {"soups": lambda: bench_soups(work), "train": lambda: bench_train(work, args.steps),
-                     "dag": lambda: bench_dag(work)}[section]()
+                     "dag": lambda: bench_dag(work),
+                     "selection": lambda: bench_selection(work, Path(args.results))}[section]()
             table["machine"] = machine()
             atomic_write_parquet(table, out / f"{section}.parquet")
     print(f"\nwritten: {', '.join(str(out / f'{s}.parquet') for s in sections)}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from soupflow.gpus import claim_gpu
 from soupflow.io import atomic_save_safetensors
 
 
@@ -25,40 +26,6 @@ def pick_device(preference: str = "auto") -> torch.device:
     index = claim_gpu(torch.cuda.device_count())
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
-
-
-_CLAIM = None  # the open lock file of this process's GPU, held until the process exits
-
-
-def claim_gpu(count: int, lock_dir: str | None = None, poll_seconds: float = 2.0) -> int:
-    """Pick a GPU no other soupflow job on this machine holds (an exclusive flock per GPU).
-
-    Snakemake's ``--resources gpu=N`` caps how many GPU jobs run at once; this gives each of them a
-    different device. Under SLURM each job sees only the GPUs it was given, so with one visible GPU
-    there is nothing to claim.
-    """
-    global _CLAIM
-    if count <= 1:
-        return 0
-    if _CLAIM is not None:
-        return _CLAIM[1]
-    import fcntl
-    import tempfile
-    import time
-
-    folder = lock_dir or os.path.join(tempfile.gettempdir(), "soupflow-gpus")
-    os.makedirs(folder, exist_ok=True)
-    while True:
-        for index in range(count):
-            handle = open(os.path.join(folder, f"gpu{index}.lock"), "w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                continue
-            _CLAIM = (handle, index)
-            return index
-        time.sleep(poll_seconds)  # more GPU jobs than GPUs: --resources gpu=N was not set
 
 
 def set_threads(threads: int | None) -> None:

@@ -52,6 +52,8 @@ rule corrupted_outputs:
     conda:
         "../../envs/soupflow.yaml"
     threads: 1
+    resources:
+        gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     script:
         "../scripts/corrupted_outputs.py"
 
@@ -78,6 +80,8 @@ rule pair_soups:
     conda:
         "../../envs/soupflow.yaml"
     threads: 1
+    resources:
+        gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         pairs=pair_chunk,
         inits=init_checkpoints(),
@@ -97,6 +101,8 @@ rule soup_sanity:
         f"{RESULTS}/logs/analysis/sanity.log",
     conda:
         "../../envs/soupflow.yaml"
+    resources:
+        gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     script:
         "../scripts/soup_sanity.py"
 

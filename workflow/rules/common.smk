@@ -21,6 +21,7 @@ from soupflow.grid import (
     expand_runs,
     sample_pairs,
 )  # torch-free: parses fast
+from soupflow.gpus import visible_gpus
 from soupflow.versions import TRAINING as TRAINING_VERSION
 
 try:  # model name and data paths are checked once, by the main process, not again inside every job
@@ -40,6 +41,13 @@ ALL_RUNS = {
     **RUNS,
 }  # plus the analysis' branching runs (only `analysis` asks for them)
 SOUPS = soup_specs(CONFIG)  # {soup name: recipe entry}
+
+# GPUs: each model job asks for one when the machine has any, and a plain `snakemake --cores N` (no
+# --resources gpu=…, no profile that sets it) may run as many such jobs at once as there are visible GPUs.
+GPUS = visible_gpus()
+GPU_JOB = 1 if GPUS else 0
+if GPUS and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", GPUS)
 RESULTS = "results"
 DATA = f"{RESULTS}/data/dataset.safetensors"
 INIT = f"{RESULTS}/init/model.safetensors"

@@ -17,6 +17,8 @@ rule finetune:
     conda:
         "../../envs/soupflow.yaml"
     threads: 1
+    resources:
+        gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         hp=run_params,
         model=CONFIG["model"],

@@ -10,6 +10,8 @@ rule init:
     conda:
         "../../envs/soupflow.yaml"
     threads: 4
+    resources:
+        gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         # only what changes the init's weights: editing soups or grids never retrains it
         model=CONFIG["model"],

@@ -16,6 +16,8 @@ rule soup:
     conda:
         "../../envs/soupflow.yaml"
     threads: 1
+    resources:
+        gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         spec=lambda wildcards: SOUPS[wildcards.soup],
         runs_folder=RUNS_FOLDER,
