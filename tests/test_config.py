@@ -182,3 +182,19 @@ def test_wise_ft_defaults_to_the_best_individual_as_its_base():
 
     assert wise_ft_base({"recipe": "wise_ft"}) == "best_individual"
     assert wise_ft_base({"recipe": "greedy"}) is None
+
+
+def test_without_timm_the_model_name_is_left_to_the_first_job_with_a_note(monkeypatch, capsys):
+    import importlib.metadata
+
+    from soupflow import config as config_module
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    config_module.check_model_name({"name": "resnet_typo"})  # no timm to ask: passes, says so
+    assert "first job checks model.name" in capsys.readouterr().err
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="model.name"):  # what every job's start() runs, with timm there
+        config_module.check_model_name({"name": "resnet_typo"})

@@ -1,3 +1,5 @@
+import pytest
+
 from soupflow.config import merge_defaults
 from soupflow.grid import expand_runs, run_id, search_points
 
@@ -62,3 +64,43 @@ def test_the_top_level_seed_reseeds_every_run_without_renaming_it():
     assert [pipeline_seed(zero, s) for s in (0, 1)] == [0, 1]  # seed 0: each run's own seed, as before
     used = {pipeline_seed(config, s) for config in (zero, one) for s in (0, 1)}
     assert len(used) == 4  # seed 1 gives every run (and the init) a stream no run of seed 0 uses
+
+
+@pytest.mark.parametrize("entropy", [0, 1, 12345, [0, 1, 2], [7, 3, 2**32 + 5], [0, 99, 4294967295], 2**70 + 3])
+def test_the_pure_python_generator_draws_what_numpy_default_rng_draws(entropy):
+    """Run ids of random-search points and the analysis' pairs come from these draws: without numpy (a bare
+    Snakemake parsing the Snakefile) they must be bit for bit numpy's."""
+    np = pytest.importorskip("numpy")
+    from soupflow.pcg64 import Generator
+
+    reference, ours = np.random.default_rng(entropy), Generator(entropy)
+    for _ in range(100):
+        assert ours.random() == reference.random()
+        assert ours.uniform(-2.5, 7.0) == reference.uniform(-2.5, 7.0)
+        assert ours.integers(17) == int(reference.integers(17))
+        assert ours.integers(-5, 2**40) == int(reference.integers(-5, 2**40))
+        assert [ours.integers(1000), ours.integers(1000)] == [int(v) for v in reference.integers(1000, size=2)]
+
+
+def test_search_points_and_pairs_are_numpys_draws():
+    np = pytest.importorskip("numpy")
+    import math
+    import zlib
+
+    from soupflow.grid import sample_pairs, search_points
+
+    space = {"lr": {"distribution": "log_uniform", "low": 1e-4, "high": 0.1},
+             "epochs": {"distribution": "int_uniform", "low": 1, "high": 9},
+             "augmentation": {"distribution": "choice", "values": ["none", "flip", "shift"]}}
+    for index, point in enumerate(search_points({"n": 20, "seed": 3, "space": space})):
+        rng = {name: np.random.default_rng([3, index, zlib.crc32(name.encode())]) for name in space}
+        assert point["lr"] == math.exp(rng["lr"].uniform(math.log(1e-4), math.log(0.1)))  # as grid.py before
+        assert point["epochs"] == int(rng["epochs"].integers(1, 10))
+        assert point["augmentation"] == space["augmentation"]["values"][int(rng["augmentation"].integers(3))]
+    ids = [f"run{i:03d}" for i in range(60)]
+    rng, chosen = np.random.default_rng(5), set()
+    while len(chosen) < 100:
+        i, j = rng.integers(60, size=2)
+        if i != j:
+            chosen.add((min(i, j), max(i, j)))
+    assert sample_pairs(ids, 100, 5) == [(ids[i], ids[j]) for i, j in sorted(chosen)]

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import importlib.metadata
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,12 +193,31 @@ def validate_schema(config: dict[str, Any]) -> None:
         raise ConfigError(_describe(best))
 
 
-def known_timm_models() -> frozenset[str]:
-    """timm's architecture names, cached per timm version under ~/.cache/soupflow.
+def check_model_name(model: dict[str, Any]) -> None:
+    """``model.name`` must be a timm architecture. Where timm is not installed (a bare Snakemake that builds
+    per-rule conda environments) the check is left to the first job, with a one-line note."""
+    if model["name"].startswith(("hf-hub:", "hf_hub:")):
+        return
+    known = known_timm_models()
+    if known is None:
+        print("soupflow: timm is not installed beside Snakemake; the first job checks model.name", file=sys.stderr)
+        return
+    if model["name"].split(".")[0] not in known:
+        stem = model["name"][:6]
+        close = sorted(name for name in known if stem in name)[:8]
+        hint = f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()"
+        raise ConfigError(f"config key 'model.name' is {model['name']!r}, which timm does not know{hint}")
+
+
+def known_timm_models() -> frozenset[str] | None:
+    """timm's architecture names, cached per timm version under ~/.cache/soupflow; None without timm.
 
     Importing timm takes ~7 s on a small CPU; without the cache every Snakemake process (the main one and,
     on SLURM, two per job) would pay it just to validate `model.name`."""
-    version = importlib.metadata.version("timm")
+    try:
+        version = importlib.metadata.version("timm")
+    except importlib.metadata.PackageNotFoundError:
+        return None
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "soupflow" / f"timm-{version}-models.txt"
     with contextlib.suppress(OSError):
         names = cache.read_text().split()
@@ -340,13 +360,8 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     if check_paths:
         _check_data_root(data)
         _check_model_file(model)
-    if check_model and not model["name"].startswith(("hf-hub:", "hf_hub:")):
-        known = known_timm_models()
-        if model["name"].split(".")[0] not in known:
-            stem = model["name"][:6]
-            close = sorted(name for name in known if stem in name)[:8]
-            hint = f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()"
-            raise ConfigError(f"config key 'model.name' is {model['name']!r}, which timm does not know{hint}")
+    if check_model:
+        check_model_name(model)
     _check_soups(config["soups"])
     for axis in config["plots"]["heatmap_axes"]:
         if axis not in HYPERPARAMETERS:

@@ -13,7 +13,7 @@ import math
 import zlib
 from typing import Any
 
-import numpy as np
+from soupflow.pcg64 import Generator
 
 FLOAT_KEYS = {"lr", "weight_decay", "label_smoothing", "momentum", "warmup_fraction", "data_fraction"}
 INT_KEYS = {"epochs", "batch_size", "seed", "branch_epoch"}
@@ -46,7 +46,7 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(axes, values)) for values in itertools.product(*(grid[a] for a in axes))]
 
 
-def _draw(spec: dict[str, Any], rng: np.random.Generator) -> Any:
+def _draw(spec: dict[str, Any], rng: Generator) -> Any:
     kind = spec["distribution"]
     if kind == "log_uniform":
         return float(math.exp(rng.uniform(math.log(spec["low"]), math.log(spec["high"]))))
@@ -65,7 +65,7 @@ def search_points(search: dict[str, Any]) -> list[dict[str, Any]]:
     for index in range(search.get("n", 0)):
         point = {}
         for name, spec in search.get("space", {}).items():
-            rng = np.random.default_rng([search.get("seed", 0), index, zlib.crc32(name.encode())])
+            rng = Generator([search.get("seed", 0), index, zlib.crc32(name.encode())])  # = numpy's default_rng
             point[name] = _draw(spec, rng)
         points.append(point)
     return points
@@ -125,10 +125,10 @@ def sample_pairs(run_ids: list[str], limit: int, seed: int) -> list[tuple[str, s
     total = n * (n - 1) // 2
     if total <= limit:
         return list(itertools.combinations(ids, 2))
-    rng = np.random.default_rng(seed)
+    rng = Generator(seed)  # = numpy's default_rng(seed)
     chosen: set[tuple[int, int]] = set()
     while len(chosen) < limit:
-        i, j = rng.integers(n, size=2)
+        i, j = rng.integers(n), rng.integers(n)
         if i != j:
             chosen.add((min(i, j), max(i, j)))
     return [(ids[i], ids[j]) for i, j in sorted(chosen)]

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from soupflow.config import merge_defaults
+from soupflow.config import check_model_name, merge_defaults
 from soupflow.io import remove_orphan_temps
 from soupflow.jobs import history_of, setup_logging
 
@@ -24,4 +24,6 @@ def start(snakemake: Any, resumable: bool = False) -> dict[str, Any]:
     for path in snakemake.output:
         for orphan in remove_orphan_temps(path):
             logging.getLogger("soupflow").info("removed %s, left by a killed write", orphan)
-    return merge_defaults(snakemake.config)
+    config = merge_defaults(snakemake.config)
+    check_model_name(config["model"])  # done at parse time too, unless Snakemake runs without timm
+    return config
