@@ -127,17 +127,21 @@ def bench_soups(work: Path) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ training throughput
-def _bare_loop(model, images, labels, data, batch_size, steps, device, channels_last=False, bf16=False):
-    """The reference: a plain PyTorch loop over pre-loaded tensors (no augmentation, no schedule, no bookkeeping)."""
+def _bare_loop(model, images, labels, data, batch_size, steps, device, channels_last=False, bf16=False,
+               augment=None):
+    """The reference: a plain PyTorch loop over pre-loaded tensors (no schedule, no bookkeeping); ``augment``
+    is the same batch augmentation soupflow applies, so that each setting has its own reference."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     model.train()
     n = labels.shape[0]
     order = torch.randperm(n, device=device)
+    generator = torch.Generator().manual_seed(0)
     done = 0
     start = time.perf_counter()
     for step in range(steps):
         index = order[(step * batch_size) % (n - batch_size):][:batch_size]
-        x = data.normalise(images[index])
+        batch = images[index] if augment is None else augment(images[index], generator)
+        x = data.normalise(batch)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -218,7 +222,7 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
     from soupflow.data import PreparedData
     from soupflow.jobs import _model_for
     from soupflow.models import pick_device, set_threads
-    from soupflow.train import train
+    from soupflow.train import AUGMENTATIONS, train
 
     set_threads(os.cpu_count())
     folder = work / "train"
@@ -240,6 +244,11 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
         """Median images/s of a few repeats (a 2-core VM drifts by ±10 % from one run to the next)."""
         return float(np.median([measure() for _ in range(repeats)]))
 
+    def interleaved(first, second, repeats=5):
+        """Medians of two measures taken in turns, so that the VM's drift hits both alike."""
+        pairs = [(first(), second()) for _ in range(repeats)]
+        return float(np.median([a for a, _ in pairs])), float(np.median([b for _, b in pairs]))
+
     def soupflow(augmentation="none", precision="fp32"):
         return lambda: train(fresh(), images[:n], labels[:n], data, hp | {"augmentation": augmentation}, device,
                              name="bench", precision=precision).images_per_second
@@ -249,22 +258,22 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
     rows = []
     for precision in ["fp32"] + (["bf16"] if device.type == "cuda" else []):
         bf16 = precision == "bf16"
+        for augmentation in AUGMENTATIONS:
 
-        def bare(layout=True):
-            model = fresh().to(memory_format=torch.channels_last) if layout else fresh()
-            return _bare_loop(model, images, labels, data, batch, steps, device, channels_last=layout, bf16=bf16)
+            def bare(layout=True, augmentation=augmentation):
+                model = fresh().to(memory_format=torch.channels_last) if layout else fresh()
+                return _bare_loop(model, images, labels, data, batch, steps, device, channels_last=layout, bf16=bf16,
+                                  augment=None if augmentation == "none" else AUGMENTATIONS[augmentation])
 
-        rows.append({"device": device.type, "precision": precision, "augmentation": "none",
-                     "soupflow_img_s": median(soupflow(precision=precision)), "bare_loop_img_s": median(bare),
-                     "bare_loop_nchw_img_s": median(lambda: bare(layout=False))})
-    loader = median(lambda: _dataloader_loop(fresh(), images, labels, data, batch, steps, device))
-    for row in rows:
-        row["dataloader_img_s"] = loader
-    # The same with flip + shift augmentation, as the default grid trains (no bare loop: it has no augmentation).
-    rows.append({"device": device.type, "precision": "fp32", "augmentation": "flip_shift",
-                 "soupflow_img_s": median(soupflow("flip_shift")), "bare_loop_img_s": float("nan"),
-                 "dataloader_img_s": median(lambda: _dataloader_loop(fresh(), images, labels, data, batch, steps,
-                                                                     device, augment=True))})
+            ours, reference = interleaved(soupflow(augmentation, precision), bare)
+            rows.append({"device": device.type, "precision": precision, "augmentation": augmentation,
+                         "soupflow_img_s": ours, "bare_loop_img_s": reference,
+                         "bare_loop_nchw_img_s": median(lambda: bare(layout=False)) if augmentation == "none"
+                         else float("nan")})
+    loaders = {augment: median(lambda: _dataloader_loop(fresh(), images, labels, data, batch, steps, device,
+                                                        augment=augment)) for augment in (False, True)}
+    for row in rows:  # the per-sample DataLoader knows none and flip + shift
+        row["dataloader_img_s"] = loaders[row["augmentation"] != "none"]
     # The data path alone (no model): what the DataLoader costs per image, and what slicing batches costs.
     rows.append({"device": device.type, "precision": "data path only", "augmentation": "flip_shift",
                  "soupflow_img_s": median(lambda: _batch_data_path(images, data, batch, steps, device)),
@@ -277,8 +286,9 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     print(f"\nfine-tune throughput ({DEFAULT_MODEL['name']} narrow, batch {batch}, {steps} steps, {device})")
     for row in table.itertuples():
-        bare = (f" vs bare loop {row.bare_loop_img_s:.0f} -> ratio {row.ratio_vs_bare:.3f} (goal >= 0.95; "
-                f"bare loop in the default NCHW layout: {row.bare_loop_nchw_img_s:.0f});"
+        nchw = row.bare_loop_nchw_img_s
+        layout = f"; bare loop in the default NCHW layout: {nchw:.0f}" if nchw == nchw else ""
+        bare = (f" vs bare loop {row.bare_loop_img_s:.0f} -> ratio {row.ratio_vs_bare:.3f} (goal >= 0.95{layout});"
                 if row.bare_loop_img_s == row.bare_loop_img_s else "")
         print(f"  {row.precision}, augmentation {row.augmentation}: soupflow {row.soupflow_img_s:.0f} img/s;{bare} "
               f"vs per-sample DataLoader {row.dataloader_img_s:.0f} -> ratio {row.ratio_vs_dataloader:.2f}"
