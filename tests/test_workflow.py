@@ -275,3 +275,32 @@ def test_every_soup_row_carries_the_soupability_pre_check(soups):
     assert set(soups.soupability) <= {"ok", "barrier", "collapsed"}
     assert keep.precheck_midpoint_val_accuracy.nunique() == 1  # the same two runs, the same midpoint, every job
     assert (keep.precheck_pair_val_accuracy > 0).all()
+
+
+def test_every_soup_and_trace_table_reads_as_one_data_set(finished):
+    """Soups differ in their columns (bn_*, alpha, pass …): each file is still written with the whole
+    explicit schema, so pyarrow.dataset (as polars or DuckDB) reads all of them together."""
+    import pyarrow.dataset as ds
+
+    from soupflow.tables import SOUP_SCHEMA, TRACE_SCHEMA
+
+    work, _ = finished
+    for name, schema in (("metrics.parquet", SOUP_SCHEMA), ("trace.parquet", TRACE_SCHEMA)):
+        files = sorted(str(p) for p in (work / "results/soups").glob(f"*/{name}"))
+        table = ds.dataset(files, format="parquet").to_table()
+        assert table.schema.remove_metadata().equals(schema), name
+        assert set(table.column("soup").to_pylist()) == {p.split("/")[-2] for p in files}
+    wise = ds.dataset(str(work / "results/soups/wise_ft/trace.parquet")).to_table().column("alpha").to_pylist()
+    assert wise == [0.0, 0.5, 1.0]
+
+
+def test_the_paired_columns_of_the_schema_are_the_statistics_columns():
+    import torch
+
+    from soupflow.stats import compare
+    from soupflow.tables import SOUP_SCHEMA
+
+    labels = torch.arange(20) % 3
+    comparison = compare(torch.randn(20, 3), torch.randn(20, 3), labels)
+    for prefix in ("", "ensemble_", "bn_"):
+        assert set(comparison.columns(prefix)) <= set(SOUP_SCHEMA.names)

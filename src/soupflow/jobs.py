@@ -34,7 +34,7 @@ from soupflow.models import count_parameters, create_model, load_checkpoint, pic
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
 from soupflow.summary import best_individual
-from soupflow.tables import history_table, run_table
+from soupflow.tables import SOUP_SCHEMA, TRACE_SCHEMA, history_table, run_table, typed_table
 from soupflow.weights import import_state, resolve_file
 
 log = logging.getLogger("soupflow")
@@ -423,14 +423,13 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
         row["seconds"] = seconds / len(rows)
         row["val_images_scored"] = evaluators["val"].images_scored  # the whole job's selection work
         row["val_images_per_pass"] = len(labels["val"])
-    frame = pd.DataFrame(rows)
+    table = typed_table(rows, SOUP_SCHEMA)
     meta = checkpoint_metadata(config["model"], data, soup=name, recipe=spec["recipe"], bn=spec.get("bn", "keep"),
                                ingredients=json.dumps(chosen[0].ingredients))
     save_checkpoint(chosen[1], paths.model, meta)
-    atomic_write_parquet(frame, paths.metrics)
-    trace = pd.DataFrame(traces)
-    extra = [c for c in trace.columns if c not in _TRACE_COLUMNS]
-    atomic_write_parquet(trace.reindex(columns=_TRACE_COLUMNS + extra), paths.trace)
+    atomic_write_parquet(table, paths.metrics)
+    atomic_write_parquet(typed_table(traces, TRACE_SCHEMA), paths.trace)
+    frame = table.to_pandas()
     for row in rows:
         versus = f", vs best {row['acc_diff_pt']:+.2f} pt [{row['acc_diff_pt_low']:+.2f}, {row['acc_diff_pt_high']:+.2f}]" \
             if "acc_diff_pt" in row else ""
@@ -438,10 +437,6 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
                  f" repeat {row['repeat']}" if len(rows) > 1 else "", row["n_ingredients"], row["val_accuracy"],
                  row["test_accuracy"], versus, seconds)
     return frame
-
-
-_TRACE_COLUMNS = ["soup", "recipe", "repeat", "pass", "step", "candidate", "accepted", "n_ingredients",
-                  "val_score", "val_accuracy", "val_loss", "test_accuracy", "test_loss"]
 
 
 # ---------------------------------------------------------------- tables

@@ -46,3 +46,46 @@ HISTORY_SCHEMA = pa.schema([("run_id", pa.string()), ("epoch", pa.int64()), ("tr
 def history_table(run_id: str, rows: list[dict[str, float]]) -> pa.Table:
     """A run's learning curve (``train.TrainResult.history``) as a table of ``HISTORY_SCHEMA``."""
     return pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=HISTORY_SCHEMA)
+
+
+def _paired(prefix: str) -> list[tuple[str, pa.DataType]]:
+    """The columns of ``stats.Comparison.columns(prefix)`` and its ``wins`` flag."""
+    names = [f"{prefix}{name}{end}" for name in ("acc_diff_pt", "loss_diff") for end in ("", "_low", "_high")]
+    return [(name, pa.float64()) for name in names + [f"{prefix}acc_p_mcnemar"]] + [(f"{prefix}wins", pa.bool_())]
+
+
+#: One row per soup (per repeat) of a soup job: ``results/soups/<name>/metrics.parquet``, ``metrics/soups.parquet``.
+#: Paired columns: "" = the soup vs the best individual, "ensemble_" = its ingredients' logit ensemble vs the
+#: best individual, "bn_" = re-estimated vs averaged BatchNorm statistics (null unless bn: recompute).
+SOUP_SCHEMA = pa.schema(
+    [("soup", pa.string()), ("recipe", pa.string()), ("metric", pa.string()), ("bn", pa.string()),
+     ("repeat", pa.int64()), ("ingredients", pa.list_(pa.string())), ("n_ingredients", pa.int64()),
+     ("n_candidates", pa.int64())]
+    + [(name, pa.float64()) for name in ("val_accuracy", "val_loss", "test_accuracy", "test_loss",
+                                          "ensemble_val_accuracy", "ensemble_test_accuracy", "ensemble_test_loss")]
+    + _paired("") + _paired("ensemble_") + _paired("bn_")
+    + [("inference_passes_soup", pa.int64()), ("inference_passes_ensemble", pa.int64()),
+       ("selection_passes", pa.int64()), ("options", pa.string()),
+       ("precheck_midpoint_val_accuracy", pa.float64()), ("precheck_pair_val_accuracy", pa.float64()),
+       ("soupability", pa.string()), ("seconds", pa.float64()), ("val_images_scored", pa.int64()),
+       ("val_images_per_pass", pa.int64())]
+)
+
+#: One row per candidate a recipe scored (greedy steps, pruned removals, wise_ft's α, …): ``trace.parquet``.
+#: Recipe-specific columns are null elsewhere (``pass``: pruned; ``alpha``: wise_ft; ``ratio_*``: model_stock).
+TRACE_SCHEMA = pa.schema(
+    [("soup", pa.string()), ("recipe", pa.string()), ("repeat", pa.int64()), ("pass", pa.int64()),
+     ("step", pa.int64()), ("candidate", pa.string()), ("accepted", pa.bool_()), ("n_ingredients", pa.int64())]
+    + [(name, pa.float64()) for name in ("val_score", "val_accuracy", "val_loss", "test_accuracy", "test_loss")]
+    + [("stopped_early", pa.bool_()), ("alpha", pa.float64()), ("ratio_min", pa.float64()),
+       ("ratio_median", pa.float64()), ("ratio_max", pa.float64())]
+)
+
+
+def typed_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows as a table of ``schema``: absent columns are null; a column the schema lacks is a bug."""
+    for row in rows:
+        extra = set(row) - set(schema.names)
+        if extra:
+            raise ValueError(f"row has columns outside the table's schema: {sorted(extra)}")
+    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
