@@ -34,7 +34,7 @@ SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greed
          {"name": "greedy_bn", "recipe": "greedy", "bn": "recompute"},
          {"name": "greedy_loss", "recipe": "greedy", "metric": "loss"},
          {"name": "greedy_loss_bn", "recipe": "greedy", "metric": "loss", "bn": "recompute"},
-         {"recipe": "model_stock"}, {"recipe": "wise_ft", "base": "greedy"}]
+         {"recipe": "model_stock"}, {"recipe": "wise_ft", "base": "greedy"}, {"recipe": "learned"}]
 
 #: The default before calibration (soupflow <= a31c901): every variant below is a change to it (dicts merge,
 #: lists and the grid replace), so the table stays reproducible whatever config.yaml holds now.

@@ -333,3 +333,47 @@ def test_early_rejection_stops_a_hopeless_candidate_within_the_first_batches():
     stopped = evaluator.select(wrong, Bar("accuracy", perfect.accuracy))
     assert isinstance(stopped, Partial) and stopped.seen == 50 == evaluator.images_scored  # one batch: out of reach
     assert evaluator.select(wrong, resume=stopped) == evaluator.select(wrong)  # going on = a whole pass
+
+
+def learned_kitchen(seed=0, n_runs=4):
+    """Two-layer models on TinyData: ingredients are noisy copies of one trained-ish model."""
+    from soupflow.evaluate import Evaluator
+    from soupflow.learned import Fit, fit_mixture
+
+    data = TinyData(seed=seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    evaluator = Evaluator(model, data, "val", torch.device("cpu"), batch_size=100)
+    g = torch.Generator().manual_seed(seed)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    ingredients = []
+    for i in range(n_runs):
+        state = {k: v + torch.randn(v.shape, generator=g) * (0.3 + 0.3 * i) for k, v in base.items()}
+        ingredients.append(Ingredient(f"run{i}", evaluator.select(state), (lambda s=state: {k: v.clone() for k, v in s.items()})))
+
+    def learn(states, options):
+        return fit_mixture(evaluator.model, states, data.images, data.labels, data.normalise,
+                           Fit(epochs=options.get("epochs", 20), lr=0.1, batch_size=200))
+
+    return Kitchen(ingredients, evaluator.select, learn=learn)
+
+
+def test_learned_soup_is_a_convex_mixture_per_module_and_lowers_the_val_loss_of_the_uniform_soup():
+    kitchen = learned_kitchen()
+    soup = cook("learned", kitchen, {})[0]
+    states = [ing.load() for ing in kitchen.ranked("accuracy")]
+    for module in ("1", "3"):  # weight and bias of a module share one set of weights on the simplex
+        names = [f"{module}.weight", f"{module}.bias"]
+        stacked = torch.stack([torch.cat([s[n].flatten() for n in names]) for s in states], dim=1).double()
+        mixed = torch.cat([soup.state()[n].flatten() for n in names]).double()
+        weights = torch.linalg.lstsq(stacked, mixed[:, None]).solution.flatten()
+        assert torch.allclose(stacked @ weights, mixed, atol=1e-5)
+        assert weights.min() > -1e-4 and abs(float(weights.sum()) - 1) < 1e-4
+    uniform = cook("uniform", kitchen, {})[0]
+    assert soup.val.loss < uniform.val.loss
+    fits = [row["val_loss"] for row in soup.trace if row["candidate"].startswith("fit epoch")]
+    assert len(fits) == 20 and fits[-1] < fits[0]
+
+
+def test_learned_soup_refuses_more_ingredients_than_its_memory_cap():
+    with pytest.raises(ValueError, match=r"max_memory_mb = 0.0001.*lower its k"):
+        cook("learned", learned_kitchen(), {"max_memory_mb": 0.0001})

@@ -30,6 +30,7 @@ from soupflow.io import (
     open_safetensors,
     remove_orphan_temps,
 )
+from soupflow.learned import Fit, fit_mixture
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
@@ -365,11 +366,16 @@ def _kitchen(config, spec, paths: SoupPaths, data: PreparedData, evaluators: dic
     val = evaluators["val"]
     bounded = (lambda state, bar, resume: val.select(finish(state), bar, resume)) \
         if spec.get("early_rejection", True) else None
+
+    def learn(states, options):
+        fit = Fit(**{key: options[key] for key in ("epochs", "lr", "batch_size", "seed", "granularity") if key in options})
+        return fit_mixture(val.model, states, val.images, val.labels, data.normalise, fit)
+
     return Kitchen(ingredients, lambda state: val.select(finish(state)),
                    lambda seed: untrained_state(data, config["model"], seed), observe,
                    start=(lambda: load_checkpoint(paths.start)) if paths.start else None,
                    base=_base_soup(paths.base), buffers=frozenset(name for name, _ in val.model.named_buffers()),
-                   bounded=bounded), finish
+                   bounded=bounded, learn=learn), finish
 
 
 def _check_columns(check) -> dict[str, Any]:

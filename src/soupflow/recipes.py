@@ -17,6 +17,8 @@ Recipes (names as in config):
 - ``untrained``: two freshly initialised models averaged (Gretel ablation; not expected to help).
 - ``model_stock``: the average of the k best, moved per tensor toward the start θ0 by Model Stock's ratio
   (Jang et al. 2024); no selection beyond k.
+- ``learned``: per-layer softmax mixing weights over the k best, fitted on val by gradient descent
+  (``soupflow.learned``); k × the model must fit in ``max_memory_mb``.
 - ``wise_ft``: θ(α) = (1 − α)·θ0 + α·θ_base along a grid of α, the α chosen on val (Wortsman et al.'s WiSE-FT);
   the base is another soup of the config (a soup or the best individual).
 """
@@ -30,6 +32,7 @@ from typing import Any, Callable
 
 from soupflow.average import StateDict, StateSum, UnitDirections, interpolate, model_stock_ratio
 from soupflow.evaluate import Bar, Partial, Scores
+from soupflow.learned import state_megabytes
 
 log = logging.getLogger("soupflow")
 
@@ -53,6 +56,7 @@ class Kitchen:
     base: Callable[[], tuple[list[str], StateDict]] | None = None  # another soup: its ingredients, its weights
     buffers: frozenset[str] = frozenset()  # names of the model's buffers (BatchNorm statistics), not weights
     bounded: Callable[..., Scores | Partial] | None = None  # (state, bar, resume) -> scores, or a stopped pass
+    learn: Callable[[list[StateDict], dict[str, Any]], tuple[StateDict, list[dict]]] | None = None  # on val
 
     scored: dict[tuple[str, ...], Scores] = field(default_factory=dict)  # val scores by ingredient multiset
     missed: dict[tuple[str, ...], tuple[Bar, Partial]] = field(default_factory=dict)  # stopped passes
@@ -400,3 +404,32 @@ def wise_ft(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     best[2]["accepted"] = True
     total = StateSum().add(base)
     return [Soup(list(names), total, best[0], trace, selection_passes=len(trace), weights=best[1])]
+
+
+@register("learned")
+def learned(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
+    """A learned soup of the ``k`` best ingredients by val (all by default): per-layer mixing weights fitted
+    on the val split (the model-soups authors' learned soup). Holds the k ingredients in memory at once, so
+    k × the model's size is capped by ``max_memory_mb`` (default 4096) with an error naming both options."""
+    if kitchen.learn is None:
+        raise ValueError("soup recipe 'learned' needs a model and the val split to fit on")
+    metric, k = options.get("metric", "accuracy"), options.get("k")
+    chosen = kitchen.ranked(metric)[:k]
+    first = chosen[0].load()
+    needed, cap = state_megabytes(first) * len(chosen), float(options.get("max_memory_mb", 4096))
+    if needed > cap:
+        raise ValueError(f"soup recipe 'learned' would hold {len(chosen)} ingredients x {state_megabytes(first):.1f} MB "
+                         f"= {needed:.0f} MB in memory, over its max_memory_mb = {cap:g}; lower its k or raise "
+                         "max_memory_mb")
+    states = [first] + [ingredient.load() for ingredient in chosen[1:]]
+    state, history = kitchen.learn(states, options)
+    scores = kitchen.select(state)
+    trace = [{"step": row["epoch"], "candidate": f"fit epoch {row['epoch']}", "accepted": False,
+              "n_ingredients": len(chosen), "val_loss": row["fit_loss"]} for row in history]
+    for row in history:
+        log.info("learned soup: fit epoch %d, mean val-batch loss %.4f", row["epoch"], row["fit_loss"])
+    final = {"step": len(history) + 1, "candidate": "learned", "accepted": True, "n_ingredients": len(chosen),
+             "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss}
+    kitchen.observe(final, state)
+    return [Soup([ing.name for ing in chosen], StateSum().add(first), scores, trace + [final], selection_passes=1,
+                 weights=state)]
