@@ -304,3 +304,25 @@ def test_the_paired_columns_of_the_schema_are_the_statistics_columns():
     comparison = compare(torch.randn(20, 3), torch.randn(20, 3), labels)
     for prefix in ("", "ensemble_", "bn_"):
         assert set(comparison.columns(prefix)) <= set(SOUP_SCHEMA.names)
+
+
+def test_soups_over_epoch_checkpoints_take_every_kept_epoch_as_a_candidate(tmp_path):
+    """ingredients: epochs — each run keeps its epoch checkpoints (with val scores), the soup's pool holds
+    them beside the final ones; dropping the option afterwards plans no fine-tune again."""
+    config = {**SMOKE, "finetune": {"epochs": 3, "batch_size": 32}, "grid": {"lr": [0.01, 0.03]}, "runs": [],
+              "soups": [{"recipe": "best_individual"}, {"recipe": "greedy", "ingredients": "epochs"},
+                        {"name": "uniform_epochs", "recipe": "uniform", "ingredients": "epochs"}]}
+    result = snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = pd.read_parquet(tmp_path / "results/metrics/runs.parquet")
+    for run_id in runs.run_id:
+        epochs = pd.read_parquet(tmp_path / "results/runs" / run_id / "epochs.parquet")
+        assert epochs.epoch.tolist() == [1, 2] and epochs.val_accuracy.between(0, 1).all()
+        assert all((tmp_path / "results/runs" / run_id / p).exists() for p in epochs.path)
+    soups = pd.read_parquet(tmp_path / "results/metrics/soups.parquet").set_index("soup")
+    assert soups.loc["uniform_epochs", "n_ingredients"] == 6 and soups.loc["greedy", "n_candidates"] == 6
+    trace = pd.read_parquet(tmp_path / "results/metrics/soup_trace.parquet")
+    assert trace[trace.soup == "greedy"].candidate.str.contains("@epoch").sum() == 4
+    without = {**config, "soups": [{"recipe": "best_individual"}, {"recipe": "greedy"}]}
+    plan = snakemake(tmp_path, without, "-n")
+    assert plan.returncode == 0 and "rule finetune" not in plan.stdout, plan.stdout[-2000:]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
@@ -35,7 +36,7 @@ from soupflow.models import count_parameters, create_model, load_checkpoint, pic
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.stats import compare
 from soupflow.summary import best_individual
-from soupflow.tables import SOUP_SCHEMA, TRACE_SCHEMA, history_table, run_table, typed_table
+from soupflow.tables import EPOCH_SCHEMA, SOUP_SCHEMA, TRACE_SCHEMA, history_table, run_table, typed_table
 from soupflow.weights import import_state, resolve_file
 
 log = logging.getLogger("soupflow")
@@ -188,14 +189,34 @@ def history_of(resume_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- one fine-tune
+def _epoch_keeper(out: Path, model_config: dict[str, Any], data: PreparedData, epochs: int):
+    """An ``on_epoch_end`` that saves every epoch's weights but the last (the run's own checkpoint)."""
+    def keep(epoch: int, model: torch.nn.Module) -> None:
+        if epoch < epochs:
+            meta = checkpoint_metadata(model_config, data, epoch=str(epoch))
+            save_checkpoint(model.state_dict(), out / "epochs" / f"epoch_{epoch:03d}.safetensors", meta)
+    return keep
+
+
+def _epoch_table(run_id: str, out: Path, evaluator: Evaluator, ok: bool) -> pa.Table:
+    """Val scores of the epoch checkpoints a fine-tune kept (none for a run that is not ok)."""
+    rows = []
+    for path in sorted((out / "epochs").glob("epoch_*.safetensors")) if ok else []:
+        scores = evaluator.scores(load_checkpoint(path))
+        rows.append({"run_id": run_id, "epoch": int(path.stem.split("_")[1]), "path": f"epochs/{path.name}",
+                     "val_accuracy": scores.accuracy, "val_loss": scores.loss})
+    return pa.Table.from_pylist(rows, schema=EPOCH_SCHEMA)
+
+
 def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path: str, init_path: str,
-             out_dir: str, threads: int = 1) -> dict[str, Any]:
+             out_dir: str, threads: int = 1, epochs_table: str | None = None) -> dict[str, Any]:
     """Fine-tune one configuration from the shared init; write its checkpoint, logits, metrics and config.
 
     A run whose loss stops being finite is recorded with ``status=diverged``, one whose training raises with
     ``status=failed`` (and the error); both are left out of soups, and their outputs are still written so the
     rest of the workflow completes. A kill (signal, SLURM time limit) is not a failure: the job exits and its
-    rerun resumes from the saved training state.
+    rerun resumes from the saved training state. With ``epochs_table``, every epoch but the last is also kept
+    as ``epochs/epoch_NNN.safetensors`` and listed with its val scores (soups with ``ingredients: epochs``).
     """
     from soupflow.config import HYPERPARAMETERS
     from soupflow.train import Preempted, TrainResult, train
@@ -212,7 +233,8 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     log.info("fine-tune %s on %d images, %s: %s", run_id, labels.numel(), device, json.dumps(hp))
     error = ""
     try:
-        result = train(model, images, labels, data, seeded, device, name=run_id,
+        keep = _epoch_keeper(out, model_config, data, int(hp["epochs"])) if epochs_table else None
+        result = train(model, images, labels, data, seeded, device, name=run_id, on_epoch_end=keep,
                        resume=_resume(config, out / "resume.pt", init_path), precision=config["training"]["precision"])
     except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
         raise  # killed, disk full, I/O, out of memory: the job fails and a rerun retries (resuming saved state)
@@ -245,6 +267,9 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     atomic_write_yaml({"run_id": run_id, "hyperparameters": hp, "model": model_config,
                        "data": config["data"]["name"], "init": init_path}, out / "config.yaml")
     atomic_write_parquet(history_table(run_id, result.history), out / "history.parquet")
+    if epochs_table:
+        val = Evaluator(model, data, "val", device, config["evaluation"]["batch_size"])
+        atomic_write_parquet(_epoch_table(run_id, out, val, row["status"] == "ok"), epochs_table)
     atomic_write_parquet(run_table([row]), out / "metrics.parquet")
     _forget(out / "resume.pt")
     return row
@@ -263,6 +288,23 @@ def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
     return [Ingredient(row.run_id, Scores(row.val_loss, row.val_accuracy),
                        (lambda p=str(Path(by_id[row.run_id]) / "model.safetensors"): load_checkpoint(p)))
             for row in usable.itertuples()], by_id
+
+
+def _epoch_ingredients(ingredients: list, by_id: dict[str, str]) -> list:
+    """``ingredients: epochs``: each usable run's kept epoch checkpoints (``epochs.parquet``) as candidates
+    too, named ``<run_id>@epoch<N>`` (within-run and across-run soups in one pool)."""
+    from soupflow.recipes import Ingredient
+
+    extra = []
+    for ingredient in ingredients:
+        folder = Path(by_id[ingredient.name])
+        if not (folder / "epochs.parquet").exists():
+            raise FileNotFoundError(f"{folder}/epochs.parquet: soups with ingredients: epochs need the runs to keep "
+                                    "their epoch checkpoints (the workflow does so when a soup asks for it)")
+        for row in pd.read_parquet(folder / "epochs.parquet").itertuples():
+            extra.append(Ingredient(f"{ingredient.name}@epoch{row.epoch}", Scores(row.val_loss, row.val_accuracy),
+                                    (lambda p=str(folder / row.path): load_checkpoint(p))))
+    return ingredients + extra
 
 
 def _cached_logits(names: list[str], by_id: dict[str, str], split: str) -> torch.Tensor | None:
@@ -398,6 +440,8 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
     device = pick_device(config["evaluation"]["device"])
     runs = pd.read_parquet(paths.runs)
     ingredients, by_id = _ingredients(runs, [str(Path(paths.runs_folder) / run_id) for run_id in runs.run_id])
+    if spec.get("ingredients", "final") == "epochs":
+        ingredients = _epoch_ingredients(ingredients, by_id)
     evaluators = {split: Evaluator(_model_for(data, config["model"]), data, split, device,
                                    config["evaluation"]["batch_size"]) for split in ("val", "test")}
     labels = {split: evaluator.labels for split, evaluator in evaluators.items()}

@@ -43,6 +43,12 @@ HISTORY_SCHEMA = pa.schema([("run_id", pa.string()), ("epoch", pa.int64()), ("tr
                             ("lr", pa.float64()), ("seconds", pa.float64()), ("images_per_second", pa.float64())])
 
 
+#: A run's kept epoch checkpoints (``ingredients: epochs``): ``runs/<run_id>/epochs.parquet``; ``path`` is
+#: relative to the run's folder.
+EPOCH_SCHEMA = pa.schema([("run_id", pa.string()), ("epoch", pa.int64()), ("path", pa.string()),
+                          ("val_accuracy", pa.float64()), ("val_loss", pa.float64())])
+
+
 def history_table(run_id: str, rows: list[dict[str, float]]) -> pa.Table:
     """A run's learning curve (``train.TrainResult.history``) as a table of ``HISTORY_SCHEMA``."""
     return pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=HISTORY_SCHEMA)

@@ -41,6 +41,7 @@ ALL_RUNS = {
     **RUNS,
 }  # plus the analysis' branching runs (only `analysis` asks for them)
 SOUPS = soup_specs(CONFIG)  # {soup name: recipe entry}
+KEEP_EPOCHS = any(spec.get("ingredients") == "epochs" for spec in SOUPS.values())
 
 # GPUs: each model job asks for one when the machine has any, and a plain `snakemake --cores N` (no
 # --resources gpu=…, no profile that sets it) may run as many such jobs at once as there are visible GPUs.

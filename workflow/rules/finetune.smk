@@ -5,6 +5,12 @@ rule finetune:
         data=DATA,
         init=init_of,
     output:
+        # epochs.parquet only when a soup takes ingredients: epochs (turning that on retrains the runs once)
+        **(
+            {"epochs": f"{RUNS_FOLDER}/{{run_id}}/epochs.parquet"}
+            if KEEP_EPOCHS
+            else {}
+        ),
         model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
         outputs=f"{RUNS_FOLDER}/{{run_id}}/outputs.safetensors",
         history=f"{RUNS_FOLDER}/{{run_id}}/history.parquet",

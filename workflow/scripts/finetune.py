@@ -7,4 +7,5 @@ from soupflow.snakemake_job import start
 
 config = start(snakemake, resumable=True)
 finetune({**config, "model": snakemake.params.model}, snakemake.wildcards.run_id, snakemake.params.hp,
-         snakemake.input.data, snakemake.input.init, str(Path(snakemake.output.model).parent), snakemake.threads)
+         snakemake.input.data, snakemake.input.init, str(Path(snakemake.output.model).parent), snakemake.threads,
+         epochs_table=snakemake.output.get("epochs"))
