@@ -37,7 +37,7 @@ rule all:
     input:
         rules.summary.output,
         rules.plots.output,
-        rules.timm_configs.output,
+        rules.timm_configs.output.index,
         rules.learning_curves.output,
 
 

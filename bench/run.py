@@ -339,7 +339,7 @@ def _pretend_finished(work: Path, config: dict) -> None:
         [results / "metrics/runs.parquet"],
         [results / "soups" / soup / name for soup in soup_specs(resolved)
          for name in ("model.safetensors", "metrics.parquet", "trace.parquet")],
-        [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")]
+        [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")] + [results / "metrics/timm_configs.txt"]
         + [folder / "config.json" for folder in [results / "init", *(results / "runs" / r for r in expand_runs(resolved)),
                                                  *(results / "soups" / s for s in soup_specs(resolved))]],
         [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients",
@@ -366,14 +366,72 @@ def _pretend_finished(work: Path, config: dict) -> None:
         stamp += 10
 
 
+FLOOR_SNAKEFILE = """
+RUNS = [f"run-{{i:010x}}" for i in range({points})]
+SOUPS = ["uniform", "greedy"]
+R = "results/runs/{{run_id}}"
+rule all:
+    input: "results/summary.txt", "results/plots/curves.png", expand("results/runs/{{r}}/config.json", r=RUNS)
+rule prepare_data:
+    output: "results/data/dataset.safetensors", "results/data/splits.json"
+    shell: "touch {{output}}"
+rule init:
+    input: "results/data/dataset.safetensors"
+    output: "results/init/model.safetensors"
+    shell: "touch {{output}}"
+rule finetune:
+    input: "results/data/dataset.safetensors", "results/init/model.safetensors"
+    output: f"{{R}}/model.safetensors", f"{{R}}/outputs.safetensors", f"{{R}}/history.parquet", f"{{R}}/metrics.parquet", f"{{R}}/config.yaml"
+    log: f"{{R}}/train.log"
+    shell: "touch {{output}} {{log}}"
+rule timm_config:
+    input: f"{{R}}/model.safetensors"
+    output: f"{{R}}/config.json"
+    shell: "touch {{output}}"
+rule run_table:
+    input: expand("results/runs/{{r}}/{{f}}", r=RUNS, f=["metrics.parquet", "model.safetensors", "outputs.safetensors"])
+    output: "results/metrics/runs.parquet"
+    shell: "touch {{output}}"
+rule curves:
+    input: expand("results/runs/{{r}}/history.parquet", r=RUNS)
+    output: "results/plots/curves.png"
+    shell: "touch {{output}}"
+rule soup:
+    input: "results/data/dataset.safetensors", "results/metrics/runs.parquet"
+    output: "results/soups/{{soup}}/model.safetensors", "results/soups/{{soup}}/metrics.parquet"
+    shell: "touch {{output}}"
+rule summary:
+    input: "results/metrics/runs.parquet", expand("results/soups/{{s}}/metrics.parquet", s=SOUPS)
+    output: "results/summary.txt"
+    shell: "touch {{output}}"
+"""
+
+
+def _floor(work: Path, points: int) -> float:
+    """``snakemake -n`` on shell rules of soupflow's DAG shape (data → init → N fine-tunes with their five
+    outputs and a log, a timm config per run → runs table, learning curves → 2 soups → summary): the engine's
+    own cost, with no config validation, grid expansion, params or input functions."""
+    folder = work / f"floor{points}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Snakefile").write_text(FLOOR_SNAKEFILE.format(points=points))
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(folder / "Snakefile"), "--directory",
+                          str(folder), "--cores", "1", "-n", "--quiet", "rules"], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return time.perf_counter() - start
+
+
 def bench_dag(work: Path) -> pd.DataFrame:
     rows = []
     for points in (1000, 10000):
         folder = work / f"dag{points}"
         folder.mkdir(parents=True, exist_ok=True)
         seconds, output = _snakemake(folder, _config(points), "-n", "--quiet", "rules")
+        floor = _floor(work, points)
         rows.append({"check": f"snakemake -n, {points} grid points", "seconds": seconds,
-                     "goal_seconds": 10 if points == 1000 else 60, "finetune_jobs": _job_count(output, "finetune")})
+                     "goal_seconds": 10 if points == 1000 else 60, "finetune_jobs": _job_count(output, "finetune"),
+                     "floor_seconds": floor})
     folder = work / "dag1000"
     config = _config(1000)
     _pretend_finished(folder, config)
@@ -383,15 +441,18 @@ def bench_dag(work: Path) -> pd.DataFrame:
     grown["runs"] = [{"lr": 0.123, "seed": 0}]  # exactly one new grid point
     seconds, output = _snakemake(folder, grown, "-n", "--quiet", "rules")
     rows.append({"check": "finished 1000 points, nothing changed", "seconds": float("nan"), "goal_seconds": float("nan"),
-                 "finetune_jobs": finished})
+                 "finetune_jobs": finished, "floor_seconds": float("nan")})
     rows.append({"check": "finished 1000 points + 1 point", "seconds": seconds, "goal_seconds": 10,
-                 "finetune_jobs": _job_count(output, "finetune")})
+                 "finetune_jobs": _job_count(output, "finetune"), "floor_seconds": float("nan")})
     table = pd.DataFrame(rows)
     print("\nworkflow scale (snakemake -n, this machine)")
     for row in table.itertuples():
         goal = f" (goal < {row.goal_seconds:.0f} s)" if row.goal_seconds == row.goal_seconds else ""
         timing = f"{row.seconds:.1f} s{goal}, " if row.seconds == row.seconds else ""
-        print(f"  {row.check}: {timing}{row.finetune_jobs} fine-tunes scheduled")
+        floor = row.floor_seconds
+        versus = (f"; shell-rule floor of the same DAG {floor:.1f} s -> ratio {row.seconds / floor:.2f} (goal <= 1.2)"
+                  if floor == floor else "")
+        print(f"  {row.check}: {timing}{row.finetune_jobs} fine-tunes scheduled{versus}")
     return table
 
 

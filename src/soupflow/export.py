@@ -34,11 +34,13 @@ def timm_config(metadata: dict[str, str], data: PreparedData) -> dict[str, Any]:
     }
 
 
-def write_timm_configs(models: list[str], configs: list[str], data_path: str) -> None:
-    """``configs[i]`` = timm's config.json for the checkpoint ``models[i]`` (same folder)."""
+def write_timm_configs(models: list[str], configs: list[str], data_path: str, index: str) -> None:
+    """``configs[i]`` = timm's config.json for the checkpoint ``models[i]`` (same folder); ``index`` lists
+    the folders, one per line (what `local-dir:` can load)."""
     data = PreparedData(data_path)
     for model, config in zip(models, configs, strict=True):
         assert Path(model).parent == Path(config).parent, (model, config)
         with open_safetensors(model) as handle:
             metadata = handle.metadata()
         atomic_write_text(json.dumps(timm_config(metadata, data), indent=2), config)
+    atomic_write_text("".join(f"{Path(config).parent}\n" for config in configs), index)

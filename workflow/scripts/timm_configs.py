@@ -4,4 +4,5 @@ from soupflow.export import write_timm_configs
 from soupflow.snakemake_job import start
 
 start(snakemake)
-write_timm_configs(list(snakemake.input.models), list(snakemake.output), snakemake.input.data)
+write_timm_configs(list(snakemake.input.models), list(snakemake.output.configs), snakemake.input.data,
+                   snakemake.output.index)
