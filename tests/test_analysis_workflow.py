@@ -84,3 +84,36 @@ def test_headline_and_report_include_the_analysis(analysed, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     html = report.read_text(errors="replace")
     assert "Analysis" in html and "transitivity" in html
+
+
+def test_adding_runs_to_a_finished_analysis_computes_only_their_pairs(analysed, tmp_path):
+    """Pair results are cached by content: after one more grid value, the pair soups computed are exactly the
+    usable pairs that include the new runs, though every pair job runs again (the pairs are dealt anew)."""
+    import re
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(analysed[0], work, symlinks=True)
+    config = {**SMOKE, "analysis": {**SMOKE["analysis"], "pairs": 1000}}  # every pair
+    assert snakemake(work, config, "analysis").returncode == 0
+
+    def computed():
+        counts = [re.findall(r"pair soups: (\d+) computed, (\d+) from the cache", p.read_text())
+                  for p in (work / "results/logs/analysis").glob("pairs_*.log")]
+        return sum(int(c[-1][0]) for c in counts if c), sum(int(c[-1][1]) for c in counts if c)
+
+    for log in (work / "results/logs/analysis").glob("pairs_*.log"):
+        log.unlink()
+    grown = {**config, "grid": {**config["grid"], "lr": [*config["grid"]["lr"], 0.02]}}
+    result = snakemake(work, grown, "analysis")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from soupflow.config import resolve_config
+    from soupflow.grid import expand_runs
+
+    pairs = table(work, "pairs")
+    new_runs = set(expand_runs(resolve_config(grown, False, False))) - set(expand_runs(resolve_config(config, False, False)))
+    assert len(new_runs) == 2  # lr 0.02 x the two weight decays
+    involving = pairs[(pairs.run_a.isin(new_runs) | pairs.run_b.isin(new_runs)) & (pairs.status == "ok")]
+    fresh, reused = computed()
+    assert len(involving) > 0 and fresh == len(involving)
+    assert reused == int((pairs.status == "ok").sum()) - len(involving)

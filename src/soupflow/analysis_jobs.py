@@ -7,8 +7,10 @@ its corrupted logits from one job per run: a pair job only evaluates the soup it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +24,13 @@ from soupflow.average import average
 from soupflow.corruptions import corrupt_split
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
-from soupflow.io import atomic_save_safetensors, atomic_write_parquet, open_safetensors, read_safetensors
+from soupflow.io import (
+    atomic_save_safetensors,
+    atomic_write_parquet,
+    atomic_write_text,
+    open_safetensors,
+    read_safetensors,
+)
 from soupflow.jobs import _model_for, untrained_state
 from soupflow.models import load_checkpoint, pick_device, set_threads
 from soupflow.similarity import flatten, output_similarity, parameter_similarity
@@ -72,13 +80,31 @@ def _branch(row: dict[str, Any]) -> int | None:
     return None if value is None or value != value else int(value)
 
 
+#: Bumped when a pair row's definition changes, so that cached pair results are not reused across it.
+PAIR_ROW_VERSION = "1"
+
+
+def content_key(*paths: str) -> str:
+    """What a pair's result depends on, as one hash: the sha256 soupflow records in each safetensors header
+    (the file's path and size where there is none). Reading headers only: cheap for thousands of pairs."""
+    digest = hashlib.sha1(PAIR_ROW_VERSION.encode())
+    for path in paths:
+        with open_safetensors(path) as handle:
+            recorded = (handle.metadata() or {}).get("sha256")
+        digest.update((recorded or f"{path}:{os.path.getsize(path)}").encode())
+    return digest.hexdigest()
+
+
 def pair_soups(config: dict[str, Any], pairs: list[list[str]], data_path: str, corrupted_path: str,
                run_dirs: dict[str, str], corrupted_logits: dict[str, str], init_paths: dict[str, str],
-               out_path: str, threads: int = 1) -> pd.DataFrame:
+               out_path: str, threads: int = 1, cache: str | None = None) -> pd.DataFrame:
     """Midpoint soups ½θA + ½θB of ``pairs``: metrics on val, test and corrupted test, soup gains, similarity.
 
     ``init_paths`` maps "final" and each kept pretraining epoch to its checkpoint; a pair's task vectors are
-    taken from the checkpoint where the two trajectories split (the earlier branch point)."""
+    taken from the checkpoint where the two trajectories split (the earlier branch point). With ``cache`` (a
+    folder), each pair's row is kept under the hash of everything it depends on (both checkpoints, their
+    cached outputs, the init, the data) and reused: adding a run to a finished analysis computes only the
+    pairs that include it, however the pairs are dealt to jobs."""
     set_threads(threads)
     data, corrupted = PreparedData(data_path), PreparedData(corrupted_path)
     device = pick_device(config["evaluation"]["device"])
@@ -101,7 +127,7 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], data_path: str, c
         return tensors["test_logits"], tensors["test_features"], corrupted_scores
 
     run_rows = {run_id: _run_row(run_dir) for run_id, run_dir in run_dirs.items()}  # read once, not per pair
-    rows = []
+    rows, reused = [], 0
     for index, (run_a, run_b) in enumerate(pairs, 1):
         start = time.perf_counter()
         a, b = run_rows[run_a], run_rows[run_b]
@@ -114,6 +140,16 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], data_path: str, c
         branch_a, branch_b = _branch(a), _branch(b)
         branches = [e for e in (branch_a, branch_b) if e is not None]
         init_key = f"epoch_{min(branches)}" if branches and config["model"]["init"] == "pretrain" else "final"
+        cached = None
+        if cache:
+            files = [str(Path(run_dirs[r]) / n) for r in (run_a, run_b) for n in ("model.safetensors", "outputs.safetensors")]
+            key = content_key(*files, corrupted_logits[run_a], corrupted_logits[run_b], init_paths[init_key],
+                              data_path, corrupted_path)
+            cached = Path(cache) / f"{key}.json"
+            if cached.exists():
+                rows.append(json.loads(cached.read_text()))
+                reused += 1
+                continue
         row["shared_epochs"] = shared_epochs(config, branch_a, branch_b)
         soup = average(iter((state(run_a), state(run_b))))
         scores = {split: evaluator.scores(soup) for split, evaluator in evaluators.items()}
@@ -136,8 +172,12 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], data_path: str, c
         row.update(output_similarity(logits_a, logits_b, features_a, features_b))
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
+        if cached is not None:
+            atomic_write_text(json.dumps(row), cached)
         log.info("pair %d/%d %s + %s: gain %.4f (loss), %+.4f (accuracy), KL %.4f", index, len(pairs), run_a, run_b,
                  row["gain_loss"], row["gain_accuracy"], row["kl_divergence"])
+    log.info("pair soups: %d computed, %d from the cache, %d skipped", sum("seconds" in r for r in rows) - reused,
+             reused, sum(r["status"] != "ok" for r in rows))
     table = pd.DataFrame(rows)
     atomic_write_parquet(table, out_path)
     return table

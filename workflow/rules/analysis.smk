@@ -85,6 +85,7 @@ rule pair_soups:
     params:
         pairs=pair_chunk,
         inits=init_checkpoints(),
+        cache=f"{RESULTS}/analysis/pair_cache",  # one row per pair, keyed by content: reused across reruns
     script:
         "../scripts/pair_soups.py"
 
