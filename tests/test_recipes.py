@@ -281,8 +281,9 @@ class TinyData:
         return images.float() / 255 - 0.5
 
 
-def linear_kitchen(n_runs, seed, bounded):
-    """Noisy copies of the rule that labels TinyData, scored by a real Evaluator (its select pass)."""
+def linear_kitchen(n_runs, seed, bounded, hardest_first=False):
+    """Noisy copies of the rule that labels TinyData, scored by a real Evaluator (its select pass), walking
+    the images shuffled or hardest first (as soup jobs do, from the ingredients' own logits)."""
     from soupflow.evaluate import Evaluator
 
     data = TinyData(seed=seed)
@@ -294,6 +295,8 @@ def linear_kitchen(n_runs, seed, bounded):
         weight = data.truth.T + torch.randn(3, 16, generator=g) * (0.5 + 0.4 * i)
         state = {"1.weight": weight}
         ingredients.append(Ingredient(f"run{i}", evaluator.select(state), (lambda s=state: {k: v.clone() for k, v in s.items()})))
+    if hardest_first:
+        evaluator.order_hardest_first([evaluator.logits(ing.load()) for ing in ingredients])
     evaluator.images_scored = 0
     kitchen = Kitchen(ingredients, evaluator.select, bounded=evaluator.select if bounded else None)
     return kitchen, evaluator
@@ -303,11 +306,12 @@ def linear_kitchen(n_runs, seed, bounded):
 @pytest.mark.parametrize("recipe, options", [("greedy", {}), ("greedy", {"tie": "gt"}), ("greedy", {"metric": "loss"}),
                                              ("pruned", {"passes": 2}), ("pruned", {"metric": "loss"}),
                                              ("greedy_random", {"repeats": 2}), ("pruned_random", {"repeats": 2})])
-def test_early_rejection_changes_no_decision_and_evaluates_fewer_images(recipe, options, seed):
+@pytest.mark.parametrize("hardest_first", [False, True])
+def test_early_rejection_changes_no_decision_and_evaluates_fewer_images(recipe, options, seed, hardest_first):
     """Exact early rejection: the same accepted sets and the same accept/reject trace as full passes; the
     candidates it cut short are exactly rejections; never more images evaluated."""
-    early_kitchen, early = linear_kitchen(8, seed, bounded=True)
-    full_kitchen, full = linear_kitchen(8, seed, bounded=False)
+    early_kitchen, early = linear_kitchen(8, seed, bounded=True, hardest_first=hardest_first)
+    full_kitchen, full = linear_kitchen(8, seed, bounded=False, hardest_first=hardest_first)
     with_bar, without = cook(recipe, early_kitchen, dict(options)), cook(recipe, full_kitchen, dict(options))
     for soup, reference in zip(with_bar, without, strict=True):
         assert soup.ingredients == reference.ingredients
@@ -377,3 +381,12 @@ def test_learned_soup_is_a_convex_mixture_per_module_and_lowers_the_val_loss_of_
 def test_learned_soup_refuses_more_ingredients_than_its_memory_cap():
     with pytest.raises(ValueError, match=r"max_memory_mb = 0.0001.*lower its k"):
         cook("learned", learned_kitchen(), {"max_memory_mb": 0.0001})
+
+
+def test_hardest_first_puts_the_images_every_candidate_gets_wrong_first():
+    kitchen, evaluator = linear_kitchen(6, 1, bounded=True, hardest_first=True)
+    images, labels = evaluator._in_selection_order()
+    wrong = sum((evaluator.logits(ing.load()).argmax(1) != evaluator.labels).long() for ing in kitchen.ingredients)
+    order = [int(torch.nonzero((evaluator.images == image).all(dim=(1, 2, 3)))[0]) for image in images[:50]]
+    counts = wrong[order]
+    assert counts.tolist() == sorted(counts.tolist(), reverse=True) and counts[0] == wrong.max()

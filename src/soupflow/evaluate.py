@@ -103,11 +103,30 @@ class Evaluator:
         return Scores(loss=loss if loss == loss else float("inf"), accuracy=correct / n)
 
     def _in_selection_order(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The split shuffled once with a fixed seed, so that any prefix of a pass is a fair sample."""
+        """The split in the order select() walks it: hardest first when :meth:`order_hardest_first` was given
+        the ingredients' logits, else shuffled once with a fixed seed (any prefix a fair sample)."""
         if self.shuffled is None:
             order = torch.randperm(self.labels.shape[0], generator=torch.Generator().manual_seed(0))
-            self.shuffled = (self.images[order.to(self.images.device)], self.labels[order.to(self.labels.device)])
+            self.order_by(order)
         return self.shuffled
+
+    def order_by(self, order: torch.Tensor) -> None:
+        self.shuffled = (self.images[order.to(self.images.device)], self.labels[order.to(self.labels.device)])
+
+    def order_hardest_first(self, logits: list[torch.Tensor]) -> None:
+        """Walk the split from the images most of the ``logits`` (the candidates' own cached outputs on it) get
+        wrong to those all get right, least confident first. A candidate's errors then come early, so a pass
+        that cannot reach its bar stops early; any fixed order keeps decisions exact."""
+        if not logits:
+            return
+        labels = self.labels.cpu()
+        wrong = torch.zeros(labels.shape[0])
+        confidence = torch.zeros(labels.shape[0])
+        for output in logits:
+            wrong += (output.argmax(dim=1) != labels).float()
+            confidence += output.float().softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+        order = sorted(range(labels.shape[0]), key=lambda i: (-wrong[i].item(), confidence[i].item(), i))
+        self.order_by(torch.tensor(order))
 
     def load(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)

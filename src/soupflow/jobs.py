@@ -447,6 +447,8 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
     labels = {split: evaluator.labels for split, evaluator in evaluators.items()}
     best = best_individual(runs)  # every soup is compared with it on test
     reference = _cached_logits([best.run_id], by_id, "test") if best is not None else None
+    usable = [ingredient.name for ingredient in ingredients if ingredient.name in by_id]  # runs with cached logits
+    evaluators["val"].order_hardest_first([_cached_logits([name], by_id, "val") for name in usable])
     kitchen, finish = _kitchen(config, spec, paths, data, evaluators, ingredients)
     log.info("soup %s (%s, bn %s): %d candidate ingredients", name, spec["recipe"], spec.get("bn", "keep"),
              len(ingredients))
