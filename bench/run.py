@@ -58,7 +58,7 @@ def _greedy_child(args: argparse.Namespace) -> None:
 
     from soupflow.data import PreparedData
     from soupflow.evaluate import Evaluator, Scores
-    from soupflow.jobs import _model_for
+    from soupflow.jobs import model_for
     from soupflow.models import set_threads
     from soupflow.recipes import Ingredient, Kitchen, greedy_pass
 
@@ -66,7 +66,7 @@ def _greedy_child(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     data = PreparedData(folder / "dataset.safetensors")
     model_config = json.loads(args.model)
-    evaluator = Evaluator(_model_for(data, model_config), data, "val", torch.device("cpu"), 1000)
+    evaluator = Evaluator(model_for(data, model_config), data, "val", torch.device("cpu"), 1000)
     paths = sorted(folder.glob("ckpt_*.safetensors"))[: args.k]
     ingredients = [Ingredient(p.stem, Scores(0.0, 1.0 - i / 1000), (lambda p=p: load_file(str(p)))) for i, p in enumerate(paths)]
     first = load_file(str(paths[0]))
@@ -94,13 +94,13 @@ def _greedy_child(args: argparse.Namespace) -> None:
 def bench_soups(work: Path) -> pd.DataFrame:
     from soupflow.data import PreparedData
     from soupflow.io import atomic_save_safetensors
-    from soupflow.jobs import _model_for
+    from soupflow.jobs import model_for
 
     folder = work / "soups"
     folder.mkdir(parents=True, exist_ok=True)
     prepared_data(folder, max_train=10000)  # val: 1000 images (the default experiment validates on 5000)
     data = PreparedData(folder / "dataset.safetensors")
-    base = _model_for(data, FULL_MODEL).state_dict()
+    base = model_for(data, FULL_MODEL).state_dict()
     for i in range(64):
         path = folder / f"ckpt_{i:03d}.safetensors"
         if not path.exists():
@@ -220,7 +220,7 @@ def _batch_data_path(images, data, batch_size, steps, device):
 
 def bench_train(work: Path, steps: int) -> pd.DataFrame:
     from soupflow.data import PreparedData
-    from soupflow.jobs import _model_for
+    from soupflow.jobs import model_for
     from soupflow.models import pick_device, set_threads
     from soupflow.train import AUGMENTATIONS, train
 
@@ -238,7 +238,7 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
 
     def fresh():
         torch.manual_seed(0)
-        return _model_for(data, DEFAULT_MODEL).to(device)
+        return model_for(data, DEFAULT_MODEL).to(device)
 
     def median(measure, repeats=3):
         """Median images/s of a few repeats (a 2-core VM drifts by ±10 % from one run to the next)."""

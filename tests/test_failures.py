@@ -31,7 +31,7 @@ def test_a_run_that_raises_is_recorded_as_failed_and_left_out_of_soups(smoke_run
     def broken(*args, **kwargs):
         raise ValueError("this optimizer cannot take these settings")
 
-    monkeypatch.setattr(train_module, "train", broken)
+    monkeypatch.setattr(jobs, "train", broken)  # the name the fine-tune job calls
     out = tmp_path / "run-0000000000"
     row = jobs.finetune(config, out.name, hp, str(data), str(init), str(out))
 
@@ -52,7 +52,7 @@ def test_a_stop_request_fails_the_job_and_writes_no_outputs(smoke_run, tmp_path,
     def stopped(*args, **kwargs):
         raise train_module.Preempted("SIGTERM")
 
-    monkeypatch.setattr(train_module, "train", stopped)
+    monkeypatch.setattr(jobs, "train", stopped)
     out = tmp_path / "run-0000000001"
     with pytest.raises(train_module.Preempted):
         jobs.finetune(config, out.name, hp, str(data), str(init), str(out))

@@ -31,7 +31,7 @@ from soupflow.io import (
     open_safetensors,
     read_safetensors,
 )
-from soupflow.jobs import _model_for, untrained_state
+from soupflow.jobs import model_for, untrained_state
 from soupflow.models import load_checkpoint, pick_device, set_threads
 from soupflow.similarity import flatten, output_similarity, parameter_similarity
 
@@ -58,7 +58,7 @@ def corrupted_outputs(config: dict[str, Any], data_path: str, run_dir: str, corr
     set_threads(threads)
     data, corrupted = PreparedData(data_path), PreparedData(corrupted_path)
     device = pick_device(config["evaluation"]["device"])
-    evaluator = Evaluator(_model_for(data, config["model"]), corrupted, CORRUPTED, device, config["evaluation"]["batch_size"])
+    evaluator = Evaluator(model_for(data, config["model"]), corrupted, CORRUPTED, device, config["evaluation"]["batch_size"])
     logits = evaluator.logits(load_checkpoint(Path(run_dir) / "model.safetensors", device))
     atomic_save_safetensors({"logits": logits}, out_path)
 
@@ -109,7 +109,7 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], data_path: str, c
     data, corrupted = PreparedData(data_path), PreparedData(corrupted_path)
     device = pick_device(config["evaluation"]["device"])
     batch = config["evaluation"]["batch_size"]
-    evaluators = {split: Evaluator(_model_for(data, config["model"]), source, split, device, batch)
+    evaluators = {split: Evaluator(model_for(data, config["model"]), source, split, device, batch)
                   for split, source in (("val", data), ("test", data), (CORRUPTED, corrupted))}
 
     @lru_cache(maxsize=4)
@@ -189,7 +189,7 @@ def sanity(config: dict[str, Any], data_path: str, run_dirs: list[str], out_path
     set_threads(threads)
     data = PreparedData(data_path)
     device = pick_device(config["evaluation"]["device"])
-    test = Evaluator(_model_for(data, config["model"]), data, "test", device, config["evaluation"]["batch_size"])
+    test = Evaluator(model_for(data, config["model"]), data, "test", device, config["evaluation"]["batch_size"])
     rows = [_run_row(d) | {"dir": d} for d in run_dirs]
     usable = [r for r in rows if r["status"] == "ok"]
     cases = []

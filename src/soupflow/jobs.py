@@ -17,10 +17,11 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
-from soupflow.config import pipeline_seed
+from soupflow.config import HYPERPARAMETERS, pipeline_seed
 from soupflow.data import PreparedData, subset
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.io import (
@@ -34,9 +35,11 @@ from soupflow.io import (
 from soupflow.learned import Fit, fit_mixture
 from soupflow.models import count_parameters, create_model, load_checkpoint, pick_device, save_checkpoint, set_threads
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
+from soupflow.recipes import Ingredient, Kitchen, cook, soupability
 from soupflow.stats import compare
 from soupflow.summary import best_individual
 from soupflow.tables import EPOCH_SCHEMA, SOUP_SCHEMA, TRACE_SCHEMA, history_table, run_table, typed_table
+from soupflow.train import Preempted, Resume, TrainResult, train
 from soupflow.weights import import_state, resolve_file
 
 log = logging.getLogger("soupflow")
@@ -57,14 +60,15 @@ def setup_logging(log_file: str | None = None, history: str | os.PathLike | None
                         handlers=handlers, force=True)
 
 
-def _model_for(data: PreparedData, model_config: dict[str, Any], **timm_kwargs: Any) -> torch.nn.Module:
+def model_for(data: PreparedData, model_config: dict[str, Any], **timm_kwargs: Any) -> torch.nn.Module:
+    """The configured timm model for this data (its classes and channels; the header holds both)."""
     return create_model(model_config, data.num_classes, data.image_shape[0], **timm_kwargs)
 
 
 def untrained_state(data: PreparedData, model_config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
     """The weights of a freshly initialised model (seeded): the 'untrained' soup and sanity ablations."""
     torch.manual_seed(seed)
-    return _model_for(data, model_config).state_dict()
+    return model_for(data, model_config).state_dict()
 
 
 def checkpoint_metadata(model_config: dict[str, Any], data: PreparedData, **extra: Any) -> dict[str, str]:
@@ -91,7 +95,7 @@ def _timm_pretrained(data: PreparedData, model_config: dict[str, Any]) -> torch.
     """
     overlay = {"file": resolve_file(model_config["file"])} if model_config.get("file") else None
     try:
-        return _model_for(data, model_config, pretrained=True, pretrained_cfg_overlay=overlay)
+        return model_for(data, model_config, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as error:  # network errors surface as many exception types
         where = f"model.file {model_config['file']!r}" if overlay else "the Hugging Face hub"
         raise RuntimeError(
@@ -112,7 +116,7 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
     device = pick_device(config["evaluation"]["device"])
     torch.manual_seed(pipeline_seed(config, model_config.get("head_seed", 0)))
     init = model_config["init"]
-    model = _timm_pretrained(data, model_config) if init == "timm" else _model_for(data, model_config)
+    model = _timm_pretrained(data, model_config) if init == "timm" else model_for(data, model_config)
     meta = checkpoint_metadata(model_config, data, init=init)
     if init == "file":
         file = resolve_file(model_config["file"])
@@ -135,7 +139,6 @@ def make_init(config: dict[str, Any], data_path: str, out_model: str, epoch_path
         save_checkpoint(model.state_dict(), staged[0], {**meta, "epoch": "0"})
     resume_path = Path(out_model).parent / "resume.pt"
     if init == "pretrain":
-        from soupflow.train import train
 
         task = config["pretrain"].get("task", "labels")
         hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
@@ -169,7 +172,6 @@ def _resume(config: dict[str, Any], path: Path, start_file: str):
     """Where a job keeps its training state; the state is valid only for this model config and this exact
     starting file (the init checkpoint of a fine-tune, the data of pretraining): a retrained init or
     re-prepared data discards it instead of resuming stale work."""
-    from soupflow.train import Resume
 
     remove_orphan_temps(path)
     start = json.dumps({"model": config["model"], "start_file_sha256": file_digest(start_file)}, sort_keys=True)
@@ -218,15 +220,13 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
     rerun resumes from the saved training state. With ``epochs_table``, every epoch but the last is also kept
     as ``epochs/epoch_NNN.safetensors`` and listed with its val scores (soups with ``ingredients: epochs``).
     """
-    from soupflow.config import HYPERPARAMETERS
-    from soupflow.train import Preempted, TrainResult, train
 
     set_threads(threads)
     hp = {name: hp.get(name) for name in HYPERPARAMETERS} | hp  # every hp_* column in every run's row
     out = Path(out_dir)
     data, model_config = PreparedData(data_path), config["model"]
     device = pick_device(config["evaluation"]["device"])
-    model = _model_for(data, model_config)
+    model = model_for(data, model_config)
     model.load_state_dict(load_checkpoint(init_path))
     seeded = {**hp, "seed": pipeline_seed(config, hp["seed"])}  # the row keeps the run's own seed
     images, labels = subset(*data.split("train"), hp["data_fraction"], seeded["seed"])
@@ -278,7 +278,6 @@ def finetune(config: dict[str, Any], run_id: str, hp: dict[str, Any], data_path:
 # ---------------------------------------------------------------- soups
 def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
     """The usable runs (status ok) of a runs table as soup ingredients, weights loaded lazily from their folders."""
-    from soupflow.recipes import Ingredient
 
     usable = rows[rows["status"] == "ok"]
     left_out = rows[rows["status"] != "ok"]
@@ -293,7 +292,6 @@ def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
 def _epoch_ingredients(ingredients: list, by_id: dict[str, str]) -> list:
     """``ingredients: epochs``: each usable run's kept epoch checkpoints (``epochs.parquet``) as candidates
     too, named ``<run_id>@epoch<N>`` (within-run and across-run soups in one pool)."""
-    from soupflow.recipes import Ingredient
 
     extra = []
     for ingredient in ingredients:
@@ -324,7 +322,7 @@ def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData,
     keep = lambda state: state  # noqa: E731
     if spec.get("bn", "keep") != "recompute":
         return keep
-    model = _model_for(data, config["model"])
+    model = model_for(data, config["model"])
     if not has_batchnorm(model):
         log.info("bn: recompute has nothing to do: %s has no BatchNorm layer", config["model"]["name"])
         return keep
@@ -397,7 +395,6 @@ def _base_soup(path: str | None):
 
 def _kitchen(config, spec, paths: SoupPaths, data: PreparedData, evaluators: dict[str, Evaluator], ingredients):
     """What a recipe works with: ingredients, val scoring (after the soup's BatchNorm option), test reporting."""
-    from soupflow.recipes import Kitchen
 
     finish = _refresher(config, spec, data, evaluators["val"].device)
 
@@ -432,7 +429,6 @@ def _check_columns(check) -> dict[str, Any]:
 def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: SoupPaths, threads: int = 1) -> pd.DataFrame:
     """Cook one soup recipe from the fine-tuned runs listed in the runs table; select on val, report on test
     with a paired comparison to the best individual; write the chosen soup, its rows and its trace."""
-    from soupflow.recipes import cook, soupability
 
     set_threads(threads)
     start = time.perf_counter()
@@ -442,7 +438,7 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
     ingredients, by_id = _ingredients(runs, [str(Path(paths.runs_folder) / run_id) for run_id in runs.run_id])
     if spec.get("ingredients", "final") == "epochs":
         ingredients = _epoch_ingredients(ingredients, by_id)
-    evaluators = {split: Evaluator(_model_for(data, config["model"]), data, split, device,
+    evaluators = {split: Evaluator(model_for(data, config["model"]), data, split, device,
                                    config["evaluation"]["batch_size"]) for split in ("val", "test")}
     labels = {split: evaluator.labels for split, evaluator in evaluators.items()}
     best = best_individual(runs)  # every soup is compared with it on test
@@ -495,8 +491,6 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
 def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
     """One table from many one-job tables (runs, soups, traces), written atomically; parts that share a
     schema (every run's, see ``tables.RUN_SCHEMA``) keep it exactly."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     tables = [t for t in (pq.read_table(p) for p in paths) if t.num_rows]
     if tables and all(t.schema.equals(tables[0].schema) for t in tables):
