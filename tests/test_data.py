@@ -116,3 +116,10 @@ def test_a_data_fraction_is_a_seeded_subset_of_distinct_fine_tuning_images():
     assert len(half) == 500 == len(set(half.tolist())) and torch.equal(half, again)
     assert not torch.equal(half, other)
     assert torch.equal(subset(images, labels, 0.5, 3)[0].flatten(), half)  # images and labels stay paired
+
+
+def test_every_data_set_name_has_one_loader_and_one_reader():
+    from soupflow.config import READERS
+    from soupflow.data import LOADERS
+
+    assert list(LOADERS) == list(READERS)

@@ -111,13 +111,19 @@ def load_image_folder(root: str, image_size: int | None) -> dict[str, Any]:
     return out
 
 
+#: The reader of each ``data.name`` (the names are ``config.READERS``'s; tests/test_data.py checks they agree).
+LOADERS: dict[str, Any] = {
+    "fashion_mnist": lambda config: load_idx_dataset(config.get("root")),
+    "mnist": lambda config: load_idx_dataset(config.get("root")),
+    "cifar10": lambda config: load_cifar("cifar10", config.get("root"), config.get("download", False)),
+    "cifar100": lambda config: load_cifar("cifar100", config.get("root"), config.get("download", False)),
+    "image_folder": lambda config: load_image_folder(config.get("root"), config.get("image_size")),
+}
+
+
 def load_raw(data_config: dict[str, Any]) -> dict[str, Any]:
-    name, root = data_config["name"], data_config.get("root")
-    if name in {"fashion_mnist", "mnist"}:
-        return load_idx_dataset(root)
-    if name in {"cifar10", "cifar100"}:
-        return load_cifar(name, root, data_config.get("download", False))
-    return load_image_folder(root, data_config.get("image_size"))
+    """The raw splits of the configured data set, from its reader."""
+    return LOADERS[data_config["name"]](data_config)
 
 
 def split_indices(n: int, pretrain_fraction: float, val_fraction: float, seed: int) -> dict[str, np.ndarray]:

@@ -326,7 +326,7 @@ def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData,
     if not has_batchnorm(model):
         log.info("bn: recompute has nothing to do: %s has no BatchNorm layer", config["model"]["name"])
         return keep
-    refresher = BatchNormRefresher(model, data, device, int(spec.get("bn_images", 2000)), int(config["seed"]))
+    refresher = BatchNormRefresher(model, data, device, int(spec.get("bn_images", 2000)), pipeline_seed(config, 0))
     log.info("BatchNorm statistics of every scored soup re-estimated on %d train images", refresher.images.shape[0])
     return refresher.refresh
 

@@ -108,7 +108,7 @@ def format_soupability(soups: pd.DataFrame) -> str:
             f"against {_pct(row.precheck_pair_val_accuracy)} % ({row.soupability}); {hint}.\n")
 
 
-def format_retry(runs: pd.DataFrame, runs_folder: str = "results/runs") -> str:
+def format_retry(runs: pd.DataFrame, runs_folder: str) -> str:
     """How to train the failed runs again, when there are any (diverged runs would only diverge again)."""
     failed = runs[runs["status"] == "failed"].run_id.tolist()
     if not failed:
@@ -118,11 +118,13 @@ def format_retry(runs: pd.DataFrame, runs_folder: str = "results/runs") -> str:
             f"  snakemake --cores N --forcerun {targets}\n")
 
 
-def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
+def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str, runs_folder: str) -> str:
+    """The summary table as text (printed at the end of a run) and as numbers; ``runs_folder`` is where the
+    workflow keeps run folders (the retry command for failed runs names their outputs there)."""
     runs, soups = pd.read_parquet(runs_path), pd.read_parquet(soups_path)
     table = summary_table(runs, soups)
     text = ("soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n"
-            + format_bn_effects(table) + format_soupability(soups) + format_retry(runs) + LEGEND)
+            + format_bn_effects(table) + format_soupability(soups) + format_retry(runs, runs_folder) + LEGEND)
     atomic_write_text(text + "\n", out_text)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return text

@@ -54,5 +54,7 @@ rule summary:
         f"{RESULTS}/logs/summary.log",
     conda:
         "../../envs/soupflow.yaml"
+    params:
+        runs_folder=RUNS_FOLDER,  # named in the retry command for failed runs
     script:
         "../scripts/summary.py"
