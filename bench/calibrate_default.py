@@ -26,7 +26,8 @@ import yaml  # noqa: E402
 from soupflow.config import resolve_config, wise_ft_base  # noqa: E402
 from soupflow.data import prepare  # noqa: E402
 from soupflow.grid import expand_runs  # noqa: E402
-from soupflow.jobs import SoupPaths, concat_parquet, finetune, make_init, make_soup, setup_logging  # noqa: E402
+from soupflow.jobs import concat_parquet, finetune, make_init, setup_logging  # noqa: E402
+from soupflow.soup_job import SoupPaths, make_soup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy"}, {"recipe": "pruned"},

@@ -461,7 +461,7 @@ def bench_selection(work: Path, results: Path) -> pd.DataFrame:
     early rejection and without (the memo on in both): val images scored and seconds, against full passes
     (every trace candidate a whole val pass, as before the memo and early rejection)."""
     from soupflow.config import resolve_config, soup_specs
-    from soupflow.jobs import SoupPaths, make_soup
+    from soupflow.soup_job import SoupPaths, make_soup
 
     config = resolve_config(yaml.safe_load((ROOT / "config.yaml").read_text()), check_model=False)
     if not (results / "metrics" / "runs.parquet").exists():

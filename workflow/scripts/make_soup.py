@@ -1,7 +1,7 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.jobs import SoupPaths, make_soup
 from soupflow.snakemake_job import start
+from soupflow.soup_job import SoupPaths, make_soup
 
 config = start(snakemake)
 paths = SoupPaths(
