@@ -10,7 +10,7 @@ import yaml
 from conftest import SMOKE
 from safetensors.torch import load_file
 
-from soupflow import jobs
+from soupflow import jobs, soup_job
 from soupflow import train as train_module
 from soupflow.config import resolve_config
 
@@ -42,7 +42,7 @@ def test_a_run_that_raises_is_recorded_as_failed_and_left_out_of_soups(smoke_run
     weights, init_weights = load_file(out / "model.safetensors"), load_file(init)
     assert all(torch.equal(weights[name], init_weights[name]) for name in init_weights)  # nothing half-trained
     rows = pd.concat([pd.read_parquet(good_run / "metrics.parquet"), table], ignore_index=True)
-    ingredients, _ = jobs._ingredients(rows, [str(good_run), str(out)])
+    ingredients, _ = soup_job.usable_ingredients(rows, [str(good_run), str(out)])
     assert [ingredient.name for ingredient in ingredients] == [good_run.name]
 
 

@@ -26,7 +26,7 @@ from soupflow.summary import best_individual
 from soupflow.tables import SOUP_SCHEMA, TRACE_SCHEMA, typed_table
 
 
-def _ingredients(rows: pd.DataFrame, run_dirs: list[str]):
+def usable_ingredients(rows: pd.DataFrame, run_dirs: list[str]):
     """The usable runs (status ok) of a runs table as soup ingredients, weights loaded lazily from their folders."""
 
     usable = rows[rows["status"] == "ok"]
@@ -185,7 +185,7 @@ def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: So
     data = PreparedData(paths.data)
     device = pick_device(config["evaluation"]["device"])
     runs = pd.read_parquet(paths.runs)
-    ingredients, by_id = _ingredients(runs, [str(Path(paths.runs_folder) / run_id) for run_id in runs.run_id])
+    ingredients, by_id = usable_ingredients(runs, [str(Path(paths.runs_folder) / run_id) for run_id in runs.run_id])
     if spec.get("ingredients", "final") == "epochs":
         ingredients = _epoch_ingredients(ingredients, by_id)
     evaluators = {split: Evaluator(model_for(data, config["model"]), data, split, device,
