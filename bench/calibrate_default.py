@@ -25,9 +25,12 @@ import yaml  # noqa: E402
 
 from soupflow.config import resolve_config, wise_ft_base  # noqa: E402
 from soupflow.data import prepare  # noqa: E402
+from soupflow.finetune_job import RunPaths, Start, finetune  # noqa: E402
 from soupflow.grid import expand_runs  # noqa: E402
-from soupflow.jobs import concat_parquet, finetune, make_init, setup_logging  # noqa: E402
+from soupflow.init_job import InitPaths, make_init  # noqa: E402
+from soupflow.snakemake_job import setup_logging  # noqa: E402
 from soupflow.soup_job import SoupPaths, make_soup  # noqa: E402
+from soupflow.tables import runs_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy"}, {"recipe": "pruned"},
@@ -135,6 +138,13 @@ def key_of(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def run_paths(folder: Path) -> RunPaths:
+    """This harness' layout of a run's folder (the workflow's is the finetune rule's; the tests use this one)."""
+    names = {"model": "model.safetensors", "outputs": "outputs.safetensors", "history": "history.parquet",
+             "metrics": "metrics.parquet", "config": "config.yaml"}
+    return RunPaths(**{kind: str(Path(folder) / name) for kind, name in names.items()})
+
+
 def experiment(config: dict, work: Path, threads: int) -> pd.DataFrame:
     """One whole experiment, cached piece by piece under ``work``; returns its soups table."""
     reads_model = config["data"].get("normalize") == "pretrained"  # as the prepare_data rule's params
@@ -148,23 +158,25 @@ def experiment(config: dict, work: Path, threads: int) -> pd.DataFrame:
     init_dir = work / "init" / init_key
     init_path = init_dir / "model.safetensors"
     if not init_path.exists():
-        make_init(config, str(data_path), str(init_path), {}, threads)
+        make_init(config, InitPaths(str(data_path), str(init_path)), threads)
     runs = expand_runs(config)
     run_dirs = []
     for run_id, hp in runs.items():
         out = work / "runs" / init_key / run_id
         if not (out / "metrics.parquet").exists():
-            finetune(config, run_id, hp, str(data_path), str(init_path), str(out), threads)
+            finetune(config, Start(str(data_path), str(init_path), run_id, hp), run_paths(out), threads)
         run_dirs.append(out)
     table = work / "tables" / f"{key_of(init_key, sorted(runs))}.parquet"
-    concat_parquet([str(d / "metrics.parquet") for d in run_dirs], str(table))
+    files = [run_paths(d) for d in run_dirs]
+    runs_table([f.metrics for f in files], {"model": [f.model for f in files], "outputs": [f.outputs for f in files]},
+               str(table))
     frames = []
     by_name = {spec.get("name", spec["recipe"]): spec for spec in SOUPS}
     for spec in SOUPS:
         name = spec.get("name", spec["recipe"])
         out = work / "soups" / key_of(str(table), spec) / name
         base = wise_ft_base(spec)
-        paths = SoupPaths(str(data_path), str(table), str(work / "runs" / init_key), str(out / "model.safetensors"),
+        paths = SoupPaths(str(data_path), str(table), str(out / "model.safetensors"),
                           str(out / "metrics.parquet"), str(out / "trace.parquet"), start=str(init_path),
                           base=str(work / "soups" / key_of(str(table), by_name[base]) / base / "model.safetensors")
                           if base else None)

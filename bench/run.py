@@ -58,8 +58,7 @@ def _greedy_child(args: argparse.Namespace) -> None:
 
     from soupflow.data import PreparedData
     from soupflow.evaluate import Evaluator, Scores
-    from soupflow.jobs import model_for
-    from soupflow.models import set_threads
+    from soupflow.models import model_for, set_threads
     from soupflow.recipes import Ingredient, Kitchen, greedy_pass
 
     set_threads(2)
@@ -94,7 +93,7 @@ def _greedy_child(args: argparse.Namespace) -> None:
 def bench_soups(work: Path) -> pd.DataFrame:
     from soupflow.data import PreparedData
     from soupflow.io import atomic_save_safetensors
-    from soupflow.jobs import model_for
+    from soupflow.models import model_for
 
     folder = work / "soups"
     folder.mkdir(parents=True, exist_ok=True)
@@ -220,8 +219,7 @@ def _batch_data_path(images, data, batch_size, steps, device):
 
 def bench_train(work: Path, steps: int) -> pd.DataFrame:
     from soupflow.data import PreparedData
-    from soupflow.jobs import model_for
-    from soupflow.models import pick_device, set_threads
+    from soupflow.models import model_for, pick_device, set_threads
     from soupflow.train import AUGMENTATIONS, train
 
     set_threads(os.cpu_count())
@@ -473,8 +471,7 @@ def bench_selection(work: Path, results: Path) -> pd.DataFrame:
         for early in (False, True):
             out = work / "selection" / f"{name}-{early}"
             paths = SoupPaths(str(results / "data" / "dataset.safetensors"), str(results / "metrics" / "runs.parquet"),
-                              str(results / "runs"), str(out / "model.safetensors"), str(out / "metrics.parquet"),
-                              str(out / "trace.parquet"))
+                              str(out / "model.safetensors"), str(out / "metrics.parquet"), str(out / "trace.parquet"))
             start = time.perf_counter()
             frame = make_soup(config, name, {**spec, "early_rejection": early}, paths, threads=2)
             seconds = time.perf_counter() - start

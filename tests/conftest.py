@@ -7,6 +7,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 SMOKE = yaml.safe_load((ROOT / "tests" / "smoke.yaml").read_text())
 
@@ -27,3 +28,12 @@ def finished(tmp_path_factory):
     result = snakemake(work, SMOKE)
     assert result.returncode == 0, result.stderr[-4000:]
     return work, result
+
+
+def finetune_in(config, run_id, hp, data, init, folder, threads=1):
+    """``finetune_job.finetune`` of one run into ``folder`` (the tests' shorthand for a Start and RunPaths)."""
+    from calibrate_default import run_paths  # the benchmark harness' layout of a run folder
+
+    from soupflow.finetune_job import Start, finetune
+
+    return finetune(config, Start(str(data), str(init), run_id, hp), run_paths(folder), threads)

@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import SMOKE
+from conftest import SMOKE, finetune_in
 from safetensors.torch import load_file
 
-from soupflow import jobs, soup_job
-from soupflow import train as train_module
+from soupflow import finetune_job, resume, soup_job
 from soupflow.config import resolve_config
 
 
@@ -31,9 +30,9 @@ def test_a_run_that_raises_is_recorded_as_failed_and_left_out_of_soups(smoke_run
     def broken(*args, **kwargs):
         raise ValueError("this optimizer cannot take these settings")
 
-    monkeypatch.setattr(jobs, "train", broken)  # the name the fine-tune job calls
+    monkeypatch.setattr(finetune_job, "train", broken)  # the name the fine-tune job calls
     out = tmp_path / "run-0000000000"
-    row = jobs.finetune(config, out.name, hp, str(data), str(init), str(out))
+    row = finetune_in(config, out.name, hp, data, init, out)
 
     assert row["status"] == "failed" and "ValueError: this optimizer" in row["error"]
     assert math.isnan(row["val_accuracy"]) and math.isnan(row["test_loss"])
@@ -42,7 +41,8 @@ def test_a_run_that_raises_is_recorded_as_failed_and_left_out_of_soups(smoke_run
     weights, init_weights = load_file(out / "model.safetensors"), load_file(init)
     assert all(torch.equal(weights[name], init_weights[name]) for name in init_weights)  # nothing half-trained
     rows = pd.concat([pd.read_parquet(good_run / "metrics.parquet"), table], ignore_index=True)
-    ingredients, _ = soup_job.usable_ingredients(rows, [str(good_run), str(out)])
+    rows["model_file"] = [str(good_run / "model.safetensors"), str(out / "model.safetensors")]
+    ingredients = soup_job.usable_ingredients(rows)
     assert [ingredient.name for ingredient in ingredients] == [good_run.name]
 
 
@@ -50,10 +50,10 @@ def test_a_stop_request_fails_the_job_and_writes_no_outputs(smoke_run, tmp_path,
     config, _, hp, data, init = smoke_run
 
     def stopped(*args, **kwargs):
-        raise train_module.Preempted("SIGTERM")
+        raise resume.Preempted("SIGTERM")
 
-    monkeypatch.setattr(jobs, "train", stopped)
+    monkeypatch.setattr(finetune_job, "train", stopped)
     out = tmp_path / "run-0000000001"
-    with pytest.raises(train_module.Preempted):
-        jobs.finetune(config, out.name, hp, str(data), str(init), str(out))
+    with pytest.raises(resume.Preempted):
+        finetune_in(config, out.name, hp, data, init, out)
     assert not (out / "model.safetensors").exists() and not (out / "metrics.parquet").exists()

@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from soupflow.config import merge_defaults
 from soupflow.data import prepare
-from soupflow.jobs import make_init
+from soupflow.init_job import InitPaths, make_init
 from soupflow.models import create_model
 
 
@@ -24,7 +24,7 @@ def test_init_from_a_file_keeps_its_body_and_recreates_a_head_of_another_size(tm
     source = create_model({"name": "test_resnet"}, num_classes=7, in_chans=1).state_dict()
     save_file(source, str(tmp_path / "other.safetensors"))
     config = merge_defaults({"model": {"name": "test_resnet", "init": "file", "file": str(tmp_path / "other.safetensors")}})
-    make_init(config, data_path, str(tmp_path / "init.safetensors"), {0: str(tmp_path / "e0.safetensors")})
+    make_init(config, InitPaths(data_path, str(tmp_path / "init.safetensors"), {0: str(tmp_path / "e0.safetensors")}))
     init = load_file(str(tmp_path / "init.safetensors"))
     head = [k for k in source if source[k].shape != init[k].shape]
     assert head and all(init[k].shape[0] == 10 for k in head)
@@ -40,7 +40,7 @@ def test_timm_hub_weights_offline_fail_with_one_clear_message(tmp_path, data_pat
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     config = merge_defaults({"model": {"name": "resnet10t", "init": "timm"}})
     with pytest.raises(RuntimeError, match="needs network access"):
-        make_init(config, data_path, str(tmp_path / "init.safetensors"), {})
+        make_init(config, InitPaths(data_path, str(tmp_path / "init.safetensors"), {}))
     assert not (tmp_path / "init.safetensors").exists()
 
 
@@ -60,7 +60,7 @@ def test_rotation_pretraining_hands_fine_tunes_a_fresh_seeded_head(tmp_path, dat
     config = merge_defaults({"model": {"name": "test_resnet", "head_seed": 3},
                              "pretrain": {"epochs": 1, "task": "rotation", "batch_size": 16}})
     paths = {0: str(tmp_path / "e0.safetensors"), 1: str(tmp_path / "e1.safetensors")}
-    make_init(config, data_path, str(tmp_path / "init.safetensors"), paths)
+    make_init(config, InitPaths(data_path, str(tmp_path / "init.safetensors"), paths))
     init, first = load_file(str(tmp_path / "init.safetensors")), load_file(paths[1])
     head = fresh_head(create_model({"name": "test_resnet"}, num_classes=10, in_chans=1), 3)
     assert head and all(torch.equal(init[k], v) and torch.equal(first[k], v) for k, v in head.items())

@@ -9,7 +9,8 @@ from conftest import ROOT
 from test_train import FakeData, TinyBN
 
 from soupflow import io
-from soupflow.train import Resume, train
+from soupflow.resume import Resume
+from soupflow.train import train
 
 
 def _train(tmp_path, start: str):
@@ -34,7 +35,7 @@ def test_a_training_state_resumes_only_from_the_start_it_was_saved_for(tmp_path,
 
 def test_the_resume_identity_follows_the_start_files_content_and_the_model(tmp_path):
     from soupflow.config import merge_defaults
-    from soupflow.jobs import _resume
+    from soupflow.resume import job_resume as _resume
 
     config = merge_defaults({})
     init = tmp_path / "init.safetensors"
@@ -117,9 +118,8 @@ def test_a_full_disk_fails_the_job_instead_of_recording_a_failed_run(finished, t
 
     import pandas as pd
     import yaml
-    from conftest import SMOKE
+    from conftest import SMOKE, finetune_in
 
-    from soupflow import jobs
     from soupflow import train as train_module
     from soupflow.config import resolve_config
 
@@ -134,11 +134,11 @@ def test_a_full_disk_fails_the_job_instead_of_recording_a_failed_run(finished, t
 
     out = tmp_path / run_dir.name
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "save_state", no_space)
+        patch.setattr(train_module, "save_state", no_space)  # the name the loop calls
         with pytest.raises(OSError, match="No space left"):
-            jobs.finetune(config, out.name, hp, str(data), str(init), str(out))
+            finetune_in(config, out.name, hp, data, init, out)
     assert not (out / "metrics.parquet").exists() and not (out / "model.safetensors").exists()
-    row = jobs.finetune(config, out.name, hp, str(data), str(init), str(out))  # space freed: the retry trains
+    row = finetune_in(config, out.name, hp, data, init, out)  # space freed: the retry trains
     assert row["status"] == "ok" and pd.read_parquet(out / "metrics.parquet").status.tolist() == ["ok"]
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from soupflow.config import merge_defaults
 from soupflow.data import PreparedData, prepare
-from soupflow.jobs import make_init
+from soupflow.init_job import InitPaths, make_init
 from soupflow.models import create_model, load_checkpoint
 from soupflow.weights import WeightsError, import_state, resolve_file
 
@@ -71,7 +71,7 @@ def test_a_checkpoint_of_another_model_fails_naming_model_file(tmp_path, lite0_p
 
 def test_init_from_the_real_weights_records_what_was_imported(tmp_path, fashion):
     config = merge_defaults({"model": LITE0_MODEL})
-    make_init(config, fashion, str(tmp_path / "init.safetensors"), {})
+    make_init(config, InitPaths(fashion, str(tmp_path / "init.safetensors"), {}))
     with safe_open(str(tmp_path / "init.safetensors"), framework="pt") as handle:
         meta = handle.metadata()
     assert meta["import_loaded"] == "244" and json.loads(meta["import_adapted"]) == ["conv_stem.weight"]
@@ -92,7 +92,7 @@ def test_timm_init_reads_a_local_timm_checkpoint_offline(tmp_path, fashion, lite
     save_file(fitted, str(tmp_path / "timm_lite0.safetensors"))
     config = merge_defaults({"model": {"name": "tf_efficientnet_lite0", "init": "timm",
                                        "file": str(tmp_path / "timm_lite0.safetensors")}})
-    make_init(config, fashion, str(tmp_path / "init.safetensors"), {})
+    make_init(config, InitPaths(fashion, str(tmp_path / "init.safetensors"), {}))
     init = load_file(str(tmp_path / "init.safetensors"))
     assert torch.equal(init["blocks.6.0.conv_pwl.weight"], fitted["blocks.6.0.conv_pwl.weight"])
     assert torch.allclose(init["conv_stem.weight"], fitted["conv_stem.weight"].sum(dim=1, keepdim=True))
@@ -102,8 +102,7 @@ def test_timm_init_reads_a_local_timm_checkpoint_offline(tmp_path, fashion, lite
 def test_a_short_fine_tune_from_the_real_weights_beats_random_init(tmp_path, fashion):
     """Proof that the weights arrived: same data, budget and seed; only the init's file differs."""
     import pandas as pd
-
-    from soupflow.jobs import finetune
+    from conftest import finetune_in
 
     save_file(create_model({"name": "tf_efficientnet_lite0"}, 10, 1).state_dict(), str(tmp_path / "random.safetensors"))
     models = {"real": LITE0_MODEL, "random": {**LITE0_MODEL, "file": str(tmp_path / "random.safetensors"),
@@ -112,8 +111,8 @@ def test_a_short_fine_tune_from_the_real_weights_beats_random_init(tmp_path, fas
     for name, model in models.items():
         config = merge_defaults({"model": model, "finetune": {"epochs": 1, "lr": 0.02}})
         init = str(tmp_path / f"{name}.safetensors")
-        make_init(config, fashion, init, {})
-        finetune(config, name, {**config["finetune"], "batch_size": 64}, fashion, init, str(tmp_path / name), 2)
+        make_init(config, InitPaths(fashion, init, {}))
+        finetune_in(config, name, {**config["finetune"], "batch_size": 64}, fashion, init, tmp_path / name, 2)
         accuracy[name] = float(pd.read_parquet(tmp_path / name / "metrics.parquet").test_accuracy.iloc[0])
     assert accuracy["real"] > accuracy["random"] + 0.05, accuracy
 

@@ -6,13 +6,17 @@ Checkpoints are safetensors files of ``model.state_dict()``, readable by plain t
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from soupflow.gpus import claim_gpu
 from soupflow.io import atomic_save_safetensors
+
+if TYPE_CHECKING:
+    from soupflow.data import PreparedData
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -84,3 +88,26 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_for(data: PreparedData, model_config: dict[str, Any], **timm_kwargs: Any) -> torch.nn.Module:
+    """The configured timm model for this data (its classes and channels; the header holds both)."""
+    return create_model(model_config, data.num_classes, data.image_shape[0], **timm_kwargs)
+
+
+def untrained_state(data: PreparedData, model_config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """The weights of a freshly initialised model (seeded): the 'untrained' soup and sanity ablations."""
+    torch.manual_seed(seed)
+    return model_for(data, model_config).state_dict()
+
+
+def checkpoint_metadata(model_config: dict[str, Any], data: PreparedData, **extra: Any) -> dict[str, str]:
+    """What plain timm needs to rebuild the architecture and feed it, stored in the safetensors header:
+    name, classes, channels, kwargs, and the input size and per-channel mean/std (of uint8 / 255)."""
+    channels, height, width = data.image_shape
+    meta = {"model": model_config["name"], "num_classes": str(data.num_classes), "in_chans": str(channels),
+            "kwargs": json.dumps(model_config.get("kwargs", {})), "format": "soupflow state_dict",
+            "input_size": json.dumps([channels, height, width]), "mean": json.dumps(data.mean.flatten().tolist()),
+            "std": json.dumps(data.std.flatten().tolist())}
+    meta.update({k: str(v) for k, v in extra.items()})
+    return meta

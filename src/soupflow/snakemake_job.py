@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from soupflow.config import check_model_name, merge_defaults
 from soupflow.io import remove_orphan_temps
-from soupflow.jobs import history_of, setup_logging
+from soupflow.resume import history_of, state_beside
+
+log = logging.getLogger("soupflow")
+
+
+def setup_logging(log_file: str | None = None, history: str | os.PathLike | None = None) -> None:
+    """Progress to stderr (shown by Snakemake) and to the job's log file. Jobs that resume pass ``history``
+    (see ``history_of``): what earlier, killed attempts logged comes first in the log, and is kept there."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        earlier = Path(history).read_text() if history and Path(history).exists() else ""
+        Path(log_file).write_text(earlier)
+        handlers.append(logging.FileHandler(log_file, mode="a"))
+        if history:
+            handlers.append(logging.FileHandler(history, mode="a"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
 
 
 def start(snakemake: Any, resumable: bool = False) -> dict[str, Any]:
@@ -19,11 +38,11 @@ def start(snakemake: Any, resumable: bool = False) -> dict[str, Any]:
     Settings read here (evaluation batch size, device) are deliberately not rule params: changing them
     must not retrain finished runs.
     """
-    history = history_of(Path(snakemake.output[0]).parent / "resume.pt") if resumable else None
+    history = history_of(state_beside(snakemake.output[0])) if resumable else None
     setup_logging(snakemake.log[0] if snakemake.log else None, history)
     for path in snakemake.output:
         for orphan in remove_orphan_temps(path):
-            logging.getLogger("soupflow").info("removed %s, left by a killed write", orphan)
+            log.info("removed %s, left by a killed write", orphan)
     config = merge_defaults(snakemake.config)
     check_model_name(config["model"])  # done at parse time too, unless Snakemake runs without timm
     return config

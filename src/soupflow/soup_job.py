@@ -4,6 +4,7 @@ paired comparison to the best individual) and its trace. Selection on val only; 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,54 +18,74 @@ from soupflow.config import pipeline_seed
 from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.io import atomic_write_parquet, open_safetensors
-from soupflow.jobs import checkpoint_metadata, log, model_for, untrained_state
 from soupflow.learned import Fit, fit_mixture
-from soupflow.models import load_checkpoint, pick_device, save_checkpoint, set_threads
+from soupflow.models import (
+    checkpoint_metadata,
+    load_checkpoint,
+    model_for,
+    pick_device,
+    save_checkpoint,
+    set_threads,
+    untrained_state,
+)
 from soupflow.recipes import Ingredient, Kitchen, cook, soupability
 from soupflow.stats import compare
 from soupflow.summary import best_individual
 from soupflow.tables import SOUP_SCHEMA, TRACE_SCHEMA, typed_table
 
+log = logging.getLogger("soupflow")
 
-def usable_ingredients(rows: pd.DataFrame, run_dirs: list[str]):
-    """The usable runs (status ok) of a runs table as soup ingredients, weights loaded lazily from their folders."""
 
-    usable = rows[rows["status"] == "ok"]
-    left_out = rows[rows["status"] != "ok"]
-    for _, row in left_out.iterrows():
-        log.warning("leaving %s out of soups: status %s", row["run_id"], row["status"])
-    by_id = {Path(d).name: d for d in run_dirs}
+def usable_ingredients(rows: pd.DataFrame) -> list[Ingredient]:
+    """The usable runs (status ok) of a runs table as soup ingredients, weights loaded lazily from the
+    checkpoint the table names (``model_file``)."""
+
+    for row in rows[rows["status"] != "ok"].itertuples():
+        log.warning("leaving %s out of soups: status %s", row.run_id, row.status)
     return [Ingredient(row.run_id, Scores(row.val_loss, row.val_accuracy),
-                       (lambda p=str(Path(by_id[row.run_id]) / "model.safetensors"): load_checkpoint(p)))
-            for row in usable.itertuples()], by_id
+                       (lambda p=row.model_file: load_checkpoint(p)))
+            for row in rows[rows["status"] == "ok"].itertuples()]
 
 
-def _epoch_ingredients(ingredients: list, by_id: dict[str, str]) -> list:
-    """``ingredients: epochs``: each usable run's kept epoch checkpoints (``epochs.parquet``) as candidates
-    too, named ``<run_id>@epoch<N>`` (within-run and across-run soups in one pool)."""
+def _epoch_ingredients(ingredients: list[Ingredient], rows: pd.DataFrame) -> list[Ingredient]:
+    """``ingredients: epochs``: each usable run's kept epoch checkpoints (the table its ``epochs_file`` names)
+    as candidates too, named ``<run_id>@epoch<N>`` (within-run and across-run soups in one pool)."""
 
+    if "epochs_file" not in rows.columns:
+        raise FileNotFoundError("the runs table names no epochs.parquet: soups with ingredients: epochs need the "
+                                "runs to keep their epoch checkpoints (the workflow does so when a soup asks for it)")
+    tables = dict(zip(rows.run_id, rows.epochs_file))
     extra = []
     for ingredient in ingredients:
-        folder = Path(by_id[ingredient.name])
-        if not (folder / "epochs.parquet").exists():
-            raise FileNotFoundError(f"{folder}/epochs.parquet: soups with ingredients: epochs need the runs to keep "
-                                    "their epoch checkpoints (the workflow does so when a soup asks for it)")
-        for row in pd.read_parquet(folder / "epochs.parquet").itertuples():
+        folder = Path(tables[ingredient.name]).parent  # the table lists its checkpoints relative to itself
+        for row in pd.read_parquet(tables[ingredient.name]).itertuples():
             extra.append(Ingredient(f"{ingredient.name}@epoch{row.epoch}", Scores(row.val_loss, row.val_accuracy),
                                     (lambda p=str(folder / row.path): load_checkpoint(p))))
     return ingredients + extra
 
 
-def _cached_logits(names: list[str], by_id: dict[str, str], split: str) -> torch.Tensor | None:
-    """Mean of the ingredients' cached logits: the logit ensemble (k forward passes at inference)."""
-    if not names or any(n not in by_id for n in names):
-        return None
-    total = None
-    for name in names:
-        with open_safetensors(Path(by_id[name]) / "outputs.safetensors") as handle:
-            logits = handle.get_tensor(f"{split}_logits")
-        total = logits if total is None else total + logits
-    return total / len(names)
+class CachedLogits:
+    """The runs' cached val/test logits (their fine-tune jobs' outputs files, each split read once) and their
+    means: the logit ensemble of a soup's ingredients (k forward passes at inference)."""
+
+    def __init__(self, outputs: dict[str, str]) -> None:
+        self.outputs = outputs  # run id → its outputs file
+        self._read: dict[tuple[str, str], torch.Tensor] = {}
+
+    def of(self, name: str, split: str) -> torch.Tensor:
+        if (name, split) not in self._read:
+            with open_safetensors(self.outputs[name]) as handle:
+                self._read[name, split] = handle.get_tensor(f"{split}_logits")
+        return self._read[name, split]
+
+    def mean(self, names: list[str], split: str) -> torch.Tensor | None:
+        """None when an ingredient has no cached outputs (an epoch checkpoint) or there is none."""
+        if not names or any(n not in self.outputs for n in names):
+            return None
+        total = self.of(names[0], split)
+        for name in names[1:]:
+            total = total + self.of(name, split)
+        return total / len(names)
 
 
 def _refresher(config: dict[str, Any], spec: dict[str, Any], data: PreparedData, device: torch.device):
@@ -122,8 +143,7 @@ class SoupPaths:
     fine-tunes began from) and ``base`` (another soup's checkpoint) only for the recipes that use them."""
 
     data: str
-    runs: str  # the runs table; run folders are ``runs_folder/<run_id>``
-    runs_folder: str
+    runs: str  # the runs table: every run's metrics and the paths of its files
     model: str
     metrics: str
     trace: str
@@ -143,9 +163,44 @@ def _base_soup(path: str | None):
     return load
 
 
-def _kitchen(config, spec, paths: SoupPaths, data: PreparedData, evaluators: dict[str, Evaluator], ingredients):
+@dataclass(frozen=True)
+class Setting:
+    """What one soup job works with: its recipe entry, the data and evaluators, the runs table and the
+    candidate ingredients, their cached logits, and the best individual's test logits (the reference)."""
+
+    config: dict[str, Any]
+    spec: dict[str, Any]
+    data: PreparedData
+    evaluators: dict[str, Evaluator]
+    ingredients: list[Ingredient]
+    logits: CachedLogits
+    reference: torch.Tensor | None
+
+    @classmethod
+    def load(cls, config: dict[str, Any], spec: dict[str, Any], paths: SoupPaths) -> "Setting":
+        data, runs = PreparedData(paths.data), pd.read_parquet(paths.runs)
+        device = pick_device(config["evaluation"]["device"])
+        ingredients = usable_ingredients(runs)
+        if spec.get("ingredients", "final") == "epochs":
+            ingredients = _epoch_ingredients(ingredients, runs)
+        logits = CachedLogits(dict(zip(runs.run_id, runs.outputs_file)))
+        evaluators = {split: Evaluator(model_for(data, config["model"]), data, split, device,
+                                       config["evaluation"]["batch_size"]) for split in ("val", "test")}
+        best = best_individual(runs)  # every soup is compared with it on test
+        # Selection walks val hardest first (a candidate's errors come first: early rejection stops sooner).
+        evaluators["val"].order_hardest_first([logits.of(i.name, "val") for i in ingredients if i.name in logits.outputs])
+        return cls(config, spec, data, evaluators, ingredients, logits,
+                   logits.of(best.run_id, "test") if best is not None else None)
+
+    @property
+    def labels(self) -> dict[str, torch.Tensor]:
+        return {split: evaluator.labels for split, evaluator in self.evaluators.items()}
+
+
+def _kitchen(setting: Setting, paths: SoupPaths):
     """What a recipe works with: ingredients, val scoring (after the soup's BatchNorm option), test reporting."""
 
+    config, spec, data, evaluators = setting.config, setting.spec, setting.data, setting.evaluators
     finish = _refresher(config, spec, data, evaluators["val"].device)
 
     def observe(row: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
@@ -160,7 +215,7 @@ def _kitchen(config, spec, paths: SoupPaths, data: PreparedData, evaluators: dic
         fit = Fit(**{key: options[key] for key in ("epochs", "lr", "batch_size", "seed", "granularity") if key in options})
         return fit_mixture(val.model, states, val.images, val.labels, data.normalise, fit)
 
-    return Kitchen(ingredients, lambda state: val.select(finish(state)),
+    return Kitchen(setting.ingredients, lambda state: val.select(finish(state)),
                    lambda seed: untrained_state(data, config["model"], seed), observe,
                    start=(lambda: load_checkpoint(paths.start)) if paths.start else None,
                    base=_base_soup(paths.base), buffers=frozenset(name for name, _ in val.model.named_buffers()),
@@ -176,62 +231,67 @@ def _check_columns(check) -> dict[str, Any]:
             "precheck_pair_val_accuracy": check.worse_accuracy, "soupability": check.verdict}
 
 
-def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: SoupPaths, threads: int = 1) -> pd.DataFrame:
-    """Cook one soup recipe from the fine-tuned runs listed in the runs table; select on val, report on test
-    with a paired comparison to the best individual; write the chosen soup, its rows and its trace."""
-
-    set_threads(threads)
-    start = time.perf_counter()
-    data = PreparedData(paths.data)
-    device = pick_device(config["evaluation"]["device"])
-    runs = pd.read_parquet(paths.runs)
-    ingredients, by_id = usable_ingredients(runs, [str(Path(paths.runs_folder) / run_id) for run_id in runs.run_id])
-    if spec.get("ingredients", "final") == "epochs":
-        ingredients = _epoch_ingredients(ingredients, by_id)
-    evaluators = {split: Evaluator(model_for(data, config["model"]), data, split, device,
-                                   config["evaluation"]["batch_size"]) for split in ("val", "test")}
-    labels = {split: evaluator.labels for split, evaluator in evaluators.items()}
-    best = best_individual(runs)  # every soup is compared with it on test
-    reference = _cached_logits([best.run_id], by_id, "test") if best is not None else None
-    usable = [ingredient.name for ingredient in ingredients if ingredient.name in by_id]  # runs with cached logits
-    evaluators["val"].order_hardest_first([_cached_logits([name], by_id, "val") for name in usable])
-    kitchen, finish = _kitchen(config, spec, paths, data, evaluators, ingredients)
-    log.info("soup %s (%s, bn %s): %d candidate ingredients", name, spec["recipe"], spec.get("bn", "keep"),
-             len(ingredients))
+def _precheck(kitchen: Kitchen, data: PreparedData):
+    """The soupability pre-check (midpoint of the two best runs on val), with a warning when it fails."""
     check = soupability(kitchen, 1.0 / data.num_classes)
     if check is not None and check.verdict != "ok":
         log.warning("soupability: the midpoint of the two best runs scores %.4f on val against %.4f (%s); "
                     "see bn: recompute and `snakemake analysis`", check.midpoint_accuracy, check.worse_accuracy,
                     check.verdict)
-    soups = cook(spec["recipe"], kitchen, spec)
+    return check
+
+
+def _served(name: str, setting: Setting, soups: list, finish, check) -> tuple[list[dict], list[dict], tuple]:
+    """Each cooked soup (one per repeat) scored on test with its comparisons: its row, its trace rows; and the
+    soup (with its final state) that the job saves: the best on val."""
     rows, traces, chosen = [], [], None
+    test, labels = setting.evaluators["test"], setting.labels
     for soup in soups:
         averaged = soup.state()
         state = finish(averaged)
-        test_logits = {"soup": evaluators["test"].logits(state), "reference": reference}
+        test_logits = {"soup": test.logits(state), "reference": setting.reference}
         if state is not averaged:  # bn: recompute — the same weights with averaged statistics, for comparison
-            test_logits["bn_kept"] = evaluators["test"].logits(averaged)
-        ensemble = {s: _cached_logits(soup.ingredients, by_id, s) for s in labels}
-        rows.append(_soup_row(name, spec, soup, len(ingredients), test_logits, ensemble, labels) | _check_columns(check))
-        traces += [{"soup": name, "recipe": spec["recipe"], **r} for r in soup.trace]
-        if chosen is None or soup.val.value(rows[-1]["metric"]) > chosen[0].val.value(rows[-1]["metric"]):
+            test_logits["bn_kept"] = test.logits(averaged)
+        ensemble = {s: setting.logits.mean(soup.ingredients, s) for s in labels}
+        row = _soup_row(name, setting.spec, soup, len(setting.ingredients), test_logits, ensemble, labels)
+        rows.append(row | _check_columns(check))
+        traces += [{"soup": name, "recipe": setting.spec["recipe"], **r} for r in soup.trace]
+        if chosen is None or soup.val.value(row["metric"]) > chosen[0].val.value(row["metric"]):
             chosen = (soup, state)
-    seconds = time.perf_counter() - start
-    for row in rows:
-        row["seconds"] = seconds / len(rows)
-        row["val_images_scored"] = evaluators["val"].images_scored  # the whole job's selection work
-        row["val_images_per_pass"] = len(labels["val"])
-    table = typed_table(rows, SOUP_SCHEMA)
-    meta = checkpoint_metadata(config["model"], data, soup=name, recipe=spec["recipe"], bn=spec.get("bn", "keep"),
-                               ingredients=json.dumps(chosen[0].ingredients))
-    save_checkpoint(chosen[1], paths.model, meta)
-    atomic_write_parquet(table, paths.metrics)
-    atomic_write_parquet(typed_table(traces, TRACE_SCHEMA), paths.trace)
-    frame = table.to_pandas()
+    return rows, traces, chosen
+
+
+def _log_rows(name: str, rows: list[dict[str, Any]], seconds: float) -> None:
     for row in rows:
         versus = f", vs best {row['acc_diff_pt']:+.2f} pt [{row['acc_diff_pt_low']:+.2f}, {row['acc_diff_pt_high']:+.2f}]" \
             if "acc_diff_pt" in row else ""
         log.info("soup %s%s: %d ingredients, val %.4f, test %.4f%s (%.0f s)", name,
                  f" repeat {row['repeat']}" if len(rows) > 1 else "", row["n_ingredients"], row["val_accuracy"],
                  row["test_accuracy"], versus, seconds)
-    return frame
+
+
+def make_soup(config: dict[str, Any], name: str, spec: dict[str, Any], paths: SoupPaths, threads: int = 1) -> pd.DataFrame:
+    """Cook one soup recipe from the fine-tuned runs listed in the runs table; select on val, report on test
+    with a paired comparison to the best individual; write the chosen soup, its rows and its trace."""
+
+    set_threads(threads)
+    start = time.perf_counter()
+    setting = Setting.load(config, spec, paths)
+    kitchen, finish = _kitchen(setting, paths)
+    log.info("soup %s (%s, bn %s): %d candidate ingredients", name, spec["recipe"], spec.get("bn", "keep"),
+             len(setting.ingredients))
+    check = _precheck(kitchen, setting.data)
+    rows, traces, (soup, state) = _served(name, setting, cook(spec["recipe"], kitchen, spec), finish, check)
+    seconds = time.perf_counter() - start
+    for row in rows:
+        row["seconds"] = seconds / len(rows)
+        row["val_images_scored"] = setting.evaluators["val"].images_scored  # the whole job's selection work
+        row["val_images_per_pass"] = len(setting.labels["val"])
+    table = typed_table(rows, SOUP_SCHEMA)
+    meta = checkpoint_metadata(config["model"], setting.data, soup=name, recipe=spec["recipe"],
+                               bn=spec.get("bn", "keep"), ingredients=json.dumps(soup.ingredients))
+    save_checkpoint(state, paths.model, meta)
+    atomic_write_parquet(table, paths.metrics)
+    atomic_write_parquet(typed_table(traces, TRACE_SCHEMA), paths.trace)
+    _log_rows(name, rows, seconds)
+    return table.to_pandas()

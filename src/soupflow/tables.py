@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+from soupflow.io import atomic_write_parquet
 
 #: The type of every hyperparameter (keys: ``config.HYPERPARAMETERS``; tests/test_io.py checks they agree).
 HYPERPARAMETER_TYPES: dict[str, pa.DataType] = {
@@ -95,3 +99,37 @@ def typed_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         if extra:
             raise ValueError(f"row has columns outside the table's schema: {sorted(extra)}")
     return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+
+
+def _concatenated(paths: list[str]) -> pa.Table:
+    """One table from many one-job tables; parts that share a schema (every run's, ``RUN_SCHEMA``) keep it
+    exactly, parts of different schemas (tables written by older versions) are aligned by pandas."""
+    tables = [t for t in (pq.read_table(p) for p in paths) if t.num_rows]
+    if tables and all(t.schema.equals(tables[0].schema) for t in tables):
+        return pa.concat_tables(tables)
+    frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True) if tables else pd.DataFrame()
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
+    """One table from many one-job tables (soups, traces), written atomically."""
+    table = _concatenated(paths)
+    atomic_write_parquet(table, out)
+    return table.to_pandas()
+
+
+#: Columns the runs table adds to every run's metrics row: where the run's files are. A soup job reads a
+#: run's checkpoint, cached outputs and kept epochs through these, never by a folder layout of its own.
+RUN_FILE_COLUMNS = {"model": "model_file", "outputs": "outputs_file", "epochs": "epochs_file"}
+
+
+def runs_table(metrics: list[str], files: dict[str, list[str]], out: str) -> pd.DataFrame:
+    """``metrics/runs.parquet``: every run's one-row metrics table (``metrics``), plus a column per kind of
+    file in ``files`` (a key of ``RUN_FILE_COLUMNS`` → one path per run, in the order of ``metrics``)."""
+    table = _concatenated(metrics)
+    for kind, paths in files.items():
+        if len(paths) != table.num_rows:
+            raise ValueError(f"{len(paths)} {kind} files for {table.num_rows} runs")
+        table = table.append_column(RUN_FILE_COLUMNS[kind], pa.array([str(p) for p in paths], pa.string()))
+    atomic_write_parquet(table, out)
+    return table.to_pandas()

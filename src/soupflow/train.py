@@ -6,12 +6,8 @@ Data is a pair of in-memory uint8 tensors; each step slices a batch, augments th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,8 +16,17 @@ import torch
 import torch.nn.functional as F
 
 from soupflow.data import PreparedData
-from soupflow.io import atomic_path
 from soupflow.models import channels_last, channels_last_input
+from soupflow.resume import (
+    Progress,
+    Resume,
+    StopRequests,
+    fingerprint,
+    load_state,
+    preempted,
+    restore,
+    save_state,
+)
 
 log = logging.getLogger("soupflow")
 
@@ -74,76 +79,6 @@ def lr_factor(step: int, total: int, schedule: str, warmup_fraction: float) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-# ---------------------------------------------------------------- resumable state
-class Preempted(RuntimeError):
-    """Training stopped on SIGTERM/SIGUSR1 after saving its state; rerunning the job resumes it."""
-
-
-class StopRequests:
-    """Turns SIGTERM and SIGUSR1 (SLURM's time-limit and pre-emption warnings) into a flag the loop
-    checks after every step, so the state is saved at a step boundary before the process exits."""
-
-    SIGNALS = ("SIGTERM", "SIGUSR1")
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequests":
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                number = getattr(signal, name)
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number: int, frame: Any) -> None:
-        self.requested = signal.Signals(number).name
-
-    def __exit__(self, *exc: Any) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-
-@dataclass
-class Resume:
-    """Where the full training state is kept, and how often it is saved (0 = at epoch ends only)."""
-
-    path: str
-    every_steps: int = 0
-    start: str = ""  # identity of what training starts from (checkpoint hash, model config): see load_state
-
-
-def _fingerprint(hp: dict[str, Any], n: int, start: str) -> str:
-    return json.dumps({"hp": hp, "n": n, "start": start}, sort_keys=True, default=str)
-
-
-def save_state(path: str, fingerprint: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               generator: torch.Generator, progress: dict[str, Any]) -> None:
-    """Model, optimiser, RNG states and loop position, written atomically (a kill never truncates it)."""
-    state = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **progress}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(path: str, fingerprint: str, device: torch.device) -> dict[str, Any] | None:
-    if not os.path.exists(path):
-        return None
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # damaged (a disk fault, a copy cut short): start over rather than fail for good
-        log.warning("discarding %s and training from the start: it cannot be read (%s: %s)", path,
-                    type(error).__name__, error)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        log.warning("discarding %s and training from the start: it was saved for other hyperparameters, data, "
-                    "model or starting weights (e.g. the init was retrained since)", path)
-        return None
-    return state
-
-
 # ---------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
@@ -171,6 +106,110 @@ def use_bf16(device: torch.device, precision: str = "auto") -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
+@dataclass
+class Schedule:
+    """The learning rate at every step: ``lr`` times ``lr_factor`` (one-cycle, cosine or constant)."""
+
+    lr: float
+    total: int
+    kind: str = "onecycle"
+    warmup: float = 0.3
+
+    def at(self, step: int) -> float:
+        return self.lr * lr_factor(step, self.total, self.kind, self.warmup)
+
+
+@dataclass
+class Loop:
+    """What stays fixed while a model trains: the data on its device, the optimiser, the RNG of the data
+    order and augmentation, the schedule and the numerics. ``step`` is one optimisation step."""
+
+    model: torch.nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    data: PreparedData
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    schedule: Schedule
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    smoothing: float
+    bf16: bool
+
+    @classmethod
+    def create(cls, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, data: PreparedData,
+               hp: dict[str, Any], device: torch.device, precision: str) -> "Loop":
+        generator = torch.Generator().manual_seed(int(hp.get("seed", 0)))
+        torch.manual_seed(int(hp.get("seed", 0)))
+        channels_last(model.to(device)).train()
+        if hp.get("bn_statistics") == "frozen":
+            freeze_batchnorm_statistics(model)
+        batch_size = int(hp["batch_size"])
+        steps_per_epoch = max(1, labels.shape[0] // batch_size)  # drop the ragged last batch: stable BatchNorm
+        schedule = Schedule(hp["lr"], steps_per_epoch * int(hp["epochs"]), hp.get("schedule", "onecycle"),
+                            float(hp.get("warmup_fraction", 0.3)))
+        return cls(model, images.to(device), labels.to(device), data, make_optimizer(model, hp), generator,
+                   AUGMENTATIONS[hp.get("augmentation", "none")], schedule, batch_size, steps_per_epoch,
+                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision))
+
+    def step(self, order: torch.Tensor, index: int, step: int) -> torch.Tensor:
+        """One optimisation step on the ``index``-th batch of ``order``; the loss, detached, on the device."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.at(step)
+        batch = order[index * self.batch_size:(index + 1) * self.batch_size]
+        inputs = channels_last_input(self.data.normalise(self.augment(self.images[batch], self.generator)))
+        with torch.autocast(self.images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = F.cross_entropy(self.model(inputs), self.labels[batch], label_smoothing=self.smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+@dataclass
+class Saver:
+    """Saves a loop's state where ``resume`` says (periodically, at epoch ends, on a stop request)."""
+
+    resume: Resume | None
+    key: str
+    loop: Loop
+
+    def restore(self, name: str) -> Progress:
+        saved = load_state(self.resume.path, self.key, self.loop.images.device) if self.resume else None
+        if saved is None:
+            return Progress()
+        progress = restore(saved, self.loop.model, self.loop.optimizer, self.loop.generator)
+        log.info("%s resumes at epoch %d step %d/%d from %s", name, progress.epoch + 1, progress.index,
+                 self.loop.steps_per_epoch, self.resume.path)
+        return progress
+
+    def save(self, progress: Progress) -> None:
+        if self.resume:
+            save_state(self.resume.path, self.key, self.loop.model, self.loop.optimizer, self.loop.generator,
+                       progress)
+
+    def due(self, step: int) -> bool:
+        return bool(self.resume and self.resume.every_steps and step % self.resume.every_steps == 0)
+
+
+@dataclass
+class Clock:
+    """Wall seconds of training, kills excluded: a resumed loop starts at the seconds it had saved."""
+
+    start: float
+    saved: float  # seconds of earlier attempts (0 when the loop started fresh)
+    resumed_from: int  # step the loop resumed at
+
+    @classmethod
+    def resuming(cls, progress: Progress) -> "Clock":
+        return cls(time.perf_counter() - progress.seconds, progress.seconds, progress.step)
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, data: PreparedData,
           hp: dict[str, Any], device: torch.device, name: str = "train",
           on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
@@ -181,95 +220,77 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
     is called after each finished epoch. With ``resume``, the full state is saved at epoch ends (and every
     ``resume.every_steps`` steps, and on SIGTERM/SIGUSR1), and a rerun continues from it: with the same seed
     the final weights equal those of an uninterrupted run (on CPU).
+    (Ten parameters: the six of the task, then keyword options every caller may leave out.)
     """
-    generator = torch.Generator().manual_seed(int(hp.get("seed", 0)))
-    torch.manual_seed(int(hp.get("seed", 0)))
-    augment = AUGMENTATIONS[hp.get("augmentation", "none")]
-    bf16 = use_bf16(device, precision)
-    channels_last(model.to(device)).train()
-    if hp.get("bn_statistics") == "frozen":
-        freeze_batchnorm_statistics(model)
-    optimizer = make_optimizer(model, hp)
-    n, batch_size = labels.shape[0], int(hp["batch_size"])
-    steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: stable BatchNorm statistics
-    epochs = int(hp["epochs"])
-    total = steps_per_epoch * epochs
-    warmup = float(hp.get("warmup_fraction", 0.3))
-    images, labels = images.to(device), labels.to(device)
-    smoothing = float(hp.get("label_smoothing", 0.0))
-    fingerprint = _fingerprint(hp, n, resume.start if resume else "")
-    step, first_epoch, first_index, order, running, epoch_losses, spent = 0, 0, 0, None, 0.0, [], 0.0
-    epoch_ends: list[float] = []  # seconds since the start (kills excluded) at each epoch's end
-    saved = load_state(resume.path, fingerprint, device) if resume else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"].cpu())
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        if "cuda_rng" in saved and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
-        step, first_epoch, first_index = saved["step"], saved["epoch"], saved["index"]
-        order, running, epoch_losses, spent = saved["order"], saved["running"], saved["epoch_losses"], saved["seconds"]
-        epoch_ends = saved.get("epoch_ends", [])
-        log.info("%s resumes at epoch %d step %d/%d from %s", name, first_epoch + 1, first_index, steps_per_epoch,
-                 resume.path)
-    resumed_from, start = step, time.perf_counter() - spent
-
-    def finish(status: str, epochs_done: int, loss: float) -> TrainResult:
-        """The result, with the learning curve of the epochs that finished (a diverged run's too)."""
-        result = _result(status, epochs_done, step, start, batch_size, loss, epoch_losses, resumed_from)
-        result.history = epoch_history(epoch_losses, epoch_ends, hp, steps_per_epoch)
-        return result
-
-    def progress(epoch: int, index: int, order: torch.Tensor | None, running: float) -> dict[str, Any]:
-        return {"step": step, "epoch": epoch, "index": index, "order": order, "running": running,
-                "epoch_losses": list(epoch_losses), "epoch_ends": list(epoch_ends),
-                "seconds": time.perf_counter() - start}
-
+    loop = Loop.create(model, images, labels, data, hp, device, precision)
+    saver = Saver(resume, fingerprint(hp, labels.shape[0], resume.start if resume else ""), loop)
+    progress = saver.restore(name)
+    clock = Clock.resuming(progress)
     with StopRequests() as stop:
-        for epoch in range(first_epoch, epochs):
-            if epoch != first_epoch or order is None:
-                order, running, first_index = torch.randperm(n, generator=generator), 0.0, 0
-            device_order = order.to(device)
-            total_loss = torch.tensor(running, device=device)
-            for index in range(first_index, steps_per_epoch):
-                for group in optimizer.param_groups:
-                    group["lr"] = hp["lr"] * lr_factor(step, total, hp.get("schedule", "onecycle"), warmup)
-                batch = device_order[index * batch_size:(index + 1) * batch_size]
-                inputs = channels_last_input(data.normalise(augment(images[batch], generator)))
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = F.cross_entropy(model(inputs), labels[batch], label_smoothing=smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.detach()
-                step += 1
-                if (index + 1) % log_every == 0 or index + 1 == steps_per_epoch:
-                    mean_loss = float(total_loss) / (index + 1)
-                    elapsed = time.perf_counter() - start
-                    log.info("%s epoch %d/%d step %d/%d loss %.4f lr %.2e %.0f img/s", name, epoch + 1, epochs,
-                             index + 1, steps_per_epoch, mean_loss, optimizer.param_groups[0]["lr"],
-                             (step - resumed_from) * batch_size / max(elapsed - spent, 1e-9))
-                    if not math.isfinite(mean_loss):
-                        log.warning("%s diverged at epoch %d step %d (loss %s)", name, epoch + 1, index + 1, mean_loss)
-                        return finish("diverged", epoch, mean_loss)
-                if index + 1 == steps_per_epoch:
-                    break  # the epoch-end save below covers the last step
-                periodic = resume and resume.every_steps and step % resume.every_steps == 0
-                if resume and (periodic or stop.requested):
-                    save_state(resume.path, fingerprint, model, optimizer, generator,
-                               progress(epoch, index + 1, order, float(total_loss)))
-                if stop.requested:
-                    raise _preempted(name, stop, step, resume)
-            epoch_losses.append(float(total_loss) / steps_per_epoch)
-            epoch_ends.append(time.perf_counter() - start)
+        for epoch in range(progress.epoch, loop.epochs):
+            diverged = _run_epoch(loop, progress, clock, saver, stop, name, log_every)
+            if diverged is not None:
+                return _result(loop, progress, clock, "diverged", epoch, diverged, hp)
+            progress.epoch_losses.append(progress.running / loop.steps_per_epoch)
+            progress.epoch_ends.append(clock.seconds())
+            progress.epoch, progress.index, progress.order, progress.running = epoch + 1, 0, None, 0.0
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model)
-            if resume:
-                save_state(resume.path, fingerprint, model, optimizer, generator, progress(epoch + 1, 0, None, 0.0))
+            progress.seconds = clock.seconds()
+            saver.save(progress)
             if stop.requested:
-                raise _preempted(name, stop, step, resume)
-    return finish("ok", epochs, epoch_losses[-1])
+                raise preempted(name, stop, progress.step, resume)
+    return _result(loop, progress, clock, "ok", loop.epochs, progress.epoch_losses[-1], hp)
+
+
+def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop: StopRequests, name: str,
+               log_every: int) -> float | None:
+    """The steps of one epoch from ``progress.index`` on; the mean loss if it stopped being finite, else None.
+    Leaves the epoch's summed loss in ``progress.running`` (a resumed epoch starts from its saved sum); the
+    loss is read back from the device only to log and to save, never per step."""
+    if progress.order is None:
+        progress.order, progress.running, progress.index = torch.randperm(loop.labels.shape[0],
+                                                                          generator=loop.generator), 0.0, 0
+    device_order = progress.order.to(loop.images.device)
+    total_loss = torch.tensor(progress.running, device=loop.images.device)
+    for index in range(progress.index, loop.steps_per_epoch):
+        total_loss += loop.step(device_order, index, progress.step)
+        progress.step += 1
+        last = index + 1 == loop.steps_per_epoch
+        if (index + 1) % log_every == 0 or last:
+            mean_loss = float(total_loss) / (index + 1)
+            _log_step(loop, progress, clock, name, index, mean_loss)
+            if not math.isfinite(mean_loss):
+                log.warning("%s diverged at epoch %d step %d (loss %s)", name, progress.epoch + 1, index + 1,
+                            mean_loss)
+                return mean_loss
+        if last:
+            break  # the epoch-end save covers the last step
+        if saver.resume and (saver.due(progress.step) or stop.requested):
+            progress.index, progress.running, progress.seconds = index + 1, float(total_loss), clock.seconds()
+            saver.save(progress)
+        if stop.requested:
+            raise preempted(name, stop, progress.step, saver.resume)
+    progress.running = float(total_loss)
+    return None
+
+
+def _log_step(loop: Loop, progress: Progress, clock: Clock, name: str, index: int, mean_loss: float) -> None:
+    images = (progress.step - clock.resumed_from) * loop.batch_size
+    log.info("%s epoch %d/%d step %d/%d loss %.4f lr %.2e %.0f img/s", name, progress.epoch + 1, loop.epochs,
+             index + 1, loop.steps_per_epoch, mean_loss, loop.optimizer.param_groups[0]["lr"],
+             images / max(clock.seconds() - clock.saved, 1e-9))
+
+
+def _result(loop: Loop, progress: Progress, clock: Clock, status: str, epochs_done: int, loss: float,
+            hp: dict[str, Any]) -> TrainResult:
+    """The result, with the learning curve of the epochs that finished (a diverged run's too)."""
+    seconds = clock.seconds()
+    result = TrainResult(status, epochs_done, progress.step, seconds,
+                         progress.step * loop.batch_size / max(seconds, 1e-9), loss, progress.epoch_losses,
+                         clock.resumed_from)
+    result.history = epoch_history(progress.epoch_losses, progress.epoch_ends, hp, loop.steps_per_epoch)
+    return result
 
 
 def epoch_history(losses: list[float], ends: list[float], hp: dict[str, Any], steps_per_epoch: int) -> list[dict]:
@@ -282,14 +303,3 @@ def epoch_history(losses: list[float], ends: list[float], hp: dict[str, Any], st
                      "images_per_second": steps_per_epoch * int(hp["batch_size"]) / max(end - previous, 1e-9)})
         previous = end
     return rows
-
-
-def _preempted(name: str, stop: StopRequests, step: int, resume: Resume | None) -> Preempted:
-    where = f"; state saved to {resume.path}, rerun to resume" if resume else ""
-    return Preempted(f"{name}: stopped by {stop.requested} at step {step}{where}")
-
-
-def _result(status, epochs_done, steps, start, batch_size, loss, epoch_losses, resumed_from=0) -> TrainResult:
-    seconds = time.perf_counter() - start
-    return TrainResult(status, epochs_done, steps, seconds, steps * batch_size / max(seconds, 1e-9), loss,
-                       epoch_losses, resumed_from)

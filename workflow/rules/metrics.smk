@@ -5,21 +5,23 @@ TABLE_PARTS = {
 
 
 rule run_table:
-    """Every run's metrics in one table: the soups' list of ingredients. It also asks for each run's model and
-    cached outputs, so that a run folder missing any of its files is made again before any soup.
-    """
+    """Every run's metrics in one table, with the paths of each run's model and cached outputs (and kept
+    epochs): the soups' list of ingredients, and the only way a soup job finds a run's files."""
     input:
-        parts=run_file("metrics.parquet"),
-        models=run_file("model.safetensors"),
+        metrics=run_file("metrics.parquet"),
+        model=run_file("model.safetensors"),
         outputs=run_file("outputs.safetensors"),
+        **({"epochs": run_file("epochs.parquet")} if KEEP_EPOCHS else {}),
     output:
         RUN_TABLE,
     log:
         f"{RESULTS}/logs/run_table.log",
     conda:
         "../../envs/soupflow.yaml"
+    params:
+        layout=2,  # 2: the file columns (model_file, outputs_file, epochs_file); a bump rewrites old tables
     script:
-        "../scripts/table.py"
+        "../scripts/run_table.py"
 
 
 rule table:

@@ -1,8 +1,8 @@
 rule soup:
     """One soup recipe over every fine-tuned run (failed or diverged runs are left out inside). Its input is
-    the runs table, which stands for every run's folder (see rule run_table): one input per soup, not three
-    per run and soup, keeps the DAG of a 10,000-point grid small. model_stock and wise_ft also read the init
-    (start), wise_ft the checkpoint of the soup it interpolates toward (base)."""
+    the runs table, which names every run's checkpoint and cached outputs (rule run_table, which depends on
+    them): one input per soup, not three per run and soup, keeps the DAG of a 10,000-point grid small.
+    model_stock and wise_ft also read the init (start), wise_ft the soup it interpolates toward (base)."""
     input:
         unpack(soup_inputs),
     output:
@@ -20,6 +20,5 @@ rule soup:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         spec=lambda wildcards: SOUPS[wildcards.soup],
-        runs_folder=RUNS_FOLDER,
     script:
         "../scripts/make_soup.py"

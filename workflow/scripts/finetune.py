@@ -1,11 +1,17 @@
-from pathlib import Path
-
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.jobs import finetune
+from soupflow.finetune_job import RunPaths, Start, finetune
 from soupflow.snakemake_job import start
 
 config = start(snakemake, resumable=True)
-finetune({**config, "model": snakemake.params.model}, snakemake.wildcards.run_id, snakemake.params.hp,
-         snakemake.input.data, snakemake.input.init, str(Path(snakemake.output.model).parent), snakemake.threads,
-         epochs_table=snakemake.output.get("epochs"))
+paths = RunPaths(
+    model=snakemake.output.model,
+    outputs=snakemake.output.outputs,
+    history=snakemake.output.history,
+    metrics=snakemake.output.metrics,
+    config=snakemake.output.config,
+    epochs=snakemake.output.get("epochs"),
+)
+run = Start(data=snakemake.input.data, init=snakemake.input.init, run_id=snakemake.wildcards.run_id,
+            hp=snakemake.params.hp)
+finetune({**config, "model": snakemake.params.model}, run, paths, snakemake.threads)

@@ -1,9 +1,9 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.jobs import make_init
+from soupflow.config import kept_epochs
+from soupflow.init_job import InitPaths, make_init
 from soupflow.snakemake_job import start
 
-config = start(snakemake, resumable=True)
-epochs = {int(path.rsplit("_", 1)[1].split(".")[0]): path for path in snakemake.output.epochs}
-make_init({**config, "model": snakemake.params.model}, snakemake.input.data, snakemake.output.model, epochs,
-          snakemake.threads)
+config = {**start(snakemake, resumable=True), "model": snakemake.params.model}
+epochs = dict(zip(kept_epochs(config), snakemake.output.epochs, strict=True))  # the rule lists kept_epochs in order
+make_init(config, InitPaths(data=snakemake.input.data, model=snakemake.output.model, epochs=epochs), snakemake.threads)

@@ -7,7 +7,6 @@ config = start(snakemake)
 paths = SoupPaths(
     data=snakemake.input.data,
     runs=snakemake.input.runs,
-    runs_folder=snakemake.params.runs_folder,
     model=snakemake.output.model,
     metrics=snakemake.output.metrics,
     trace=snakemake.output.trace,

@@ -1,8 +1,7 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.jobs import log
 from soupflow.plots import plot_all
-from soupflow.snakemake_job import start
+from soupflow.snakemake_job import log, start
 
 start(snakemake)
 plot_all(snakemake.input.runs, snakemake.input.soups, snakemake.input.trace, dict(snakemake.output),

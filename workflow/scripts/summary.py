@@ -1,7 +1,6 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.jobs import log
-from soupflow.snakemake_job import start
+from soupflow.snakemake_job import log, start
 from soupflow.summary import write_summary
 
 start(snakemake)

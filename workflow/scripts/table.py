@@ -1,7 +1,7 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.jobs import concat_parquet, log
-from soupflow.snakemake_job import start
+from soupflow.snakemake_job import log, start
+from soupflow.tables import concat_parquet
 
 start(snakemake)
 table = concat_parquet(list(snakemake.input.parts), snakemake.output[0])

@@ -1,0 +1,132 @@
+"""The init job: the weights every fine-tune starts from — pretrained here, imported from a file, or timm's
+own pretrained weights — and the kept epochs of pretraining (branch points of the analysis)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soupflow.batchnorm import BatchNormRefresher, has_batchnorm
+from soupflow.config import pipeline_seed
+from soupflow.data import PreparedData
+from soupflow.evaluate import Evaluator
+from soupflow.models import checkpoint_metadata, load_checkpoint, model_for, pick_device, save_checkpoint, set_threads
+from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
+from soupflow.resume import forget, job_resume, state_beside
+from soupflow.train import train
+from soupflow.weights import import_state, resolve_file
+
+log = logging.getLogger("soupflow")
+
+
+@dataclass(frozen=True)
+class InitPaths:
+    """What the init rule names: the data it reads, the init checkpoint, and the checkpoints of the kept
+    epochs of pretraining (epoch → path; the rule keeps ``config.kept_epochs``)."""
+
+    data: str
+    model: str
+    epochs: dict[int, str] = field(default_factory=dict)
+
+
+def _timm_pretrained(data: PreparedData, model_config: dict[str, Any]) -> torch.nn.Module:
+    """timm's own pretrained weights: from ``model.file`` (a timm-format checkpoint, offline) or the hub.
+
+    timm adapts the input channels and re-creates a head of another size itself (``load_pretrained``).
+    """
+    overlay = {"file": resolve_file(model_config["file"])} if model_config.get("file") else None
+    try:
+        return model_for(data, model_config, pretrained=True, pretrained_cfg_overlay=overlay)
+    except Exception as error:  # network errors surface as many exception types
+        where = f"model.file {model_config['file']!r}" if overlay else "the Hugging Face hub"
+        raise RuntimeError(
+            f"could not load timm weights for {model_config['name']!r} from {where} ({type(error).__name__}: "
+            f"{error}). model.init: timm needs network access to the hub, a filled HF cache, or model.file "
+            "naming a timm-format checkpoint; offline, use model.init: pretrain or model.init: file") from None
+
+
+def _imported(model: torch.nn.Module, model_config: dict[str, Any], meta: dict[str, str]) -> None:
+    """``model.init: file``: load a checkpoint of another layout into ``model`` (``weights.import_state``)."""
+    fitted, report = import_state(model, load_checkpoint(resolve_file(model_config["file"])), model_config["file"],
+                                  model_config.get("match", "name"), model_config.get("rename"))
+    model.load_state_dict(fitted)
+    log.info("imported %s: %s (fresh tensors seeded with model.head_seed %s)", model_config["file"],
+             report.summary(), model_config.get("head_seed", 0))
+    meta.update(report.metadata())
+
+
+def _pretrain(config: dict[str, Any], model: torch.nn.Module, data: PreparedData, paths: InitPaths,
+              keep) -> None:
+    """Pretrain ``model`` in place on the configured task; ``keep(epoch, model, head)`` saves branch points.
+    A pretext task (not labels) ends with a fresh head, so fine-tunes learn the real classes from scratch."""
+    device = pick_device(config["evaluation"]["device"])
+    task = config["pretrain"].get("task", "labels")
+    hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
+          "seed": pipeline_seed(config, config["pretrain"]["seed"])}
+    images, labels = PRETEXT_TASKS[task](*data.split("pretrain"))
+    head = {} if uses_labels(task) else fresh_head(model, pipeline_seed(config, config["model"].get("head_seed", 0)))
+    if head:
+        log.info("pretraining on the %s pretext task (%d images); fine-tunes get a fresh head: %s",
+                 task, labels.shape[0], ", ".join(head))
+    result = train(model, images, labels, data, hp, device, name="pretrain",
+                   on_epoch_end=lambda epoch, trained: keep(epoch, trained, head),
+                   resume=job_resume(config, state_beside(paths.model), paths.data),
+                   precision=config["training"]["precision"])
+    if result.status != "ok":
+        raise RuntimeError("pretraining diverged; lower pretrain.lr")
+    model.load_state_dict({**model.state_dict(), **head})
+    scores = Evaluator(model, data, "val", device).scores()
+    log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
+
+
+def _started(config: dict[str, Any], data: PreparedData, meta: dict[str, str]) -> torch.nn.Module:
+    """The model before any pretraining: timm's weights, a file's, or a seeded fresh model; BatchNorm
+    statistics re-estimated on train images with ``model.init_bn: recompute``."""
+    model_config = config["model"]
+    torch.manual_seed(pipeline_seed(config, model_config.get("head_seed", 0)))
+    model = _timm_pretrained(data, model_config) if model_config["init"] == "timm" else model_for(data, model_config)
+    if model_config["init"] == "file":
+        _imported(model, model_config, meta)
+    if model_config.get("init_bn") == "recompute" and has_batchnorm(model):
+        device = pick_device(config["evaluation"]["device"])
+        refresher = BatchNormRefresher(model, data, device, 2000, pipeline_seed(config, 0))
+        model.load_state_dict(refresher.refresh(model.state_dict()))
+        log.info("BatchNorm statistics of the init re-estimated on %d train images (model.init_bn: recompute)",
+                 refresher.images.shape[0])
+    return model
+
+
+def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> None:
+    """Produce the weights every fine-tune starts from: pretrained here, read from a file, or from timm's hub.
+
+    All fine-tunes share this checkpoint *including the classifier head*: heads re-initialised per run
+    with different seeds would put runs in different basins and break averaging.
+    """
+    set_threads(threads)
+    data = PreparedData(paths.data)
+    meta = checkpoint_metadata(config["model"], data, init=config["model"]["init"])
+    model = _started(config, data, meta)
+    # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:
+    # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
+    staging = Path(paths.model).parent / ".staging"
+    staged = {epoch: staging / Path(path).name for epoch, path in paths.epochs.items()}
+    if 0 in staged and not staged[0].exists():
+        save_checkpoint(model.state_dict(), staged[0], {**meta, "epoch": "0"})
+
+    def keep(epoch: int, trained: torch.nn.Module, head: dict[str, torch.Tensor]) -> None:
+        if epoch in staged:
+            save_checkpoint({**trained.state_dict(), **head}, staged[epoch], {**meta, "epoch": str(epoch)})
+
+    if config["model"]["init"] == "pretrain":
+        _pretrain(config, model, data, paths, keep)
+    for epoch, path in staged.items():
+        os.replace(path, paths.epochs[epoch])
+    if staging.exists() and not any(staging.iterdir()):
+        staging.rmdir()
+    save_checkpoint(model.state_dict(), paths.model, meta)
+    forget(state_beside(paths.model))
