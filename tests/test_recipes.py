@@ -37,12 +37,12 @@ def make_kitchen(n=8, seed=0, observe=None):
 def test_greedy_never_accepts_a_candidate_that_lowers_the_val_score(recipe, seed):
     kitchen = make_kitchen(seed=seed)
     for soup in cook(recipe, kitchen, {"repeats": 3, "seed": seed}):
-        accepted = [row["val_score"] for row in soup.trace if row["accepted"]]
+        accepted = [row.val_score for row in soup.trace if row.accepted]
         assert accepted == sorted(accepted)
         best_so_far = float("-inf")
         for row in soup.trace:  # Algorithm 1: accept exactly when the soup's val score does not drop
-            assert row["accepted"] == (row["val_score"] >= best_so_far)
-            best_so_far = max(best_so_far, row["val_score"]) if row["accepted"] else best_so_far
+            assert row.accepted == (row.val_score >= best_so_far)
+            best_so_far = max(best_so_far, row.val_score) if row.accepted else best_so_far
         assert soup.val == score(soup.total.mean())
         assert soup.val.accuracy == pytest.approx(accepted[-1])
 
@@ -76,7 +76,7 @@ def test_pruned_never_ends_below_its_uniform_start(recipe, seed):
     start = score(average(i.load() for i in kitchen.ingredients))
     for soup in cook(recipe, kitchen, {"passes": 3, "repeats": 2, "seed": seed}):
         assert soup.val.accuracy >= start.accuracy
-        assert soup.trace[0]["val_score"] == pytest.approx(start.accuracy)
+        assert soup.trace[0].val_score == pytest.approx(start.accuracy)
         assert len(soup.ingredients) < len(kitchen.ingredients)  # the worst ingredients leave
         assert soup.val == score(soup.total.mean())
 
@@ -111,7 +111,7 @@ def test_random_orders_are_seeded():
 def test_recipes_decide_without_what_observe_records():
     """Selection is blind to the test figures the job records through observe."""
     def noisy_observe(row, state):
-        row["test_accuracy"] = random.random()
+        row.test_accuracy = random.random()
 
     for recipe in ("greedy", "pruned", "greedy_random", "wise_ft"):
         plain = cook(recipe, make_kitchen(), {"repeats": 2})
@@ -150,8 +150,8 @@ def test_a_set_of_ingredients_is_scored_once_per_job_and_selection_is_unchanged(
     soups, baseline = cook(recipe, memo, options), cook(recipe, plain, options)
     for soup, reference in zip(soups, baseline, strict=True):
         assert soup.ingredients == reference.ingredients
-        assert [(r["candidate"], r["accepted"]) for r in soup.trace] == [
-            (r["candidate"], r["accepted"]) for r in reference.trace]
+        assert [(r.candidate, r.accepted) for r in soup.trace] == [
+            (r.candidate, r.accepted) for r in reference.trace]
     passes = sum(soup.selection_passes for soup in soups)
     assert passes == len(calls) == len(memo.scored)  # every val pass scored a set not scored before
     saved = sum(soup.selection_passes for soup in baseline) - passes
@@ -168,8 +168,8 @@ def test_greedy_tie_gt_accepts_only_a_strict_improvement():
     assert cook("greedy", Kitchen(twins, score), {"tie": "gt"})[0].ingredients == ["a"]
     best_so_far = float("-inf")
     for row in cook("greedy", make_kitchen(seed=2), {"tie": "gt"})[0].trace:
-        assert row["accepted"] == (row["val_score"] > best_so_far)
-        best_so_far = max(best_so_far, row["val_score"]) if row["accepted"] else best_so_far
+        assert row.accepted == (row.val_score > best_so_far)
+        best_so_far = max(best_so_far, row.val_score) if row.accepted else best_so_far
 
 
 def constructed_stock(cosine_pairs):
@@ -195,7 +195,7 @@ def test_model_stock_moves_each_tensor_toward_the_start_by_its_own_ratio():
         t = 2 * c / (1 + c)
         mean = (torch.tensor([1.0, 0.0]) + torch.tensor([c, (1 - c * c) ** 0.5]) * 2) / 2
         assert torch.allclose(state[name], t * mean, atol=1e-6), name
-    assert soup.trace[0]["ratio_min"] == pytest.approx(0.0) and soup.trace[0]["ratio_max"] == pytest.approx(1.0)
+    assert soup.trace[0].ratio_min == pytest.approx(0.0) and soup.trace[0].ratio_max == pytest.approx(1.0)
 
 
 def test_model_stock_averages_buffers_like_the_uniform_soup():
@@ -217,13 +217,13 @@ def test_wise_ft_walks_from_the_start_to_the_base_and_keeps_the_best_val_alpha()
     kitchen = make_kitchen()
     names, base = kitchen.base()
     soup = cook("wise_ft", kitchen, {"alphas": [0.0, 0.5, 0.9, 1.0]})[0]
-    alphas = [row["alpha"] for row in soup.trace]
+    alphas = [row.alpha for row in soup.trace]
     assert alphas == [0.0, 0.5, 0.9, 1.0]
     for row in soup.trace:
-        assert row["val_score"] == pytest.approx(score({"w": row["alpha"] * base["w"]}).accuracy)
-    best = max(soup.trace, key=lambda row: (row["val_score"], row["alpha"]))
-    assert [row["accepted"] for row in soup.trace] == [row is best for row in soup.trace]
-    assert torch.allclose(soup.state()["w"], best["alpha"] * base["w"])
+        assert row.val_score == pytest.approx(score({"w": row.alpha * base["w"]}).accuracy)
+    best = max(soup.trace, key=lambda row: (row.val_score, row.alpha))
+    assert [row.accepted for row in soup.trace] == [row is best for row in soup.trace]
+    assert torch.allclose(soup.state()["w"], best.alpha * base["w"])
     assert soup.ingredients == names and soup.selection_passes == 4
 
 
@@ -315,14 +315,14 @@ def test_early_rejection_changes_no_decision_and_evaluates_fewer_images(recipe, 
     with_bar, without = cook(recipe, early_kitchen, dict(options)), cook(recipe, full_kitchen, dict(options))
     for soup, reference in zip(with_bar, without, strict=True):
         assert soup.ingredients == reference.ingredients
-        assert [(r["candidate"], r["accepted"]) for r in soup.trace] == [
-            (r["candidate"], r["accepted"]) for r in reference.trace]
+        assert [(r.candidate, r.accepted) for r in soup.trace] == [
+            (r.candidate, r.accepted) for r in reference.trace]
         assert soup.val == reference.val
         for row, ref in zip(soup.trace, reference.trace):
-            if row.get("stopped_early"):
-                assert not row["accepted"] and not ref["accepted"]
+            if row.stopped_early:
+                assert not row.accepted and not ref.accepted
             else:
-                assert row["val_score"] == ref["val_score"] or row["val_score"] != row["val_score"]
+                assert row.val_score == ref.val_score or row.val_score != row.val_score
     assert early.images_scored <= full.images_scored
 
 
@@ -374,7 +374,7 @@ def test_learned_soup_is_a_convex_mixture_per_module_and_lowers_the_val_loss_of_
         assert weights.min() > -1e-4 and abs(float(weights.sum()) - 1) < 1e-4
     uniform = cook("uniform", kitchen, {})[0]
     assert soup.val.loss < uniform.val.loss
-    fits = [row["val_loss"] for row in soup.trace if row["candidate"].startswith("fit epoch")]
+    fits = [row.val_loss for row in soup.trace if row.candidate.startswith("fit epoch")]
     assert len(fits) == 20 and fits[-1] < fits[0]
 
 

@@ -35,16 +35,16 @@ def test_a_training_state_resumes_only_from_the_start_it_was_saved_for(tmp_path,
 
 def test_the_resume_identity_follows_the_start_files_content_and_the_model(tmp_path):
     from soupflow.config import merge_defaults
-    from soupflow.resume import job_resume as _resume
+    from soupflow.resume import job_resume
 
     config = merge_defaults({})
     init = tmp_path / "init.safetensors"
     init.write_bytes(b"weights one")
-    one = _resume(config, tmp_path / "resume.pt", str(init)).start
+    one = job_resume(config, tmp_path / "resume.pt", str(init)).start
     init.write_bytes(b"weights two")
-    two = _resume(config, tmp_path / "resume.pt", str(init)).start
+    two = job_resume(config, tmp_path / "resume.pt", str(init)).start
     wider = merge_defaults({"model": {"kwargs": {"stem_width": 64}}})
-    assert len({one, two, _resume(wider, tmp_path / "resume.pt", str(init)).start}) == 3
+    assert len({one, two, job_resume(wider, tmp_path / "resume.pt", str(init)).start}) == 3
     assert json.loads(two)["start_file_sha256"] == io.file_digest(init) != json.loads(one)["start_file_sha256"]
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import seaborn as sns
 
 from soupflow.analysis import spearman
-from soupflow.plots import _empty, _save, plt
+from soupflow.plots import empty_axes, plt, save_figure
 from soupflow.similarity import MEASURES
 
 
@@ -20,7 +20,7 @@ def plot_gain_vs_similarity(pairs: pd.DataFrame, path: str, positive_only: bool 
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
     for ax, measure in zip(axes.flat, MEASURES):
         if frame.empty:
-            _empty(ax, "no positive soups" if positive_only else "no pairs")
+            empty_axes(ax, "no positive soups" if positive_only else "no pairs")
             continue
         sns.scatterplot(data=frame, x=measure, y="gain_loss", ax=ax, s=18)
         ax.axhline(0, color="grey", lw=0.8)
@@ -29,15 +29,15 @@ def plot_gain_vs_similarity(pairs: pd.DataFrame, path: str, positive_only: bool 
     for ax in list(axes.flat)[len(MEASURES):]:
         ax.set_axis_off()
     fig.suptitle("positive-gain pairs only" if positive_only else "all pairs")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_transitivity(triples: pd.DataFrame, path: str) -> None:
     """P(B,C soup positively) vs #positive soups with A (Figure 5) and gain(B,C) vs min gain with A (A5)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     if triples.empty:
-        _empty(left, "no triplet with all three pairs souped")
-        _empty(right, "")
+        empty_axes(left, "no triplet with all three pairs souped")
+        empty_axes(right, "")
     else:
         summary = triples.groupby("positive_with_a").positive_bc.mean().reindex([0, 1, 2])
         sns.barplot(x=summary.index.astype(str), y=summary.values, ax=left, color="C0")
@@ -48,15 +48,15 @@ def plot_transitivity(triples: pd.DataFrame, path: str) -> None:
         right.set_title(f"Spearman {spearman(triples.min_gain_with_a, triples.gain_bc):.2f}")
         right.set_xlabel("min(gain(A,B), gain(A,C))")
         right.set_ylabel("gain(B,C)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_embedding(embedded: pd.DataFrame, pairs: pd.DataFrame, color_by: str, path: str) -> None:
     """Runs placed by MDS of d = −sign(gain) − 0.1·gain; edges are positive soups (Figure 6)."""
     fig, ax = plt.subplots(figsize=(6, 5))
     if embedded.empty:
-        _empty(ax, "no runs")
-        _save(fig, path)
+        empty_axes(ax, "no runs")
+        save_figure(fig, path)
         return
     where = embedded.set_index("run_id")[["x", "y"]]
     for a, b in zip(pairs.run_a[pairs.gain_loss > 0], pairs.run_b[pairs.gain_loss > 0]):
@@ -72,16 +72,16 @@ def plot_embedding(embedded: pd.DataFrame, pairs: pd.DataFrame, color_by: str, p
         ax.legend(title=color_by, fontsize=8)
     ax.set_xlabel("MDS 1")
     ax.set_ylabel("MDS 2")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_shared_training(pairs: pd.DataFrame, shared: pd.DataFrame, path: str) -> None:
     """Quantiles of soup gain vs shared epochs (Figure 1); P(gain > 0) and mean positive gain (Figure 2)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if shared.empty:
-        _empty(left, "no shared-epoch information (model.init is not pretrain)")
-        _empty(right, "")
-        _save(fig, path)
+        empty_axes(left, "no shared-epoch information (model.init is not pretrain)")
+        empty_axes(right, "")
+        save_figure(fig, path)
         return
     for q, style in (("q10", ":"), ("q25", "--"), ("q50", "-"), ("q75", "--"), ("q90", ":")):
         left.plot(shared.shared_epochs, shared[q], style, marker="o", label=q.replace("q", "") + "%")
@@ -103,7 +103,7 @@ def plot_shared_training(pairs: pd.DataFrame, shared: pd.DataFrame, path: str) -
     right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower right")
     for ax in (left, right):
         ax.xaxis.get_major_locator().set_params(integer=True)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_corrupted(pairs: pd.DataFrame, gaps: pd.DataFrame, path: str) -> None:
@@ -112,12 +112,12 @@ def plot_corrupted(pairs: pd.DataFrame, gaps: pd.DataFrame, path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     if pairs.empty:
         for ax in axes:
-            _empty(ax, "no pairs")
-        _save(fig, path)
+            empty_axes(ax, "no pairs")
+        save_figure(fig, path)
         return
     for ax, frame, title in ((axes[0], pairs, "all pairs"), (axes[1], pairs[pairs.gain_loss > 0], "positive on clean test")):
         if frame.empty:
-            _empty(ax, "no positive soups")
+            empty_axes(ax, "no positive soups")
             continue
         sns.scatterplot(data=frame, x="gain_loss", y="gain_loss_corrupted", ax=ax, s=15)
         ax.set_title(f"{title}: Spearman {spearman(frame.gain_loss, frame.gain_loss_corrupted):.2f}")
@@ -127,7 +127,7 @@ def plot_corrupted(pairs: pd.DataFrame, gaps: pd.DataFrame, path: str) -> None:
     axes[2].axvline(0, color="grey", lw=0.8)
     axes[2].set_xlabel("robustness gap after − before souping")
     axes[2].set_title(f"mean {gaps.gap_change.mean():+.3f}, median {gaps.gap_change.median():+.3f}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_all(pairs, triples, embedded, gaps, shared, color_by: str, paths: dict[str, str]) -> None:

@@ -16,14 +16,14 @@ from soupflow.io import atomic_path  # noqa: E402
 from soupflow.summary import best_individual  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: str) -> None:
+def save_figure(fig: plt.Figure, path: str) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
-def _empty(ax: plt.Axes, message: str) -> None:
+def empty_axes(ax: plt.Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
 
@@ -57,7 +57,7 @@ def plot_soups_vs_ingredients(runs: pd.DataFrame, soups: pd.DataFrame, path: str
     ax.set(xlabel="validation accuracy", ylabel="test accuracy",
            title="Soups vs their ingredients (bars: paired 95 % interval vs best)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_val_heatmap(runs: pd.DataFrame, axes: list[str], path: str) -> None:
@@ -66,12 +66,12 @@ def plot_val_heatmap(runs: pd.DataFrame, axes: list[str], path: str) -> None:
     columns = [f"hp_{a}" for a in axes]
     ok = runs[runs["status"] == "ok"]
     if not all(c in ok for c in columns) or ok.empty:
-        _empty(ax, f"no runs vary {axes}")
+        empty_axes(ax, f"no runs vary {axes}")
     else:
         table = ok.pivot_table(index=columns[0], columns=columns[1], values="val_accuracy", aggfunc="mean")
         sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "val accuracy"})
         ax.set(xlabel=axes[1], ylabel=axes[0], title="Validation accuracy of the fine-tunes")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_greedy_ingredients(runs: pd.DataFrame, trace: pd.DataFrame, path: str) -> None:
@@ -79,7 +79,7 @@ def plot_greedy_ingredients(runs: pd.DataFrame, trace: pd.DataFrame, path: str) 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     steps = trace[trace.recipe.isin(["greedy", "greedy_random"]) & trace.accepted.astype(bool)] if len(trace) else trace
     if steps.empty:
-        _empty(ax, "no greedy soup in the config")
+        empty_axes(ax, "no greedy soup in the config")
     else:
         sns.lineplot(data=steps, x="n_ingredients", y="test_accuracy", hue="soup", errorbar="sd", marker="o", ax=ax)
         best = best_individual(runs)
@@ -88,7 +88,7 @@ def plot_greedy_ingredients(runs: pd.DataFrame, trace: pd.DataFrame, path: str) 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="number of ingredients", ylabel="test accuracy", title="Greedy soup vs number of ingredients")
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pruned_passes(trace: pd.DataFrame, path: str) -> None:
@@ -99,8 +99,8 @@ def plot_pruned_passes(trace: pd.DataFrame, path: str) -> None:
     else:
         ends = pd.DataFrame()
     if ends.empty:
-        _empty(left, "no pruned soup in the config")
-        _empty(right, "")
+        empty_axes(left, "no pruned soup in the config")
+        empty_axes(right, "")
     else:
         sns.lineplot(data=ends, x="pass", y="test_accuracy", hue="soup", errorbar="sd", marker="o", ax=left)
         sns.lineplot(data=ends, x="pass", y="n_ingredients", hue="soup", errorbar="sd", marker="o", ax=right)
@@ -108,7 +108,7 @@ def plot_pruned_passes(trace: pd.DataFrame, path: str) -> None:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         left.set(xlabel="passes", ylabel="test accuracy", title="Pruned soup accuracy vs passes")
         right.set(xlabel="passes", ylabel="ingredients", title="Pruned soup size vs passes")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_wise_ft(runs: pd.DataFrame, trace: pd.DataFrame, path: str) -> None:
@@ -116,7 +116,7 @@ def plot_wise_ft(runs: pd.DataFrame, trace: pd.DataFrame, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     curve = trace[trace.recipe == "wise_ft"] if len(trace) and "alpha" in trace else pd.DataFrame()
     if curve.empty:
-        _empty(ax, "no wise_ft soup in the config")
+        empty_axes(ax, "no wise_ft soup in the config")
     else:
         long = curve.melt(id_vars=["soup", "alpha", "accepted"], value_vars=["val_accuracy", "test_accuracy"],
                           var_name="split", value_name="accuracy")
@@ -129,7 +129,7 @@ def plot_wise_ft(runs: pd.DataFrame, trace: pd.DataFrame, path: str) -> None:
             ax.axhline(best.test_accuracy, ls="--", color="grey", label="best individual (by val), test")
         ax.set(xlabel="α (0 = the init, 1 = the base soup)", ylabel="accuracy", title="WiSE-FT interpolation")
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_all(runs_path: str, soups_path: str, trace_path: str, outputs: dict[str, str], heatmap_axes: list[str]) -> None:
@@ -149,8 +149,8 @@ def plot_learning_curves(history_paths: list[str], path: str) -> None:
     sns.set_theme(style="whitegrid")
     fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(11, 4))
     if history is None:
-        _empty(loss_ax, "no run finished an epoch")
-        _empty(lr_ax, "")
+        empty_axes(loss_ax, "no run finished an epoch")
+        empty_axes(lr_ax, "")
     else:
         legend = history.run_id.nunique() <= 12
         sns.lineplot(history, x="epoch", y="train_loss", hue="run_id", marker="o", ax=loss_ax, legend=legend)
@@ -160,4 +160,4 @@ def plot_learning_curves(history_paths: list[str], path: str) -> None:
         loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if legend:
             loss_ax.legend(fontsize=7, title="run")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from soupflow.average import StateDict, StateSum, UnitDirections, interpolate, model_stock_ratio
@@ -51,7 +51,7 @@ class Kitchen:
     ingredients: list[Ingredient]  # every usable ingredient, in no particular order
     select: Callable[[StateDict], Scores]  # scores a state dict on the validation split
     fresh_init: Callable[[int], StateDict] | None = None  # an untrained model, seeded
-    observe: Callable[[dict[str, Any], StateDict], None] = lambda row, state: None
+    observe: Callable[[TraceRow, StateDict], None] = lambda row, state: None  # adds test figures to a row
     start: Callable[[], StateDict] | None = None  # θ0, the weights the fine-tunes started from
     base: Callable[[], tuple[list[str], StateDict]] | None = None  # another soup: its ingredients, its weights
     buffers: frozenset[str] = frozenset()  # names of the model's buffers (BatchNorm statistics), not weights
@@ -92,11 +92,54 @@ class Kitchen:
 
 
 @dataclass
+class TraceRow:
+    """One candidate a recipe scored (a greedy step, a pruned removal, a WiSE-FT α, a fit epoch): a row of
+    ``trace.parquet`` (``tables.TRACE_SCHEMA``). Val figures are NaN for a pass stopped early (``stopped_early``);
+    ``Kitchen.observe`` adds the test figures of accepted states (reporting only: recipes never read them)."""
+
+    step: int
+    candidate: str
+    accepted: bool
+    n_ingredients: int
+    val_score: float | None = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    stopped_early: bool | None = None
+    repeat: int | None = None
+    pass_number: int | None = None  # pruned: 0 = the uniform start
+    alpha: float | None = None  # wise_ft
+    ratio_min: float | None = None  # model_stock: Model Stock's t over the model's tensors
+    ratio_median: float | None = None
+    ratio_max: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+
+    @classmethod
+    def scored(cls, step: int, candidate: str, accepted: bool, n_ingredients: int, scores: Scores | None,
+               metric: str, **extra: Any) -> "TraceRow":
+        """A row with a candidate's val figures. ``scores`` None: a bounded pass stopped early (NaN figures,
+        ``stopped_early``); rows of bounded passes (greedy, pruned) pass ``stopped_early=False`` otherwise."""
+        row = cls(step, candidate, accepted, n_ingredients, **extra)
+        if scores is None:
+            row.val_score = row.val_accuracy = row.val_loss = float("nan")
+            row.stopped_early = True
+        else:
+            row.val_score, row.val_accuracy, row.val_loss = scores.value(metric), scores.accuracy, scores.loss
+        return row
+
+    def columns(self) -> dict[str, Any]:
+        """The row as ``trace.parquet`` columns (``pass`` is a Python keyword, hence ``pass_number``)."""
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["pass"] = row.pop("pass_number")
+        return row
+
+
+@dataclass
 class Soup:
     ingredients: list[str]
     total: StateSum
     val: Scores
-    trace: list[dict[str, Any]] = field(default_factory=list)
+    trace: list[TraceRow] = field(default_factory=list)
     repeat: int = 0
     selection_passes: int = 0
     weights: StateDict | None = None  # the soup when it is not the plain mean of ``total`` (model_stock, wise_ft)
@@ -160,8 +203,7 @@ def _uniform_of(kitchen: Kitchen, chosen: list[Ingredient], metric: str, label: 
         total.add(ingredient.load())
     state = total.mean()
     scores = kitchen.select(state)
-    row = {"step": len(chosen), "candidate": label, "accepted": True, "n_ingredients": total.count,
-           "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss}
+    row = TraceRow.scored(len(chosen), label, True, total.count, scores, metric)
     kitchen.observe(row, state)
     return Soup([i.name for i in chosen], total, scores, [row], selection_passes=1)
 
@@ -201,15 +243,6 @@ def untrained(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     return [_uniform_of(kitchen, fresh, metric, "untrained")]
 
 
-def _score_columns(scores: Scores | None, metric: str) -> dict[str, Any]:
-    """A candidate's val figures for its trace row; NaN with ``stopped_early`` when its pass was cut short."""
-    if scores is None:
-        nan = float("nan")
-        return {"val_score": nan, "val_accuracy": nan, "val_loss": nan, "stopped_early": True}
-    return {"val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss,
-            "stopped_early": False}
-
-
 def _shown(scores: Scores | None, metric: str) -> str:
     return "(stopped early: out of reach)" if scores is None else f"{scores.value(metric):.4f}"
 
@@ -238,8 +271,8 @@ def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, options:
         scores, evaluated = kitchen.score(chosen + [ingredient.name], state, bar)
         passes += evaluated
         accepted = scores is not None and improves(scores.value(metric), best, metric, tie)
-        row = {"repeat": repeat, "step": step, "candidate": ingredient.name, "accepted": accepted,
-               "n_ingredients": total.count if accepted else total.count - 1, **_score_columns(scores, metric)}
+        row = TraceRow.scored(step, ingredient.name, accepted, total.count if accepted else total.count - 1, scores,
+                              metric, repeat=repeat, stopped_early=False)
         log.info("greedy%s step %d: %s val %s %s -> %s", f" repeat {repeat}" if repeat else "", step,
                  ingredient.name, metric, _shown(scores, metric), "accepted" if accepted else "rejected")
         if accepted:
@@ -283,9 +316,7 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
     state = total.mean()
     best, evaluated = kitchen.score(list(inside), state)
     evaluations = int(evaluated)
-    start = {"repeat": repeat, "pass": 0, "step": 0, "candidate": "uniform start", "accepted": True,
-             "n_ingredients": total.count, "val_score": best.value(metric), "val_accuracy": best.accuracy,
-             "val_loss": best.loss}
+    start = TraceRow.scored(0, "uniform start", True, total.count, best, metric, repeat=repeat, pass_number=0)
     kitchen.observe(start, state)
     trace = [start]
     for pass_number in range(1, passes + 1):
@@ -300,17 +331,16 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
             removed = scores is not None and scores.value(metric) >= best.value(metric)
             log.info("pruned pass %d: without %s val %s %s -> %s", pass_number, ingredient.name, metric,
                      _shown(scores, metric), "removed" if removed else "kept")
-            trace.append({"repeat": repeat, "pass": pass_number, "step": len(trace), "candidate": ingredient.name,
-                          "accepted": removed, "n_ingredients": total.count if removed else total.count + 1,
-                          **_score_columns(scores, metric)})
+            trace.append(TraceRow.scored(len(trace), ingredient.name, removed,
+                                         total.count if removed else total.count + 1, scores, metric,
+                                         repeat=repeat, pass_number=pass_number, stopped_early=False))
             if removed:
                 best = scores
                 del inside[ingredient.name]
             else:
                 total.add(weights)
-        end = {"repeat": repeat, "pass": pass_number, "step": len(trace), "candidate": f"end of pass {pass_number}",
-               "accepted": True, "n_ingredients": total.count, "val_score": best.value(metric),
-               "val_accuracy": best.accuracy, "val_loss": best.loss}
+        end = TraceRow.scored(len(trace), f"end of pass {pass_number}", True, total.count, best, metric,
+                              repeat=repeat, pass_number=pass_number)
         kitchen.observe(end, total.mean())
         trace.append(end)
     return Soup(list(inside), total, best, trace, repeat, evaluations)
@@ -367,9 +397,8 @@ def model_stock(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     values = sorted(ratios.values())
     log.info("model stock of %d: ratio t from %.3f to %.3f (median %.3f) over %d tensors", total.count, values[0],
              values[-1], values[len(values) // 2], len(values))
-    row = {"step": total.count, "candidate": "model stock", "accepted": True, "n_ingredients": total.count,
-           "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss,
-           "ratio_min": values[0], "ratio_median": values[len(values) // 2], "ratio_max": values[-1]}
+    row = TraceRow.scored(total.count, "model stock", True, total.count, scores, metric, ratio_min=values[0],
+                          ratio_median=values[len(values) // 2], ratio_max=values[-1])
     kitchen.observe(row, state)
     names = [ing.name for ing in kitchen.ranked(metric)[:k]]
     return [Soup(names, total, scores, [row], selection_passes=1, weights=state)]
@@ -388,20 +417,18 @@ def wise_ft(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     metric = options.get("metric", "accuracy")
     start = _anchor(kitchen, "wise_ft")
     names, base = kitchen.base()
-    best: tuple[Scores, StateDict, dict[str, Any]] | None = None
+    best: tuple[Scores, StateDict, TraceRow] | None = None
     trace = []
     for step, alpha in enumerate(sorted(float(a) for a in options.get("alphas", WISE_FT_ALPHAS))):
         state = interpolate(start, base, alpha)
         scores = kitchen.select(state)
-        row = {"step": step, "candidate": f"alpha {alpha:g}", "accepted": False, "n_ingredients": len(names),
-               "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss,
-               "alpha": alpha}
+        row = TraceRow.scored(step, f"alpha {alpha:g}", False, len(names), scores, metric, alpha=alpha)
         log.info("wise_ft alpha %g: val %s %.4f", alpha, metric, scores.value(metric))
         kitchen.observe(row, state)
         trace.append(row)
         if best is None or scores.value(metric) >= best[0].value(metric):
             best = (scores, state, row)
-    best[2]["accepted"] = True
+    best[2].accepted = True
     total = StateSum().add(base)
     return [Soup(list(names), total, best[0], trace, selection_passes=len(trace), weights=best[1])]
 
@@ -424,12 +451,11 @@ def learned(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     states = [first] + [ingredient.load() for ingredient in chosen[1:]]
     state, history = kitchen.learn(states, options)
     scores = kitchen.select(state)
-    trace = [{"step": row["epoch"], "candidate": f"fit epoch {row['epoch']}", "accepted": False,
-              "n_ingredients": len(chosen), "val_loss": row["fit_loss"]} for row in history]
+    trace = [TraceRow(row["epoch"], f"fit epoch {row['epoch']}", False, len(chosen), val_loss=row["fit_loss"])
+             for row in history]
     for row in history:
         log.info("learned soup: fit epoch %d, mean val-batch loss %.4f", row["epoch"], row["fit_loss"])
-    final = {"step": len(history) + 1, "candidate": "learned", "accepted": True, "n_ingredients": len(chosen),
-             "val_score": scores.value(metric), "val_accuracy": scores.accuracy, "val_loss": scores.loss}
+    final = TraceRow.scored(len(history) + 1, "learned", True, len(chosen), scores, metric)
     kitchen.observe(final, state)
     return [Soup([ing.name for ing in chosen], StateSum().add(first), scores, trace + [final], selection_passes=1,
                  weights=state)]

@@ -28,7 +28,7 @@ from soupflow.models import (
     set_threads,
     untrained_state,
 )
-from soupflow.recipes import Ingredient, Kitchen, cook, soupability
+from soupflow.recipes import Ingredient, Kitchen, TraceRow, cook, soupability
 from soupflow.stats import compare
 from soupflow.summary import best_individual
 from soupflow.tables import SOUP_SCHEMA, TRACE_SCHEMA, typed_table
@@ -203,9 +203,9 @@ def _kitchen(setting: Setting, paths: SoupPaths):
     config, spec, data, evaluators = setting.config, setting.spec, setting.data, setting.evaluators
     finish = _refresher(config, spec, data, evaluators["val"].device)
 
-    def observe(row: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    def observe(row: TraceRow, state: dict[str, torch.Tensor]) -> None:
         scores = evaluators["test"].scores(finish(state))  # reporting only: the recipe never reads these
-        row["test_accuracy"], row["test_loss"] = scores.accuracy, scores.loss
+        row.test_accuracy, row.test_loss = scores.accuracy, scores.loss
 
     val = evaluators["val"]
     bounded = (lambda state, bar, resume: val.select(finish(state), bar, resume)) \
@@ -255,7 +255,7 @@ def _served(name: str, setting: Setting, soups: list, finish, check) -> tuple[li
         ensemble = {s: setting.logits.mean(soup.ingredients, s) for s in labels}
         row = _soup_row(name, setting.spec, soup, len(setting.ingredients), test_logits, ensemble, labels)
         rows.append(row | _check_columns(check))
-        traces += [{"soup": name, "recipe": setting.spec["recipe"], **r} for r in soup.trace]
+        traces += [{"soup": name, "recipe": setting.spec["recipe"], **r.columns()} for r in soup.trace]
         if chosen is None or soup.val.value(row["metric"]) > chosen[0].val.value(row["metric"]):
             chosen = (soup, state)
     return rows, traces, chosen

@@ -1,24 +1,6 @@
 # When do soups work? ("Too Salty"): `snakemake analysis`. Pairwise midpoint soups of the runs (the grid's and
 # the analysis' branching runs), their gains, similarity measures, transitivity, shared training, corruptions.
 CORRUPTED = f"{RESULTS}/analysis/corrupted.safetensors"
-ANALYSIS_TABLES = [
-    "pairs",
-    "correlations",
-    "triplets",
-    "transitivity",
-    "embedding",
-    "robustness",
-    "shared_training",
-    "headline",
-]
-ANALYSIS_PLOTS = [
-    "similarity",
-    "similarity_positive",
-    "transitivity",
-    "embedding",
-    "shared_training",
-    "corrupted",
-]
 
 
 rule corrupt_test:
@@ -84,6 +66,7 @@ rule pair_soups:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         pairs=pair_chunk,
+        runs=chunk_runs,  # the run ids of models, outputs, metrics and corrupted_logits, in their order
         inits=init_checkpoints(),
         cache=f"{RESULTS}/analysis/pair_cache",  # one row per pair, keyed by content: reused across reruns
     script:
@@ -95,7 +78,7 @@ rule soup_sanity:
     input:
         data=DATA,
         metrics=run_file("metrics.parquet", ALL_RUNS),
-        models=run_file("model.safetensors", ALL_RUNS),
+        models=run_file("model.safetensors", ALL_RUNS),  # in the order of metrics
     output:
         f"{RESULTS}/analysis/sanity.parquet",
     log:
@@ -117,18 +100,44 @@ rule analysis:
         metrics=run_file("metrics.parquet", ALL_RUNS),
         sanity=rules.soup_sanity.output[0],
     output:
-        **{
-            f"table_{name}": f"{RESULTS}/analysis/{name}.parquet"
-            for name in ANALYSIS_TABLES
-        },
-        **{
-            f"plot_{name}": report(
-                f"{RESULTS}/analysis/plots/{name}.png",
-                caption=f"../report/analysis/{name}.rst",
-                category="Analysis",
-            )
-            for name in ANALYSIS_PLOTS
-        },
+        pairs=f"{RESULTS}/analysis/pairs.parquet",
+        correlations=f"{RESULTS}/analysis/correlations.parquet",
+        triplets=f"{RESULTS}/analysis/triplets.parquet",
+        transitivity=f"{RESULTS}/analysis/transitivity.parquet",
+        embedding=f"{RESULTS}/analysis/embedding.parquet",
+        robustness=f"{RESULTS}/analysis/robustness.parquet",
+        shared_training=f"{RESULTS}/analysis/shared_training.parquet",
+        headline=f"{RESULTS}/analysis/headline.parquet",
+        similarity_png=report(
+            f"{RESULTS}/analysis/plots/similarity.png",
+            caption="../report/analysis/similarity.rst",
+            category="Analysis",
+        ),
+        similarity_positive_png=report(
+            f"{RESULTS}/analysis/plots/similarity_positive.png",
+            caption="../report/analysis/similarity_positive.rst",
+            category="Analysis",
+        ),
+        transitivity_png=report(
+            f"{RESULTS}/analysis/plots/transitivity.png",
+            caption="../report/analysis/transitivity.rst",
+            category="Analysis",
+        ),
+        embedding_png=report(
+            f"{RESULTS}/analysis/plots/embedding.png",
+            caption="../report/analysis/embedding.rst",
+            category="Analysis",
+        ),
+        shared_training_png=report(
+            f"{RESULTS}/analysis/plots/shared_training.png",
+            caption="../report/analysis/shared_training.rst",
+            category="Analysis",
+        ),
+        corrupted_png=report(
+            f"{RESULTS}/analysis/plots/corrupted.png",
+            caption="../report/analysis/corrupted.rst",
+            category="Analysis",
+        ),
     log:
         f"{RESULTS}/logs/analysis/analysis.log",
     conda:

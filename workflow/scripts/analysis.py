@@ -1,13 +1,16 @@
-from pathlib import Path
-
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.analysis_jobs import analyse
+from soupflow.analysis_job import AnalysisInputs, AnalysisPlots, AnalysisTables, analyse
 from soupflow.snakemake_job import start
 
 config = start(snakemake)
-outputs = dict(snakemake.output.items())
-analyse(config, list(snakemake.input.chunks), [str(Path(p).parent) for p in snakemake.input.metrics],
-        snakemake.input.sanity,
-        {name[len("table_"):]: path for name, path in outputs.items() if name.startswith("table_")},
-        {name[len("plot_"):]: path for name, path in outputs.items() if name.startswith("plot_")})
+out = snakemake.output
+inputs = AnalysisInputs(chunks=list(snakemake.input.chunks), metrics=list(snakemake.input.metrics),
+                        sanity=snakemake.input.sanity)
+tables = AnalysisTables(pairs=out.pairs, correlations=out.correlations, triplets=out.triplets,
+                        transitivity=out.transitivity, embedding=out.embedding, robustness=out.robustness,
+                        shared_training=out.shared_training, headline=out.headline)
+plots = AnalysisPlots(similarity=out.similarity_png, similarity_positive=out.similarity_positive_png,
+                      transitivity=out.transitivity_png, embedding=out.embedding_png,
+                      shared_training=out.shared_training_png, corrupted=out.corrupted_png)
+analyse(config, inputs, tables, plots)

@@ -1,6 +1,6 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.analysis_jobs import make_corrupted
+from soupflow.corrupted_job import make_corrupted
 from soupflow.snakemake_job import start
 
 config = start(snakemake)

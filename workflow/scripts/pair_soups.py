@@ -1,12 +1,12 @@
-from pathlib import Path
-
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.analysis_jobs import pair_soups
+from soupflow.pair_job import PairPaths, RunFiles, pair_soups
 from soupflow.snakemake_job import start
 
 config = start(snakemake)
-run_dirs = {Path(p).parent.name: str(Path(p).parent) for p in snakemake.input.models}
-corrupted = {Path(p).stem: p for p in snakemake.input.corrupted_logits}
-pair_soups(config, snakemake.params.pairs, snakemake.input.data, snakemake.input.corrupted, run_dirs, corrupted,
-           snakemake.params.inits, snakemake.output[0], snakemake.threads, cache=snakemake.params.cache)
+inputs = snakemake.input
+files = zip(inputs.models, inputs.metrics, inputs.outputs, inputs.corrupted_logits, strict=True)
+runs = {run_id: RunFiles(*paths) for run_id, paths in zip(snakemake.params.runs, files, strict=True)}
+paths = PairPaths(data=inputs.data, corrupted=inputs.corrupted, out=snakemake.output[0], inits=snakemake.params.inits,
+                  cache=snakemake.params.cache)
+pair_soups(config, snakemake.params.pairs, runs, paths, snakemake.threads)
