@@ -26,7 +26,8 @@ include: "workflow/rules/export.smk"
 localrules:
     all,
     run_table,
-    table,
+    soups_table,
+    trace_table,
     summary,
     timm_configs,
     learning_curves,

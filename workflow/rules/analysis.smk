@@ -6,7 +6,7 @@ CORRUPTED = f"{RESULTS}/analysis/corrupted.safetensors"
 rule corrupt_test:
     """A seeded corrupted copy of the test split (noise, blur, contrast, brightness, pixelation, JPEG)."""
     input:
-        data=DATA,
+        data=rules.prepare_data.output.tensors,
     output:
         CORRUPTED,
     log:
@@ -22,7 +22,7 @@ rule corrupt_test:
 rule corrupted_outputs:
     """One run's logits on the corrupted test copy, computed once for all of its pairs."""
     input:
-        data=DATA,
+        data=rules.prepare_data.output.tensors,
         corrupted=CORRUPTED,
         model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
     output:
@@ -43,7 +43,7 @@ rule corrupted_outputs:
 rule pair_soups:
     """Midpoint soups of one share of the pairs, with gains and similarity measures."""
     input:
-        data=DATA,
+        data=rules.prepare_data.output.tensors,
         corrupted=CORRUPTED,
         inits=list(init_checkpoints().values()),
         models=lambda wildcards: run_file("model.safetensors", chunk_runs(wildcards)),
@@ -76,7 +76,7 @@ rule pair_soups:
 rule soup_sanity:
     """A model souped with itself (gain exactly 0) and two untrained models (no accuracy gain)."""
     input:
-        data=DATA,
+        data=rules.prepare_data.output.tensors,
         metrics=run_file("metrics.parquet", ALL_RUNS),
         models=run_file("model.safetensors", ALL_RUNS),  # in the order of metrics
     output:

@@ -50,9 +50,6 @@ GPU_JOB = 1 if GPUS else 0
 if GPUS and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", GPUS)
 RESULTS = "results"
-DATA = f"{RESULTS}/data/dataset.safetensors"
-INIT = f"{RESULTS}/init/model.safetensors"
-RUN_TABLE = f"{RESULTS}/metrics/runs.parquet"
 RUNS_FOLDER = (
     f"{RESULTS}/runs"  # one folder per run: model, outputs, metrics, config, train.log
 )
@@ -61,9 +58,12 @@ RUNS_FOLDER = (
 def soup_inputs(wildcards):
     """A soup's inputs: the data, the runs table, and for some recipes the init and a base soup."""
     spec = SOUPS[wildcards.soup]
-    inputs = {"data": DATA, "runs": RUN_TABLE}
+    inputs = {
+        "data": rules.prepare_data.output.tensors,
+        "runs": rules.run_table.output[0],
+    }
     if spec["recipe"] in RECIPES_FROM_START:
-        inputs["start"] = INIT
+        inputs["start"] = rules.init.output.model
     if wise_ft_base(spec) is not None:
         inputs["base"] = expand(rules.soup.output.model, soup=wise_ft_base(spec))[0]
     return inputs
@@ -81,7 +81,7 @@ def epoch_checkpoint(epoch):
 def init_of(wildcards):
     """The checkpoint a run starts from: the shared init, or a branch point of the pretraining."""
     branch = ALL_RUNS[wildcards.run_id].get("branch_epoch")
-    return INIT if branch is None else epoch_checkpoint(branch)
+    return rules.init.output.model if branch is None else epoch_checkpoint(branch)
 
 
 def run_params(wildcards):
@@ -119,7 +119,7 @@ def chunk_runs(wildcards):
 
 def init_checkpoints():
     """'final' and every kept pretraining epoch: the points task vectors are measured from."""
-    paths = {"final": INIT}
+    paths = {"final": rules.init.output.model}
     if CONFIG["model"]["init"] == "pretrain":
         paths.update({f"epoch_{e}": epoch_checkpoint(e) for e in kept_epochs()})
     return paths

@@ -1,7 +1,7 @@
 rule prepare_data:
     """Decode the data set once into uint8 tensors and write the seeded pretrain/train/val/test split."""
     output:
-        tensors=DATA,
+        tensors=f"{RESULTS}/data/dataset.safetensors",
         splits=f"{RESULTS}/data/splits.json",
     log:
         f"{RESULTS}/logs/prepare_data.log",

@@ -1,4 +1,6 @@
-TIMM_FOLDERS = [str(Path(INIT).parent)] + [f"{RUNS_FOLDER}/{run_id}" for run_id in RUNS]
+TIMM_FOLDERS = [str(Path(rules.init.output.model).parent)] + [
+    f"{RUNS_FOLDER}/{run_id}" for run_id in RUNS
+]
 TIMM_FOLDERS += [f"{RESULTS}/soups/{name}" for name in SOUPS]
 
 
@@ -8,7 +10,7 @@ rule timm_configs:
     for its index only: a list of 10,000 outputs in another rule's input costs Snakemake quadratic time.
     """
     input:
-        data=DATA,
+        data=rules.prepare_data.output.tensors,
         models=[f"{folder}/model.safetensors" for folder in TIMM_FOLDERS],
     output:
         index=f"{RESULTS}/metrics/timm_configs.txt",

@@ -1,9 +1,9 @@
 rule init:
     """The weights every fine-tune starts from (classifier head included), plus kept branch points."""
     input:
-        data=DATA,
+        data=rules.prepare_data.output.tensors,
     output:
-        model=INIT,
+        model=f"{RESULTS}/init/model.safetensors",
         epochs=[epoch_checkpoint(e) for e in kept_epochs()],
     log:
         f"{RESULTS}/logs/init.log",

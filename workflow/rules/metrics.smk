@@ -1,19 +1,14 @@
-TABLE_PARTS = {
-    "soups": lambda: [f"{RESULTS}/soups/{name}/metrics.parquet" for name in SOUPS],
-    "soup_trace": lambda: [f"{RESULTS}/soups/{name}/trace.parquet" for name in SOUPS],
-}
-
-
 rule run_table:
     """Every run's metrics in one table, with the paths of each run's model and cached outputs (and kept
-    epochs): the soups' list of ingredients, and the only way a soup job finds a run's files."""
+    epochs): the soups' list of ingredients, and the only way a soup job finds a run's files.
+    """
     input:
+        **({"epochs": run_file("epochs.parquet")} if KEEP_EPOCHS else {}),
         metrics=run_file("metrics.parquet"),
         model=run_file("model.safetensors"),
         outputs=run_file("outputs.safetensors"),
-        **({"epochs": run_file("epochs.parquet")} if KEEP_EPOCHS else {}),
     output:
-        RUN_TABLE,
+        f"{RESULTS}/metrics/runs.parquet",
     log:
         f"{RESULTS}/logs/run_table.log",
     conda:
@@ -24,16 +19,28 @@ rule run_table:
         "../scripts/run_table.py"
 
 
-rule table:
-    """One Parquet table from the per-soup tables: soups or soup_trace."""
+rule soups_table:
+    """Every soup's rows (one per repeat) in one table: the per-soup metrics of rule soup."""
     input:
-        parts=lambda wildcards: TABLE_PARTS[wildcards.table](),
+        parts=expand(rules.soup.output.metrics, soup=SOUPS),
     output:
-        f"{RESULTS}/metrics/{{table}}.parquet",
+        f"{RESULTS}/metrics/soups.parquet",
     log:
-        f"{RESULTS}/logs/tables/{{table}}.log",
-    wildcard_constraints:
-        table="|".join(TABLE_PARTS),
+        f"{RESULTS}/logs/tables/soups.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    script:
+        "../scripts/table.py"
+
+
+rule trace_table:
+    """Every candidate every soup recipe scored, in one table: the per-soup traces of rule soup."""
+    input:
+        parts=expand(rules.soup.output.trace, soup=SOUPS),
+    output:
+        f"{RESULTS}/metrics/soup_trace.parquet",
+    log:
+        f"{RESULTS}/logs/tables/soup_trace.log",
     conda:
         "../../envs/soupflow.yaml"
     script:
@@ -43,8 +50,8 @@ rule table:
 rule summary:
     """The summary table printed at the end of a run (best individual, soups, ensembles)."""
     input:
-        runs=RUN_TABLE,
-        soups=f"{RESULTS}/metrics/soups.parquet",
+        runs=rules.run_table.output[0],
+        soups=rules.soups_table.output[0],
     output:
         text=f"{RESULTS}/summary.txt",
         table=report(

@@ -1,9 +1,9 @@
 rule plots:
     """The figures of the model-soup papers for this experiment (seaborn PNGs)."""
     input:
-        runs=RUN_TABLE,
-        soups=f"{RESULTS}/metrics/soups.parquet",
-        trace=f"{RESULTS}/metrics/soup_trace.parquet",
+        runs=rules.run_table.output[0],
+        soups=rules.soups_table.output[0],
+        trace=rules.trace_table.output[0],
     output:
         soups=report(
             f"{RESULTS}/plots/soups_vs_ingredients.png",
