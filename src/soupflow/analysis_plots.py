@@ -131,6 +131,8 @@ def plot_corrupted(pairs: pd.DataFrame, gaps: pd.DataFrame, path: str) -> None:
 
 
 def plot_all(pairs, triples, embedded, gaps, shared, color_by: str, paths: dict[str, str]) -> None:
+    """Every analysis figure, from the tables ``analysis_job.analyse`` computed (five frames, passed as
+    such: seven parameters) to ``paths`` (``analysis_job.AnalysisPlots`` as a dict)."""
     plot_gain_vs_similarity(pairs, paths["similarity"])
     plot_gain_vs_similarity(pairs, paths["similarity_positive"], positive_only=True)
     plot_transitivity(triples, paths["transitivity"])

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
+
+from soupflow.grid import expand_analysis_runs, expand_runs
+from soupflow.weights import WeightsError, resolve_file
 
 #: package data (pip install . ships it); workflow/schemas/config.schema.yaml links here, as Snakemake's layout wants
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -158,8 +162,6 @@ def coerce_strings(config: dict[str, Any]) -> dict[str, Any]:
     gives ``seed: ['0', '1']``); the same values written in a YAML file are numbers. Only values the schema
     rejects as strings are touched, so names and paths stay text.
     """
-    import jsonschema
-
     validator = jsonschema.Draft202012Validator(load_schema())
     config = copy.deepcopy(config)
     for _ in range(1000):  # each pass fixes every reported value; nested ones may surface on the next
@@ -181,8 +183,6 @@ def coerce_strings(config: dict[str, Any]) -> dict[str, Any]:
 
 def validate_schema(config: dict[str, Any]) -> None:
     """Check ``config`` against the JSON schema; raise ConfigError on the first (most specific) problem."""
-    import jsonschema
-
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = list(validator.iter_errors(config))
     if errors:
@@ -223,7 +223,7 @@ def known_timm_models() -> frozenset[str] | None:
         names = cache.read_text().split()
         if names:
             return frozenset(names)
-    import timm
+    import timm  # here: the Snakefile parses without timm (a bare Snakemake plans the workflow); 2.6 s
 
     names = timm.list_models()
     with contextlib.suppress(OSError):
@@ -237,8 +237,6 @@ def known_timm_models() -> frozenset[str] | None:
 
 def _check_model_file(model: dict[str, Any]) -> None:
     """``model.file`` must exist when init = file needs it, or when init = timm names one."""
-    from soupflow.weights import WeightsError, resolve_file
-
     spec = model.get("file")
     if model["init"] == "pretrain" or (model["init"] == "timm" and not spec):
         return
@@ -394,8 +392,6 @@ def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: 
     config = merge_defaults(user)
     validate_schema(config)
     check_semantics(config, check_model=check_model, check_paths=check_paths)
-    from soupflow.grid import expand_analysis_runs, expand_runs
-
     try:
         runs = expand_runs(config)
         expand_analysis_runs(config)

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 Corruption = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 CORRUPTIONS: dict[str, Corruption] = {}
@@ -83,8 +84,6 @@ def pixelate(images: torch.Tensor, severity: int, generator: torch.Generator) ->
 @register("jpeg")
 def jpeg(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Real JPEG compression (Pillow, through matplotlib's dependency) at CIFAR-C's qualities."""
-    from PIL import Image
-
     quality = (80, 65, 58, 50, 40)[severity - 1]
     out = torch.empty_like(images)
     for index, image in enumerate(images):

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from soupflow.io import atomic_save_safetensors, open_safetensors
+from soupflow.io import atomic_save_safetensors, atomic_write_text, open_safetensors
 
 SPLITS = ("pretrain", "train", "val", "test")
 
@@ -63,7 +64,7 @@ def load_idx_dataset(root: str) -> dict[str, Any]:
 
 def load_cifar(name: str, root: str, download: bool) -> dict[str, Any]:
     """CIFAR-10/100 through torchvision; downloads only when ``data.download`` is true."""
-    from torchvision import datasets
+    from torchvision import datasets  # 2.0 s to import (measured after torch): only for CIFAR
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
@@ -90,8 +91,7 @@ def load_image_folder(root: str, image_size: int | None) -> dict[str, Any]:
 
     Decoded and resized once here; the rest of the workflow reads the cached tensors.
     """
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # 2.0 s to import: only for image folders
 
     base = Path(root)
     for sub in ("train", "test"):
@@ -192,7 +192,7 @@ def normalisation(data_config: dict[str, Any], images: torch.Tensor, model_name:
         fit = images.float() / 255.0
         return {"mean": fit.mean(dim=(0, 2, 3)).tolist(), "std": fit.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()}
     if choice == "pretrained":
-        from timm.models import get_pretrained_cfg
+        from timm.models import get_pretrained_cfg  # 2.6 s to import timm: only for normalize: pretrained
 
         cfg = get_pretrained_cfg(model_name)
         if cfg is None or not cfg.mean:
@@ -230,7 +230,6 @@ def prepare(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits
     record = {split: kept_train[idx].tolist() for split, idx in parts.items()}
     record["test"] = kept_test.tolist()
     record["description"] = "indices into the official train split (pretrain/train/val) and test split (test)"
-    from soupflow.io import atomic_write_text
 
     atomic_write_text(json.dumps(record), out_splits)
     return {split: int(tensors[f"{split}_y"].numel()) for split in SPLITS}

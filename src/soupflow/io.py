@@ -4,12 +4,18 @@ so a killed job never leaves a truncated checkpoint or table at a final path."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -36,8 +42,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """sha256 of a file's bytes (hex)."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -68,8 +72,6 @@ class DamagedFileError(RuntimeError):
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes, in key order: the content a file must hold."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
@@ -86,8 +88,6 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
                             metadata: dict[str, str] | None = None) -> None:
     """Save tensors as safetensors (contiguous, no shared storage) atomically, with the sha256 of their
     content in the metadata so that ``read_safetensors`` can tell a damaged file."""
-    from safetensors.torch import save_file
-
     plain, seen = {}, set()
     for name, tensor in tensors.items():
         tensor = tensor.detach().cpu().contiguous()
@@ -101,8 +101,6 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
 
 def open_safetensors(path: str | os.PathLike):
     """``safe_open`` (lazy, by tensor) whose failure to read the header names the file."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         return safe_open(str(path), framework="pt")
     except SafetensorError as error:
@@ -124,9 +122,6 @@ def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
 
 def atomic_write_parquet(table: Any, path: str | os.PathLike) -> None:
     """Write a pandas DataFrame or pyarrow Table as Parquet atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
@@ -134,6 +129,4 @@ def atomic_write_parquet(table: Any, path: str | os.PathLike) -> None:
 
 
 def atomic_write_yaml(data: Any, path: str | os.PathLike) -> None:
-    import yaml
-
     atomic_write_text(yaml.safe_dump(data, sort_keys=False), path)

@@ -111,12 +111,13 @@ def _paired_columns(logits: torch.Tensor | None, reference: torch.Tensor | None,
     return {**comparison.columns(prefix), f"{prefix}wins": comparison.wins}
 
 
-def _soup_row(name: str, spec: dict[str, Any], soup, n_candidates: int, test_logits: dict[str, torch.Tensor | None],
-              ensemble: dict[str, torch.Tensor | None], labels: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _soup_row(name: str, setting: Setting, soup, test_logits: dict[str, torch.Tensor | None],
+              ensemble: dict[str, torch.Tensor | None]) -> dict[str, Any]:
     """One row of soups.parquet. ``test_logits`` holds the soup's (``soup``), the best individual's
     (``reference``) and, with ``bn: recompute``, the same weights' with averaged statistics (``bn_kept``): the
     soup and the logit ensemble of its ingredients are compared with the best individual, and re-estimated
     BatchNorm statistics with averaged ones."""
+    spec, labels, n_candidates = setting.spec, setting.labels, len(setting.ingredients)
     test = scores_from_logits(test_logits["soup"], labels["test"])
     nan = float("nan")
     row = {"soup": name, "recipe": spec["recipe"], "metric": spec.get("metric", "accuracy"),
@@ -253,7 +254,7 @@ def _served(name: str, setting: Setting, soups: list, finish, check) -> tuple[li
         if state is not averaged:  # bn: recompute — the same weights with averaged statistics, for comparison
             test_logits["bn_kept"] = test.logits(averaged)
         ensemble = {s: setting.logits.mean(soup.ingredients, s) for s in labels}
-        row = _soup_row(name, setting.spec, soup, len(setting.ingredients), test_logits, ensemble, labels)
+        row = _soup_row(name, setting, soup, test_logits, ensemble)
         rows.append(row | _check_columns(check))
         traces += [{"soup": name, "recipe": setting.spec["recipe"], **r.columns()} for r in soup.trace]
         if chosen is None or soup.val.value(row["metric"]) > chosen[0].val.value(row["metric"]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -137,10 +137,14 @@ class Loop:
     epochs: int
     smoothing: float
     bf16: bool
+    hp: dict[str, Any]
+    name: str = "train"  # in progress lines
+    log_every: int = 50  # steps between progress lines
 
     @classmethod
     def create(cls, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, data: PreparedData,
                hp: dict[str, Any], device: torch.device, precision: str) -> "Loop":
+        """(Seven parameters: the six of ``train``'s task and its numerics, as ``train`` receives them.)"""
         generator = torch.Generator().manual_seed(int(hp.get("seed", 0)))
         torch.manual_seed(int(hp.get("seed", 0)))
         channels_last(model.to(device)).train()
@@ -152,7 +156,7 @@ class Loop:
                             float(hp.get("warmup_fraction", 0.3)))
         return cls(model, images.to(device), labels.to(device), data, make_optimizer(model, hp), generator,
                    AUGMENTATIONS[hp.get("augmentation", "none")], schedule, batch_size, steps_per_epoch,
-                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision))
+                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision), hp)
 
     def step(self, order: torch.Tensor, index: int, step: int) -> torch.Tensor:
         """One optimisation step on the ``index``-th batch of ``order``; the loss, detached, on the device."""
@@ -220,17 +224,17 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
     is called after each finished epoch. With ``resume``, the full state is saved at epoch ends (and every
     ``resume.every_steps`` steps, and on SIGTERM/SIGUSR1), and a rerun continues from it: with the same seed
     the final weights equal those of an uninterrupted run (on CPU).
-    (Ten parameters: the six of the task, then keyword options every caller may leave out.)
+    (Eleven parameters: the six of the task, then five options that callers name or leave out.)
     """
-    loop = Loop.create(model, images, labels, data, hp, device, precision)
+    loop = replace(Loop.create(model, images, labels, data, hp, device, precision), name=name, log_every=log_every)
     saver = Saver(resume, fingerprint(hp, labels.shape[0], resume.start if resume else ""), loop)
     progress = saver.restore(name)
     clock = Clock.resuming(progress)
     with StopRequests() as stop:
         for epoch in range(progress.epoch, loop.epochs):
-            diverged = _run_epoch(loop, progress, clock, saver, stop, name, log_every)
+            diverged = _run_epoch(loop, progress, clock, saver, stop)
             if diverged is not None:
-                return _result(loop, progress, clock, "diverged", epoch, diverged, hp)
+                return _result(loop, progress, clock, "diverged", epoch, diverged)
             progress.epoch_losses.append(progress.running / loop.steps_per_epoch)
             progress.epoch_ends.append(clock.seconds())
             progress.epoch, progress.index, progress.order, progress.running = epoch + 1, 0, None, 0.0
@@ -240,11 +244,10 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, da
             saver.save(progress)
             if stop.requested:
                 raise preempted(name, stop, progress.step, resume)
-    return _result(loop, progress, clock, "ok", loop.epochs, progress.epoch_losses[-1], hp)
+    return _result(loop, progress, clock, "ok", loop.epochs, progress.epoch_losses[-1])
 
 
-def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop: StopRequests, name: str,
-               log_every: int) -> float | None:
+def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop: StopRequests) -> float | None:
     """The steps of one epoch from ``progress.index`` on; the mean loss if it stopped being finite, else None.
     Leaves the epoch's summed loss in ``progress.running`` (a resumed epoch starts from its saved sum); the
     loss is read back from the device only to log and to save, never per step."""
@@ -257,11 +260,11 @@ def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop:
         total_loss += loop.step(device_order, index, progress.step)
         progress.step += 1
         last = index + 1 == loop.steps_per_epoch
-        if (index + 1) % log_every == 0 or last:
+        if (index + 1) % loop.log_every == 0 or last:
             mean_loss = float(total_loss) / (index + 1)
-            _log_step(loop, progress, clock, name, index, mean_loss)
+            _log_step(loop, progress, clock, index, mean_loss)
             if not math.isfinite(mean_loss):
-                log.warning("%s diverged at epoch %d step %d (loss %s)", name, progress.epoch + 1, index + 1,
+                log.warning("%s diverged at epoch %d step %d (loss %s)", loop.name, progress.epoch + 1, index + 1,
                             mean_loss)
                 return mean_loss
         if last:
@@ -270,26 +273,25 @@ def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop:
             progress.index, progress.running, progress.seconds = index + 1, float(total_loss), clock.seconds()
             saver.save(progress)
         if stop.requested:
-            raise preempted(name, stop, progress.step, saver.resume)
+            raise preempted(loop.name, stop, progress.step, saver.resume)
     progress.running = float(total_loss)
     return None
 
 
-def _log_step(loop: Loop, progress: Progress, clock: Clock, name: str, index: int, mean_loss: float) -> None:
+def _log_step(loop: Loop, progress: Progress, clock: Clock, index: int, mean_loss: float) -> None:
     images = (progress.step - clock.resumed_from) * loop.batch_size
-    log.info("%s epoch %d/%d step %d/%d loss %.4f lr %.2e %.0f img/s", name, progress.epoch + 1, loop.epochs,
+    log.info("%s epoch %d/%d step %d/%d loss %.4f lr %.2e %.0f img/s", loop.name, progress.epoch + 1, loop.epochs,
              index + 1, loop.steps_per_epoch, mean_loss, loop.optimizer.param_groups[0]["lr"],
              images / max(clock.seconds() - clock.saved, 1e-9))
 
 
-def _result(loop: Loop, progress: Progress, clock: Clock, status: str, epochs_done: int, loss: float,
-            hp: dict[str, Any]) -> TrainResult:
+def _result(loop: Loop, progress: Progress, clock: Clock, status: str, epochs_done: int, loss: float) -> TrainResult:
     """The result, with the learning curve of the epochs that finished (a diverged run's too)."""
     seconds = clock.seconds()
     result = TrainResult(status, epochs_done, progress.step, seconds,
                          progress.step * loop.batch_size / max(seconds, 1e-9), loss, progress.epoch_losses,
                          clock.resumed_from)
-    result.history = epoch_history(progress.epoch_losses, progress.epoch_ends, hp, loop.steps_per_epoch)
+    result.history = epoch_history(progress.epoch_losses, progress.epoch_ends, loop.hp, loop.steps_per_epoch)
     return result
 
 

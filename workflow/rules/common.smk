@@ -119,7 +119,7 @@ def chunk_runs(wildcards):
 
 def init_checkpoints():
     """'final' and every kept pretraining epoch: the points task vectors are measured from."""
-    paths = {"final": rules.init.output.model}
+    paths = {"final": str(rules.init.output.model)}  # a plain path: params are pickled
     if CONFIG["model"]["init"] == "pretrain":
         paths.update({f"epoch_{e}": epoch_checkpoint(e) for e in kept_epochs()})
     return paths
