@@ -91,7 +91,7 @@ class Evaluator:
         n = labels.shape[0]
         correct, loss_sum, first = (resume.correct, resume.loss_sum, resume.seen) if resume else (0, 0.0, 0)
         for start in range(first, n, self.batch_size):
-            inputs = channels_last_input(self.data.normalise(images[start:start + self.batch_size]))
+            inputs = self._batch(images, start)
             logits, target = self.model(inputs).float(), labels[start:start + self.batch_size]
             correct += int((logits.argmax(dim=1) == target).sum())
             loss_sum += float(F.cross_entropy(logits, target, reduction="none").double().sum())
@@ -125,8 +125,13 @@ class Evaluator:
         for output in logits:
             wrong += (output.argmax(dim=1) != labels).float()
             confidence += output.float().softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
-        order = sorted(range(labels.shape[0]), key=lambda i: (-wrong[i].item(), confidence[i].item(), i))
-        self.order_by(torch.tensor(order))
+        # (-wrong, confidence, index) in lexicographic order: stable sorts, the last key first
+        order = torch.argsort(confidence, stable=True)
+        self.order_by(order[torch.argsort(-wrong[order], stable=True)])
+
+    def _batch(self, images: torch.Tensor, start: int) -> torch.Tensor:
+        """The model's input for the batch of ``images`` that begins at ``start``: normalised, in its layout."""
+        return channels_last_input(self.data.normalise(images[start:start + self.batch_size]))
 
     def load(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)
@@ -139,7 +144,7 @@ class Evaluator:
             self.load(state_dict)
         logits, feats = [], []
         for start in range(0, self.labels.shape[0], self.batch_size):
-            inputs = channels_last_input(self.data.normalise(self.images[start:start + self.batch_size]))
+            inputs = self._batch(self.images, start)
             if features:
                 pre = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
                 feats.append(pre.float().cpu())

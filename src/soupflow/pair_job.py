@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -78,14 +78,19 @@ def _branch(row: dict[str, Any]) -> int | None:
 PAIR_ROW_VERSION = "1"
 
 
-def content_key(*paths: str) -> str:
-    """What a pair's result depends on, as one hash: the sha256 soupflow records in each safetensors header
-    (the file's path and size where there is none). Reading headers only: cheap for thousands of pairs."""
+def recorded_digest(path: str) -> str:
+    """The sha256 soupflow records in a safetensors header (the path and size where there is none)."""
+    with open_safetensors(path) as handle:
+        recorded = (handle.metadata() or {}).get("sha256")
+    return recorded or f"{path}:{os.path.getsize(path)}"
+
+
+def content_key(*paths: str, digest_of: Callable[[str], str] = recorded_digest) -> str:
+    """What a pair's result depends on, as one hash of its files' recorded digests. Reading headers only:
+    cheap for thousands of pairs."""
     digest = hashlib.sha1(PAIR_ROW_VERSION.encode())
     for path in paths:
-        with open_safetensors(path) as handle:
-            recorded = (handle.metadata() or {}).get("sha256")
-        digest.update((recorded or f"{path}:{os.path.getsize(path)}").encode())
+        digest.update(digest_of(str(path)).encode())
     return digest.hexdigest()
 
 
@@ -105,6 +110,7 @@ class PairKitchen:
         self.state = lru_cache(maxsize=4)(lambda run_id: read_safetensors(runs[run_id].model))
         self.vector = lru_cache(maxsize=8)(self._vector)
         self.outputs = lru_cache(maxsize=None)(self._outputs)
+        self.digest = lru_cache(maxsize=None)(recorded_digest)  # the data, corrupted copy, init: in every key
 
     def _vector(self, key: str) -> torch.Tensor:
         return flatten(read_safetensors(self.paths.inits[key]) if key in self.paths.inits else self.state(key))
@@ -126,7 +132,8 @@ class PairKitchen:
             return None
         a, b = self.runs[run_a], self.runs[run_b]
         key = content_key(a.model, a.outputs, b.model, b.outputs, a.corrupted, b.corrupted,
-                          self.paths.inits[self.init_key(run_a, run_b)], self.paths.data, self.paths.corrupted)
+                          self.paths.inits[self.init_key(run_a, run_b)], self.paths.data, self.paths.corrupted,
+                          digest_of=self.digest)
         return Path(self.paths.cache) / f"{key}.json"
 
     def pair_row(self, run_a: str, run_b: str) -> dict[str, Any]:

@@ -137,7 +137,7 @@ class TraceRow:
 @dataclass
 class Soup:
     ingredients: list[str]
-    total: StateSum
+    total: StateSum | None  # the sum of the ingredients' weights; None when ``weights`` is the soup (wise_ft, learned)
     val: Scores
     trace: list[TraceRow] = field(default_factory=list)
     repeat: int = 0
@@ -429,8 +429,7 @@ def wise_ft(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
         if best is None or scores.value(metric) >= best[0].value(metric):
             best = (scores, state, row)
     best[2].accepted = True
-    total = StateSum().add(base)
-    return [Soup(list(names), total, best[0], trace, selection_passes=len(trace), weights=best[1])]
+    return [Soup(list(names), None, best[0], trace, selection_passes=len(trace), weights=best[1])]
 
 
 @register("learned")
@@ -457,5 +456,4 @@ def learned(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
         log.info("learned soup: fit epoch %d, mean val-batch loss %.4f", row["epoch"], row["fit_loss"])
     final = TraceRow.scored(len(history) + 1, "learned", True, len(chosen), scores, metric)
     kitchen.observe(final, state)
-    return [Soup([ing.name for ing in chosen], StateSum().add(first), scores, trace + [final], selection_passes=1,
-                 weights=state)]
+    return [Soup([ing.name for ing in chosen], None, scores, trace + [final], selection_passes=1, weights=state)]
