@@ -153,7 +153,7 @@ def test_forcing_one_run_retrains_it_alone_and_the_summary_says_how(finished):
     planned = _planned(ROOT, work, "--forcerun", target)
     assert planned["finetune"] == 1 and planned["soup"] >= 1 and "init" not in planned
     failed = runs.assign(status=["failed"] + ["ok"] * (len(runs) - 1))
-    assert f"--forcerun {target}" in format_retry(failed, "results/runs") and format_retry(runs, "results/runs") == ""
+    assert f"--forcerun {target}" in format_retry(failed) and format_retry(runs) == ""
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip a byte"])

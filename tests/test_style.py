@@ -37,3 +37,54 @@ def test_ruff_finds_nothing():
     result = subprocess.run([ruff, "check", "src", "workflow", "bench", "tests"], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def _rule_bodies() -> dict[str, str]:
+    """Each rule's text, by name, from workflow/rules/*.smk."""
+    import re
+
+    bodies = {}
+    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
+        bodies.update(dict(zip(parts[1::2], parts[2::2])))
+    return bodies
+
+
+def _declared_file_names() -> set[str]:
+    """The last path component of every file path a rule writes literally (``…/metrics.parquet``)."""
+    import re
+
+    names = set()
+    for body in _rule_bodies().values():
+        names.update(re.findall(r"/([a-z_]+\.(?:safetensors|parquet|yaml|json|txt|csv|png))\"", body))
+    return names
+
+
+def test_no_module_under_src_spells_an_output_file_name():
+    """The rule owns every path: src/ gets paths as arguments; a file name written in a module would break
+    at run time when the rule renames that output."""
+    names = _declared_file_names()
+    assert {"model.safetensors", "outputs.safetensors", "metrics.parquet", "runs.parquet", "pairs.parquet"} <= names
+    for module in sorted((ROOT / "src" / "soupflow").glob("*.py")):
+        text = module.read_text()
+        spelt = sorted(name for name in names if f'"{name}"' in text or f"'{name}'" in text or f'/{name}"' in text)
+        assert not spelt, f"{module.name} spells {spelt}: take the path from the rule"
+
+
+def test_readme_names_the_rule_that_writes_each_result_file():
+    """README's results table: each row's rule exists and its text holds the row's file names, so that
+    `grep -n <file name> workflow/rules` lands in that rule."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| path | rule | what |"):].split("\n\n", 1)[0]
+    bodies = _rule_bodies()
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert len(rows) >= 10
+    for row in rows:
+        rules = re.findall(r"`(\w+)`", row[1])
+        if not rules:
+            continue  # report.html: written by `snakemake --report`, not by a rule
+        assert all(rule in bodies for rule in rules), row[1]
+        for name in re.findall(r"([a-z_]+\.(?:safetensors|parquet|yaml|json|txt|csv|png))`", row[0]):
+            assert any(name in bodies[rule] for rule in rules), f"{name}: not in the text of {rules}"

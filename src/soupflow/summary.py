@@ -108,23 +108,23 @@ def format_soupability(soups: pd.DataFrame) -> str:
             f"against {_pct(row.precheck_pair_val_accuracy)} % ({row.soupability}); {hint}.\n")
 
 
-def format_retry(runs: pd.DataFrame, runs_folder: str) -> str:
-    """How to train the failed runs again, when there are any (diverged runs would only diverge again)."""
-    failed = runs[runs["status"] == "failed"].run_id.tolist()
-    if not failed:
+def format_retry(runs: pd.DataFrame) -> str:
+    """How to train the failed runs again, when there are any (diverged runs would only diverge again): force
+    each one's metrics file, as the runs table names it (``metrics_file``)."""
+    failed = runs[runs["status"] == "failed"]
+    if failed.empty:
         return ""
-    targets = " ".join(f"{runs_folder}/{run_id}/metrics.parquet" for run_id in failed)
+    targets = " ".join(failed.metrics_file)
     return (f"{len(failed)} run(s) failed (see the error column of runs.parquet); to train them again:\n"
             f"  snakemake --cores N --forcerun {targets}\n")
 
 
-def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str, runs_folder: str) -> str:
-    """The summary table as text (printed at the end of a run) and as numbers; ``runs_folder`` is where the
-    workflow keeps run folders (the retry command for failed runs names their outputs there)."""
+def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
+    """The summary table as text (printed at the end of a run) and as numbers."""
     runs, soups = pd.read_parquet(runs_path), pd.read_parquet(soups_path)
     table = summary_table(runs, soups)
     text = ("soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n"
-            + format_bn_effects(table) + format_soupability(soups) + format_retry(runs, runs_folder) + LEGEND)
+            + format_bn_effects(table) + format_soupability(soups) + format_retry(runs) + LEGEND)
     atomic_write_text(text + "\n", out_text)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return text

@@ -119,8 +119,10 @@ def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
 
 
 #: Columns the runs table adds to every run's metrics row: where the run's files are. A soup job reads a
-#: run's checkpoint, cached outputs and kept epochs through these, never by a folder layout of its own.
-RUN_FILE_COLUMNS = {"model": "model_file", "outputs": "outputs_file", "epochs": "epochs_file"}
+#: run's checkpoint, cached outputs and kept epochs through these, never by a folder layout of its own; the
+#: summary's retry command names the metrics file.
+RUN_FILE_COLUMNS = {"metrics": "metrics_file", "model": "model_file", "outputs": "outputs_file",
+                    "epochs": "epochs_file"}
 
 
 def runs_table(metrics: list[str], files: dict[str, list[str]], out: str) -> pd.DataFrame:

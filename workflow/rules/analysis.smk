@@ -1,14 +1,11 @@
 # When do soups work? ("Too Salty"): `snakemake analysis`. Pairwise midpoint soups of the runs (the grid's and
 # the analysis' branching runs), their gains, similarity measures, transitivity, shared training, corruptions.
-CORRUPTED = f"{RESULTS}/analysis/corrupted.safetensors"
-
-
 rule corrupt_test:
     """A seeded corrupted copy of the test split (noise, blur, contrast, brightness, pixelation, JPEG)."""
     input:
         data=rules.prepare_data.output.tensors,
     output:
-        CORRUPTED,
+        f"{RESULTS}/analysis/corrupted.safetensors",
     log:
         f"{RESULTS}/logs/analysis/corrupt_test.log",
     conda:
@@ -23,7 +20,7 @@ rule corrupted_outputs:
     """One run's logits on the corrupted test copy, computed once for all of its pairs."""
     input:
         data=rules.prepare_data.output.tensors,
-        corrupted=CORRUPTED,
+        corrupted=rules.corrupt_test.output[0],
         model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
     output:
         f"{RESULTS}/analysis/corrupted/{{run_id}}.safetensors",
@@ -44,7 +41,7 @@ rule pair_soups:
     """Midpoint soups of one share of the pairs, with gains and similarity measures."""
     input:
         data=rules.prepare_data.output.tensors,
-        corrupted=CORRUPTED,
+        corrupted=rules.corrupt_test.output[0],
         inits=list(init_checkpoints().values()),
         models=lambda wildcards: run_file("model.safetensors", chunk_runs(wildcards)),
         outputs=lambda wildcards: run_file("outputs.safetensors", chunk_runs(wildcards)),

@@ -14,7 +14,7 @@ rule run_table:
     conda:
         "../../envs/soupflow.yaml"
     params:
-        layout=2,  # 2: the file columns (model_file, outputs_file, epochs_file); a bump rewrites old tables
+        layout=2,  # 2: the file columns (metrics_file, model_file, …); a bump rewrites old tables
     script:
         "../scripts/run_table.py"
 
@@ -63,7 +63,5 @@ rule summary:
         f"{RESULTS}/logs/summary.log",
     conda:
         "../../envs/soupflow.yaml"
-    params:
-        runs_folder=RUNS_FOLDER,  # named in the retry command for failed runs
     script:
         "../scripts/summary.py"

@@ -5,4 +5,4 @@ from soupflow.summary import write_summary
 
 start(snakemake)
 log.info("%s", write_summary(snakemake.input.runs, snakemake.input.soups, snakemake.output.text,
-                             snakemake.output.table, snakemake.params.runs_folder))
+                             snakemake.output.table))
