@@ -113,3 +113,23 @@ def test_the_history_has_one_row_per_epoch_with_the_schedules_learning_rate():
                                                                    for s in (3, 7, 11)])
     assert result.history[-1]["lr"] < 0.01 < result.history[0]["lr"]
     assert all(b["seconds"] >= a["seconds"] for a, b in zip(result.history, result.history[1:]))
+
+
+def test_mixup_trains_on_mixed_batches_and_zero_is_off():
+    """mixup α = 0 is the plain loop exactly; α > 0 trains on something else (other weights), reproducibly."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (64, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.randint(0, 4, (64,))
+    hp = {"lr": 0.1, "weight_decay": 0.0, "epochs": 2, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
+          "seed": 0, "schedule": "constant"}
+
+    def weights(extra):
+        torch.manual_seed(0)
+        model = Tiny()
+        train(model, images, labels, FakeData(), hp | extra, torch.device("cpu"))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain = weights({})
+    assert torch.equal(weights({"mixup": 0.0}), plain) and torch.equal(weights({"mixup": None}), plain)
+    mixed = weights({"mixup": 0.4})
+    assert not torch.allclose(mixed, plain) and torch.equal(weights({"mixup": 0.4}), mixed)

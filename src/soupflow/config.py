@@ -28,7 +28,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 HYPERPARAMETERS = (
     "lr", "weight_decay", "epochs", "batch_size", "label_smoothing", "augmentation", "optimizer",
     "momentum", "nesterov", "schedule", "warmup_fraction", "seed", "branch_epoch", "perturbation", "bn_statistics",
-    "data_fraction",
+    "data_fraction", "mixup",
 )
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg")
 
@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "augmentation": "none", "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
         "schedule": "onecycle", "warmup_fraction": 0.3, "seed": 0, "branch_epoch": None,
         "perturbation": None, "bn_statistics": None, "data_fraction": None,
+        "mixup": None,
     },
     # Too Salty, Table 1: the four optimizer perturbations (scales of lr, momentum, weight decay)
     "perturbations": {

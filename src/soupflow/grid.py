@@ -15,7 +15,7 @@ from typing import Any
 
 from soupflow.pcg64 import Generator
 
-FLOAT_KEYS = {"lr", "weight_decay", "label_smoothing", "momentum", "warmup_fraction", "data_fraction"}
+FLOAT_KEYS = {"lr", "weight_decay", "label_smoothing", "momentum", "warmup_fraction", "data_fraction", "mixup"}
 INT_KEYS = {"epochs", "batch_size", "seed", "branch_epoch"}
 
 

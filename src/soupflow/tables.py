@@ -21,7 +21,7 @@ HYPERPARAMETER_TYPES: dict[str, pa.DataType] = {
     "label_smoothing": pa.float64(), "augmentation": pa.string(), "optimizer": pa.string(),
     "momentum": pa.float64(), "nesterov": pa.bool_(), "schedule": pa.string(), "warmup_fraction": pa.float64(),
     "seed": pa.int64(), "branch_epoch": pa.int64(), "perturbation": pa.string(), "bn_statistics": pa.string(),
-    "data_fraction": pa.float64(),
+    "data_fraction": pa.float64(), "mixup": pa.float64(),
 }
 
 RUN_SCHEMA = pa.schema(

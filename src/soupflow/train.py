@@ -138,6 +138,7 @@ class Loop:
     smoothing: float
     bf16: bool
     hp: dict[str, Any]
+    mixup: float = 0.0  # mixup's α; 0 = off
     name: str = "train"  # in progress lines
     log_every: int = 50  # steps between progress lines
 
@@ -156,7 +157,8 @@ class Loop:
                             float(hp.get("warmup_fraction", 0.3)))
         return cls(model, images.to(device), labels.to(device), data, make_optimizer(model, hp), generator,
                    AUGMENTATIONS[hp.get("augmentation", "none")], schedule, batch_size, steps_per_epoch,
-                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision), hp)
+                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision), hp,
+                   float(hp.get("mixup") or 0.0))
 
     def step(self, order: torch.Tensor, index: int, step: int) -> torch.Tensor:
         """One optimisation step on the ``index``-th batch of ``order``; the loss, detached, on the device."""
@@ -164,8 +166,17 @@ class Loop:
             group["lr"] = self.schedule.at(step)
         batch = order[index * self.batch_size:(index + 1) * self.batch_size]
         inputs = channels_last_input(self.data.normalise(self.augment(self.images[batch], self.generator)))
+        targets, mixed = self.labels[batch], None
+        if self.mixup > 0:  # λ from torch's global RNG and the partner order from the loop's: both resumable
+            weight = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+            partner = torch.randperm(inputs.shape[0], generator=self.generator).to(inputs.device)
+            inputs, mixed = weight * inputs + (1 - weight) * inputs[partner], (weight, targets[partner])
         with torch.autocast(self.images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = F.cross_entropy(self.model(inputs), self.labels[batch], label_smoothing=self.smoothing)
+            outputs = self.model(inputs)
+            loss = F.cross_entropy(outputs, targets, label_smoothing=self.smoothing)
+            if mixed is not None:
+                loss = mixed[0] * loss + (1 - mixed[0]) * F.cross_entropy(outputs, mixed[1],
+                                                                          label_smoothing=self.smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
