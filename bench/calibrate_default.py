@@ -88,6 +88,10 @@ VARIANTS: dict[str, dict] = {
                        "pretrain": {"epochs": 6}, "finetune": {"epochs": 10},
                        "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
                                 "mixup": [0.0, 0.4], "augmentation": ["flip"]}},
+    "smallft_mix_ls02": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
+                         "pretrain": {"epochs": 6}, "finetune": {"epochs": 10},
+                         "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                                  "mixup": [0.0, 0.2], "augmentation": ["flip"]}},
     # smallft_a with twice the runs (seeds 0-3): more ingredients, a higher ensemble ceiling?
     "smallft_a24": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
                     "pretrain": {"epochs": 6}, "finetune": {"epochs": 10},
