@@ -60,11 +60,10 @@ def _imported(model: torch.nn.Module, model_config: dict[str, Any], meta: dict[s
     meta.update(report.metadata())
 
 
-def _pretrain(config: dict[str, Any], model: torch.nn.Module, data: PreparedData, paths: InitPaths,
-              keep) -> None:
+def _pretrain(config: dict[str, Any], model: torch.nn.Module, data: PreparedData, paths: InitPaths, keep,
+              device: torch.device) -> None:
     """Pretrain ``model`` in place on the configured task; ``keep(epoch, model, head)`` saves branch points.
     A pretext task (not labels) ends with a fresh head, so fine-tunes learn the real classes from scratch."""
-    device = pick_device(config["evaluation"]["device"])
     task = config["pretrain"].get("task", "labels")
     hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
           "seed": pipeline_seed(config, config["pretrain"]["seed"])}
@@ -84,7 +83,7 @@ def _pretrain(config: dict[str, Any], model: torch.nn.Module, data: PreparedData
     log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
 
 
-def _started(config: dict[str, Any], data: PreparedData, meta: dict[str, str]) -> torch.nn.Module:
+def _started(config: dict[str, Any], data: PreparedData, meta: dict[str, str], device: torch.device) -> torch.nn.Module:
     """The model before any pretraining: timm's weights, a file's, or a seeded fresh model; BatchNorm
     statistics re-estimated on train images with ``model.init_bn: recompute``."""
     model_config = config["model"]
@@ -93,7 +92,6 @@ def _started(config: dict[str, Any], data: PreparedData, meta: dict[str, str]) -
     if model_config["init"] == "file":
         _imported(model, model_config, meta)
     if model_config.get("init_bn") == "recompute" and has_batchnorm(model):
-        device = pick_device(config["evaluation"]["device"])
         refresher = BatchNormRefresher(model, data, device, 2000, pipeline_seed(config, 0))
         model.load_state_dict(refresher.refresh(model.state_dict()))
         log.info("BatchNorm statistics of the init re-estimated on %d train images (model.init_bn: recompute)",
@@ -110,7 +108,8 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
     set_threads(threads)
     data = PreparedData(paths.data)
     meta = checkpoint_metadata(config["model"], data, init=config["model"]["init"])
-    model = _started(config, data, meta)
+    device = pick_device(config["evaluation"]["device"])
+    model = _started(config, data, meta, device)
     # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:
     # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
     staging = Path(paths.model).parent / ".staging"
@@ -123,7 +122,7 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
             save_checkpoint({**trained.state_dict(), **head}, staged[epoch], {**meta, "epoch": str(epoch)})
 
     if config["model"]["init"] == "pretrain":
-        _pretrain(config, model, data, paths, keep)
+        _pretrain(config, model, data, paths, keep, device)
     for epoch, path in staged.items():
         os.replace(path, paths.epochs[epoch])
     if staging.exists() and not any(staging.iterdir()):
