@@ -92,6 +92,16 @@ VARIANTS: dict[str, dict] = {
                          "pretrain": {"epochs": 6}, "finetune": {"epochs": 10},
                          "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
                                   "mixup": [0.0, 0.2], "augmentation": ["flip"]}},
+    # statistical power: 15k of the training images join the 10k official test images (data.test_fraction), so
+    # every paired interval is ~1.6x narrower; pretraining gets 30k images (8 epochs: about smallft_a's steps)
+    "bigtest_a": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
+                  "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
+                  "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                           "augmentation": ["flip"]}},
+    "bigtest_lsmix": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
+                      "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
+                      "grid": {"lr": [0.01, 0.02, 0.04], "label_smoothing": [0.0, 0.1], "mixup": [0.0, 0.4],
+                               "augmentation": ["flip"]}},
     # smallft_a with twice the runs (seeds 0-3): more ingredients, a higher ensemble ceiling?
     "smallft_a24": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
                     "pretrain": {"epochs": 6}, "finetune": {"epochs": 10},

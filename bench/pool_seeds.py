@@ -6,7 +6,9 @@ with a paired bootstrap interval over the shared test images; stats.pooled_compa
 
 Each folder is a finished ``results/`` (``snakemake --cores N --config seed=S`` in its own ``--directory``).
 Soups are re-evaluated from their checkpoints (one test pass each); the best individual's test logits are the
-cached ones. Random-order recipes are skipped (their checkpoint is one repeat of several).
+cached ones. Random-order recipes are skipped (their checkpoint is one repeat of several). Pooling is over the
+test images every folder has: with ``data.test_fraction`` each seed adds its own training images to the
+official test images, and only the official ones are shared (per-seed intervals use all of each folder's).
 """
 
 from __future__ import annotations
@@ -27,6 +29,25 @@ from soupflow.evaluate import Evaluator  # noqa: E402
 from soupflow.models import create_model, pick_device  # noqa: E402
 from soupflow.stats import compare, format_p, pooled_compare  # noqa: E402
 from soupflow.summary import best_individual  # noqa: E402
+
+
+def test_images(results: Path) -> list[tuple[str, int]]:
+    """Which image each test row is, from the written-down split: (official split, index), in row order."""
+    split = json.loads((results / "data" / "splits.json").read_text())
+    return [("test", i) for i in split["test"]] + [("train", i) for i in split.get("test_extra", [])]
+
+
+def shared(folders: list[tuple], keys: list[list[tuple[str, int]]]) -> list[tuple]:
+    """Each folder's logits and labels restricted to the test images all folders have, in one order."""
+    common = set.intersection(*map(set, keys))
+    if not common:
+        raise SystemExit("the folders share no test image; pooling needs the same test images")
+    out = []
+    for (soups, reference, labels), order in zip(folders, keys):
+        rows = [row for row, key in enumerate(order) if key in common]
+        rows.sort(key=lambda row: order[row])
+        out.append(({name: logits[rows] for name, logits in soups.items()}, reference[rows], labels[rows]))
+    return out
 
 
 def soup_logits(results: Path) -> tuple[dict[str, object], object, object]:
@@ -54,14 +75,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("results", nargs="+")
     args = parser.parse_args()
-    folders = [soup_logits(Path(folder)) for folder in args.results]
+    own = [soup_logits(Path(folder)) for folder in args.results]
+    folders = shared(own, [test_images(Path(folder)) for folder in args.results])
     labels = folders[0][2]
     if any(not (f[2] == labels).all() for f in folders):
-        raise SystemExit("the folders do not share their test images; pooling needs the same test split")
+        raise SystemExit("the folders' labels of the same test images differ; are they the same data set?")
     rows = []
     for name in folders[0][0]:
+        seeds = [compare(soups[name], reference, labels).accuracy_pt
+                 for soups, reference, labels in own if name in soups]
         pairs = [(soups[name], reference) for soups, reference, _ in folders if name in soups]
-        seeds = [compare(model, reference, labels).accuracy_pt for model, reference in pairs]
         pooled = pooled_compare(pairs, labels)
         a = pooled.accuracy_pt
         rows.append({"soup": name,

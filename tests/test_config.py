@@ -82,6 +82,11 @@ def test_val_fraction_must_be_positive(value):
     assert "data.val_fraction" in message and "> 0" in message
 
 
+def test_splits_that_leave_nothing_to_fine_tune_on_are_rejected():
+    message = rejected(lambda c: c["data"].update(pretrain_fraction=0.5, val_fraction=0.2, test_fraction=0.3))
+    assert "data.test_fraction" in message and "< 1" in message
+
+
 def test_duplicate_soup_names():
     message = rejected(lambda c: c["soups"].append({"recipe": "greedy"}))
     assert "soups" in message and "greedy" in message and "unique" in message

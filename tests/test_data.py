@@ -45,6 +45,25 @@ def test_splits_are_disjoint_complete_and_seeded():
     assert not np.array_equal(a["val"], split_indices(1000, 0.5, 0.1, seed=4)["val"])
 
 
+def test_a_test_fraction_moves_training_images_to_test_and_leaves_the_other_splits_as_they_were():
+    plain, bigger = split_indices(1000, 0.5, 0.1, seed=3), split_indices(1000, 0.5, 0.1, seed=3, test_fraction=0.2)
+    assert len(plain["test_extra"]) == 0 and len(bigger["test_extra"]) == 200
+    assert np.array_equal(plain["pretrain"], bigger["pretrain"]) and np.array_equal(plain["val"], bigger["val"])
+    assert np.array_equal(np.sort(np.concatenate([bigger["test_extra"], bigger["train"]])), plain["train"])
+
+
+def test_prepare_appends_the_extra_test_images_after_the_official_ones(tiny_idx, tmp_path):
+    config = {"name": "fashion_mnist", "root": str(tiny_idx), "pretrain_fraction": 0.5, "val_fraction": 0.2,
+              "test_fraction": 0.1}
+    sizes = prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
+    assert sizes == {"pretrain": 100, "train": 40, "val": 40, "test": 70}
+    split = json.loads((tmp_path / "s.json").read_text())
+    raw_x = read_idx(tiny_idx / "train-images-idx3-ubyte.gz")
+    test_x = PreparedData(tmp_path / "d.safetensors").split("test")[0]
+    assert torch.equal(test_x[50:, 0], torch.from_numpy(raw_x[split["test_extra"]]))
+    assert not set(split["test_extra"]) & set(split["train"] + split["val"] + split["pretrain"])
+
+
 def test_prepare_writes_tensors_and_the_split(tiny_idx, tmp_path):
     config = {"name": "fashion_mnist", "root": str(tiny_idx), "pretrain_fraction": 0.5, "val_fraction": 0.2,
               "max_train": None, "max_test": None}

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "image_size": None,
         "pretrain_fraction": 0.0,
         "val_fraction": 0.1,
+        "test_fraction": 0.0,
         "max_train": None,
         "max_test": None,
     },
@@ -350,10 +351,9 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     """Checks beyond the schema: names that must exist, fractions that must fit, unique soup names."""
     data, model = config["data"], config["model"]
     _check_normalize(data)
-    if data["pretrain_fraction"] + data["val_fraction"] >= 1:
-        raise ConfigError(
-            "config keys 'data.pretrain_fraction' + 'data.val_fraction' must be < 1 so that images remain to fine-tune on"
-        )
+    if data["pretrain_fraction"] + data["val_fraction"] + data["test_fraction"] >= 1:
+        raise ConfigError("config keys 'data.pretrain_fraction' + 'data.val_fraction' + 'data.test_fraction' must be "
+                          "< 1 so that images remain to fine-tune on")
     if model["init"] == "pretrain" and data["pretrain_fraction"] <= 0:
         raise ConfigError("config key 'data.pretrain_fraction' must be > 0 when model.init is 'pretrain'")
     if check_paths:

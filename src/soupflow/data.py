@@ -4,7 +4,8 @@ Splits (all disjoint):
 - ``pretrain``: trains the shared init (``model.init = pretrain``);
 - ``train``: fine-tunes every run;
 - ``val``: ranks and selects soup ingredients, nothing else;
-- ``test``: the official test split, only for reporting. Selection never sees it.
+- ``test``: the official test split (plus ``data.test_fraction`` of the official training images, for
+  narrower intervals), only for reporting. Selection never sees it.
 Training and evaluation slice these tensors in memory: no per-sample decoding in any hot loop.
 """
 
@@ -126,14 +127,22 @@ def load_raw(data_config: dict[str, Any]) -> dict[str, Any]:
     return LOADERS[data_config["name"]](data_config)
 
 
-def split_indices(n: int, pretrain_fraction: float, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Deterministic disjoint split of the official training set into pretrain / train / val."""
+def split_indices(n: int, pretrain_fraction: float, val_fraction: float, seed: int,
+                  test_fraction: float = 0.0) -> dict[str, np.ndarray]:
+    """Deterministic disjoint split of the official training set into pretrain / val / test_extra / train.
+
+    ``test_extra`` (``test_fraction`` of the images) joins the official test split: a larger test split
+    narrows every paired interval (the half-width shrinks as one over the square root of its size). It is
+    cut after val, so a config without it splits exactly as before."""
     order = np.random.default_rng(seed).permutation(n)
     n_pretrain, n_val = int(round(n * pretrain_fraction)), max(1, int(round(n * val_fraction)))
+    n_test = int(round(n * test_fraction))
+    cuts = np.cumsum([n_pretrain, n_val, n_test])
     return {
-        "pretrain": np.sort(order[:n_pretrain]),
-        "val": np.sort(order[n_pretrain:n_pretrain + n_val]),
-        "train": np.sort(order[n_pretrain + n_val:]),
+        "pretrain": np.sort(order[:cuts[0]]),
+        "val": np.sort(order[cuts[0]:cuts[1]]),
+        "test_extra": np.sort(order[cuts[1]:cuts[2]]),
+        "train": np.sort(order[cuts[2]:]),
     }
 
 
@@ -217,11 +226,14 @@ def prepare(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits
     train_x, train_y, kept_train = _subsample(*raw["train"], data_config.get("max_train"), seed)
     test_x, test_y, kept_test = _subsample(*raw["test"], data_config.get("max_test"), seed + 1)
     train_x, test_x = resize(train_x, size), resize(test_x, size)
-    parts = split_indices(len(train_y), data_config["pretrain_fraction"], data_config["val_fraction"], seed)
-    tensors = {"test_x": torch.from_numpy(np.ascontiguousarray(test_x)), "test_y": torch.from_numpy(test_y)}
-    for split, idx in parts.items():
-        tensors[f"{split}_x"] = torch.from_numpy(np.ascontiguousarray(train_x[idx]))
-        tensors[f"{split}_y"] = torch.from_numpy(np.ascontiguousarray(train_y[idx]))
+    parts = split_indices(len(train_y), data_config["pretrain_fraction"], data_config["val_fraction"], seed,
+                          data_config.get("test_fraction", 0.0))
+    extra = parts["test_extra"]
+    tensors = {"test_x": torch.from_numpy(np.concatenate([test_x, train_x[extra]])),
+               "test_y": torch.from_numpy(np.concatenate([test_y, train_y[extra]]))}
+    for split in ("pretrain", "train", "val"):
+        tensors[f"{split}_x"] = torch.from_numpy(np.ascontiguousarray(train_x[parts[split]]))
+        tensors[f"{split}_y"] = torch.from_numpy(np.ascontiguousarray(train_y[parts[split]]))
     norm = normalisation(data_config, torch.cat([tensors["pretrain_x"], tensors["train_x"]]), model_name)
     metadata = {"classes": json.dumps(raw["classes"]), "mean": json.dumps(norm["mean"]),
                 "std": json.dumps(norm["std"]), "normalize": json.dumps(data_config.get("normalize", "dataset")),
@@ -229,7 +241,8 @@ def prepare(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits
     atomic_save_safetensors(tensors, out_tensors, metadata)
     record = {split: kept_train[idx].tolist() for split, idx in parts.items()}
     record["test"] = kept_test.tolist()
-    record["description"] = "indices into the official train split (pretrain/train/val) and test split (test)"
+    record["description"] = ("indices into the official train split (pretrain/train/val, and test_extra: test images "
+                             "after the official ones) and into the official test split (test)")
 
     atomic_write_text(json.dumps(record), out_splits)
     return {split: int(tensors[f"{split}_y"].numel()) for split in SPLITS}
