@@ -21,10 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 import yaml  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from soupflow.config import resolve_config, wise_ft_base  # noqa: E402
-from soupflow.data import prepare  # noqa: E402
+from soupflow.data import PreparedData, prepare  # noqa: E402
 from soupflow.finetune_job import RunPaths, Start, finetune  # noqa: E402
 from soupflow.grid import expand_runs  # noqa: E402
 from soupflow.init_job import InitPaths, make_init  # noqa: E402
@@ -39,6 +41,9 @@ SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greed
          {"name": "greedy_loss", "recipe": "greedy", "metric": "loss"},
          {"name": "greedy_loss_bn", "recipe": "greedy", "metric": "loss", "bn": "recompute"},
          {"recipe": "model_stock"}, {"recipe": "wise_ft", "base": "greedy"}, {"recipe": "learned"}]
+#: ``--screen``: enough to read a variant's ceiling (the ensemble of all, in the uniform row) and greedy, in
+#: about half the time
+SCREEN = SOUPS[:3]
 
 #: The default before calibration (soupflow <= a31c901): every variant below is a change to it (dicts merge,
 #: lists and the grid replace), so the table stays reproducible whatever config.yaml holds now.
@@ -98,6 +103,23 @@ VARIANTS: dict[str, dict] = {
                   "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
                   "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
                            "augmentation": ["flip"]}},
+    "bigtest_wide": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
+                     "model": {"kwargs": {"channels": [24, 48, 96, 192], "stem_width": 24}},
+                     "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
+                     "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                              "augmentation": ["flip"]}},
+    "bigtest_pre3": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
+                     "pretrain": {"epochs": 3}, "finetune": {"epochs": 10},
+                     "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                              "augmentation": ["flip"]}},
+    "bigtest_branch": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
+                       "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
+                       "grid": {"lr": [0.01, 0.02, 0.04], "branch_epoch": [6, 8], "label_smoothing": [0.0, 0.1],
+                                "augmentation": ["flip"]}},
+    "bigtest_ft20": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
+                     "pretrain": {"epochs": 8}, "finetune": {"epochs": 20},
+                     "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                              "augmentation": ["flip"]}},
     "bigtest_lsmix": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
                       "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
                       "grid": {"lr": [0.01, 0.02, 0.04], "label_smoothing": [0.0, 0.1], "mixup": [0.0, 0.4],
@@ -173,7 +195,7 @@ def run_paths(folder: Path) -> RunPaths:
     return RunPaths(**{kind: str(Path(folder) / name) for kind, name in names.items()})
 
 
-def experiment(config: dict, work: Path, threads: int) -> pd.DataFrame:
+def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS) -> pd.DataFrame:
     """One whole experiment, cached piece by piece under ``work``; returns its soups table."""
     reads_model = config["data"].get("normalize") == "pretrained"  # as the prepare_data rule's params
     data_key = key_of(config["seed"], config["data"], *([config["model"]["name"]] if reads_model else []))
@@ -199,8 +221,8 @@ def experiment(config: dict, work: Path, threads: int) -> pd.DataFrame:
     runs_table([f.metrics for f in files], {"model": [f.model for f in files], "outputs": [f.outputs for f in files]},
                str(table))
     frames = []
-    by_name = {spec.get("name", spec["recipe"]): spec for spec in SOUPS}
-    for spec in SOUPS:
+    by_name = {spec.get("name", spec["recipe"]): spec for spec in soups}
+    for spec in soups:
         name = spec.get("name", spec["recipe"])
         out = work / "soups" / key_of(str(table), spec) / name
         base = wise_ft_base(spec)
@@ -213,12 +235,30 @@ def experiment(config: dict, work: Path, threads: int) -> pd.DataFrame:
     runs_frame = pd.read_parquet(table)
     soups.attrs["mean_ingredient_test"] = float(runs_frame[runs_frame.status == "ok"].test_accuracy.mean())
     soups.attrs["best_test"] = float(soups[soups.soup == "best_individual"].test_accuracy.iloc[0])
+    soups.attrs["ceiling"] = ceiling(table, data_path)
     return soups
+
+
+def ceiling(table: Path, data_path: Path) -> dict[str, list[float]]:
+    """The logit ensemble of the top-k runs by val, for every k: its gain over the best run by val in points, on
+    val and on test. A diagnostic of how much the pool could give at all (a weight average seldom beats the
+    ensemble of its ingredients); reading a best k off the test row would be selecting on test."""
+    runs = pd.read_parquet(table)
+    runs = runs[runs.status == "ok"].sort_values("val_accuracy", ascending=False, kind="stable")
+    data = PreparedData(data_path)
+    out = {}
+    for split in ("val", "test"):
+        labels = data.split(split)[1]
+        logits = torch.stack([load_file(path)[f"{split}_logits"] for path in runs.outputs_file])
+        right = [(logits[:k].mean(0).argmax(1) == labels).float().mean().item() for k in range(1, len(runs) + 1)]
+        out[f"topk_{split}"] = [round(100 * (acc - right[0]), 2) for acc in right]
+    return out
 
 
 def row_of(variant: str, seed: int, soups: pd.DataFrame, seconds: float) -> dict:
     row = {"variant": variant, "seed": seed, "best": 100 * soups.attrs["best_test"],
-           "mean_ingredient": 100 * soups.attrs["mean_ingredient_test"], "seconds": round(seconds)}
+           "mean_ingredient": 100 * soups.attrs["mean_ingredient_test"], "seconds": round(seconds),
+           **soups.attrs["ceiling"]}
     for soup in soups.itertuples():
         if soup.soup == "best_individual":
             continue
@@ -238,6 +278,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="append rows to this JSON-lines file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", default=None, help="data.root override")
+    parser.add_argument("--screen", action="store_true", help="only best_individual, uniform (and the ensemble), greedy")
     args = parser.parse_args()
     setup_logging(None)
     for name in args.variants.split(","):
@@ -248,7 +289,8 @@ def main() -> None:
                 user["data"]["root"] = args.root
             config = resolve_config(user, check_model=False)
             start = time.perf_counter()
-            row = row_of(name, seed, experiment(config, Path(args.work), args.threads), time.perf_counter() - start)
+            soups = experiment(config, Path(args.work), args.threads, SCREEN if args.screen else SOUPS)
+            row = row_of(name, seed, soups, time.perf_counter() - start)
             print("CALIBRATION " + json.dumps(row), flush=True)
             if args.out:
                 with open(args.out, "a") as handle:
