@@ -14,6 +14,7 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from soupflow.config import resolve_config, wise_ft_base  # noqa: E402
+from soupflow.config import kept_epochs, resolve_config, wise_ft_base  # noqa: E402
 from soupflow.data import PreparedData, prepare  # noqa: E402
 from soupflow.finetune_job import RunPaths, Start, finetune  # noqa: E402
 from soupflow.grid import expand_runs  # noqa: E402
@@ -108,6 +109,11 @@ VARIANTS: dict[str, dict] = {
                      "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
                      "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
                               "augmentation": ["flip"]}},
+    "bigtest_narrow": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
+                       "model": {"kwargs": {"channels": [12, 24, 48, 96], "stem_width": 12}},
+                       "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
+                       "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                                "augmentation": ["flip"]}},
     "bigtest_pre3": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
                      "pretrain": {"epochs": 3}, "finetune": {"epochs": 10},
                      "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
@@ -207,14 +213,18 @@ def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS
     init_key = key_of(data_key, config["model"], config["pretrain"], config["seed"])
     init_dir = work / "init" / init_key
     init_path = init_dir / "model.safetensors"
-    if not init_path.exists():
-        make_init(config, InitPaths(str(data_path), str(init_path)), threads)
     runs = expand_runs(config)
+    # the branch points the grid asks for (grid axis branch_epoch), as the init rule's epoch checkpoints
+    epochs = {e: str(init_dir / f"epoch_{e:03d}.safetensors") for e in kept_epochs(config)
+              if any(hp.get("branch_epoch") == e for hp in runs.values())}
+    if not init_path.exists() or not all(map(os.path.exists, epochs.values())):
+        make_init(config, InitPaths(str(data_path), str(init_path), epochs), threads)
     run_dirs = []
     for run_id, hp in runs.items():
         out = work / "runs" / init_key / run_id
+        start = epochs[hp["branch_epoch"]] if hp.get("branch_epoch") is not None else str(init_path)
         if not (out / "metrics.parquet").exists():
-            finetune(config, Start(str(data_path), str(init_path), run_id, hp), run_paths(out), threads)
+            finetune(config, Start(str(data_path), start, run_id, hp), run_paths(out), threads)
         run_dirs.append(out)
     table = work / "tables" / f"{key_of(init_key, sorted(runs))}.parquet"
     files = [run_paths(d) for d in run_dirs]
