@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from soupflow.config import kept_epochs, resolve_config, wise_ft_base  # noqa: E402
+from soupflow.config import data_params, kept_epochs, resolve_config, wise_ft_base  # noqa: E402
 from soupflow.data import PreparedData, prepare  # noqa: E402
 from soupflow.finetune_job import RunPaths, Start, finetune  # noqa: E402
 from soupflow.grid import expand_runs  # noqa: E402
@@ -217,7 +217,7 @@ def run_paths(folder: Path) -> RunPaths:
 def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS) -> pd.DataFrame:
     """One whole experiment, cached piece by piece under ``work``; returns its soups table."""
     reads_model = config["data"].get("normalize") == "pretrained"  # as the prepare_data rule's params
-    data_key = key_of(config["seed"], config["data"], *([config["model"]["name"]] if reads_model else []))
+    data_key = key_of(config["seed"], data_params(config["data"]), *([config["model"]["name"]] if reads_model else []))
     data_dir = work / "data" / data_key
     data_path = data_dir / "dataset.safetensors"
     if not data_path.exists():

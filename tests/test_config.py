@@ -87,6 +87,17 @@ def test_splits_that_leave_nothing_to_fine_tune_on_are_rejected():
     assert "data.test_fraction" in message and "< 1" in message
 
 
+def test_the_data_params_of_a_config_without_test_fraction_are_what_they_were_before_it_existed():
+    from soupflow.config import data_params
+
+    plain = resolve_config(copy.deepcopy(DEFAULT), check_paths=False)["data"]
+    assert "test_fraction" not in data_params(plain) and data_params(plain) == {
+        k: v for k, v in plain.items() if k != "test_fraction"}
+    bigger = copy.deepcopy(DEFAULT)
+    bigger["data"].update(test_fraction=0.25, pretrain_fraction=0.5)
+    assert data_params(resolve_config(bigger, check_paths=False)["data"])["test_fraction"] == 0.25
+
+
 def test_duplicate_soup_names():
     message = rejected(lambda c: c["soups"].append({"recipe": "greedy"}))
     assert "soups" in message and "greedy" in message and "unique" in message

@@ -329,6 +329,17 @@ BASELINE_RECIPES = ("best_individual", "self_soup", "untrained")
 RECIPES_FROM_START = ("model_stock", "wise_ft")
 
 
+#: data keys added after results folders existed, at the value that changes nothing: ``data_params`` leaves
+#: them out, so that upgrading soupflow does not re-trigger finished data (and every job after it) through
+#: Snakemake's params trigger
+NEUTRAL_DATA = {"test_fraction": 0.0}
+
+
+def data_params(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as the prepare_data rule's params: without keys at their neutral value (``NEUTRAL_DATA``)."""
+    return {key: value for key, value in data.items() if key not in NEUTRAL_DATA or value != NEUTRAL_DATA[key]}
+
+
 def wise_ft_base(spec: dict[str, Any]) -> str | None:
     """The soup a wise_ft entry interpolates toward (``base``, default best_individual); None for others."""
     return spec.get("base", "best_individual") if spec["recipe"] == "wise_ft" else None

@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 from soupflow.config import (
     RECIPES_FROM_START,
     ConfigError,
+    data_params,
     resolve_config,
     soup_specs,
     wise_ft_base,

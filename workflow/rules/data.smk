@@ -8,7 +8,7 @@ rule prepare_data:
     conda:
         "../../envs/soupflow.yaml"
     params:
-        data=CONFIG["data"],
+        data=data_params(CONFIG["data"]),
         seed=CONFIG["seed"],
         # normalize: pretrained reads the model's pretrained_cfg; otherwise the model is not the data's business
         model=(
