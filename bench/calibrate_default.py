@@ -214,8 +214,10 @@ def run_paths(folder: Path) -> RunPaths:
     return RunPaths(**{kind: str(Path(folder) / name) for kind, name in names.items()})
 
 
-def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS) -> pd.DataFrame:
-    """One whole experiment, cached piece by piece under ``work``; returns its soups table."""
+def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS, init_threads: int = 2) -> pd.DataFrame:
+    """One whole experiment, cached piece by piece under ``work``; returns its soups table. ``init_threads``:
+    the pretraining's thread count, which changes its last bits and so every run after it (2 is what
+    ``snakemake --cores 2`` gives the init job; the cache keys it)."""
     reads_model = config["data"].get("normalize") == "pretrained"  # as the prepare_data rule's params
     data_key = key_of(config["seed"], data_params(config["data"]), *([config["model"]["name"]] if reads_model else []))
     data_dir = work / "data" / data_key
@@ -223,7 +225,8 @@ def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS
     if not data_path.exists():
         prepare(config["data"], config["seed"], str(data_path), str(data_dir / "splits.json"),
                 config["model"]["name"])
-    init_key = key_of(data_key, config["model"], config["pretrain"], config["seed"])
+    init_key = key_of(data_key, config["model"], config["pretrain"], config["seed"],
+                      *([init_threads] if init_threads != 1 else []))
     init_dir = work / "init" / init_key
     init_path = init_dir / "model.safetensors"
     runs = expand_runs(config)
@@ -231,7 +234,7 @@ def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS
     epochs = {e: str(init_dir / f"epoch_{e:03d}.safetensors") for e in kept_epochs(config)
               if any(hp.get("branch_epoch") == e for hp in runs.values())}
     if not init_path.exists() or not all(map(os.path.exists, epochs.values())):
-        make_init(config, InitPaths(str(data_path), str(init_path), epochs), threads)
+        make_init(config, InitPaths(str(data_path), str(init_path), epochs), init_threads)
     run_dirs = []
     for run_id, hp in runs.items():
         out = work / "runs" / init_key / run_id
@@ -299,7 +302,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--work", default=str(ROOT / "results" / "calibration"))
     parser.add_argument("--out", default=None, help="append rows to this JSON-lines file")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads of each fine-tune and soup")
+    parser.add_argument("--init-threads", type=int, default=2,
+                        help="threads of the pretraining: 2 reproduces `snakemake --cores 2` exactly (its init job "
+                             "gets 2 threads); CALIBRATION.md's tables before item 14 used 1")
     parser.add_argument("--root", default=None, help="data.root override")
     parser.add_argument("--screen", action="store_true", help="only best_individual, uniform (and the ensemble), greedy")
     args = parser.parse_args()
@@ -312,7 +318,8 @@ def main() -> None:
                 user["data"]["root"] = args.root
             config = resolve_config(user, check_model=False)
             start = time.perf_counter()
-            soups = experiment(config, Path(args.work), args.threads, SCREEN if args.screen else SOUPS)
+            soups = experiment(config, Path(args.work), args.threads, SCREEN if args.screen else SOUPS,
+                               args.init_threads)
             row = row_of(name, seed, soups, time.perf_counter() - start)
             print("CALIBRATION " + json.dumps(row), flush=True)
             if args.out:
