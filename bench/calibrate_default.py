@@ -59,6 +59,23 @@ BASE = {
     "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "augmentation": ["none", "flip_shift"]},
 }
 
+def deep(base: dict, update: dict) -> dict:
+    """``update`` merged into a copy of ``base``: dicts merge, lists and the grid (and model kwargs) replace."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        merge = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in {"grid", "kwargs"}
+        out[key] = deep(out[key], value) if merge else copy.deepcopy(value)
+    return out
+
+
+#: the bigtest split (25k test images: data.test_fraction) with smallft_a's fine-tunes; bigtest_* change it
+BIGTEST = {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
+           "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
+           "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1], "augmentation": ["flip"]}}
+NARROW = {"kwargs": {"channels": [12, 24, 48, 96], "stem_width": 12}}
+BRANCH = {"lr": [0.01, 0.02, 0.04], "branch_epoch": [6, 8], "label_smoothing": [0.0, 0.1], "augmentation": ["flip"]}
+BRANCH3 = {"lr": [0.02, 0.04], "branch_epoch": [4, 6, 8], "label_smoothing": [0.0, 0.1], "augmentation": ["flip"]}
+
 VARIANTS: dict[str, dict] = {
     "old_default": {},
     "ft6": {"finetune": {"epochs": 6}},
@@ -99,50 +116,19 @@ VARIANTS: dict[str, dict] = {
                          "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
                                   "mixup": [0.0, 0.2], "augmentation": ["flip"]}},
     # statistical power: 15k of the training images join the 10k official test images (data.test_fraction), so
-    # every paired interval is ~1.6x narrower; pretraining gets 30k images (8 epochs: about smallft_a's steps)
-    "bigtest_a": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                  "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
-                  "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
-                           "augmentation": ["flip"]}},
-    "bigtest_wide": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                     "model": {"kwargs": {"channels": [24, 48, 96, 192], "stem_width": 24}},
-                     "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
-                     "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
-                              "augmentation": ["flip"]}},
-    "bigtest_narrow": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                       "model": {"kwargs": {"channels": [12, 24, 48, 96], "stem_width": 12}},
-                       "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
-                       "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
-                                "augmentation": ["flip"]}},
-    "bigtest_pre3": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                     "pretrain": {"epochs": 3}, "finetune": {"epochs": 10},
-                     "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
-                              "augmentation": ["flip"]}},
-    "bigtest_branch": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                       "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
-                       "grid": {"lr": [0.01, 0.02, 0.04], "branch_epoch": [6, 8], "label_smoothing": [0.0, 0.1],
-                                "augmentation": ["flip"]}},
-    "bigtest_ft20": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                     "pretrain": {"epochs": 8}, "finetune": {"epochs": 20},
-                     "grid": {"lr": [0.01, 0.02, 0.04], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
-                              "augmentation": ["flip"]}},
-    "bigtest_branch3": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                        "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
-                        "grid": {"lr": [0.02, 0.04], "branch_epoch": [4, 6, 8], "label_smoothing": [0.0, 0.1],
-                                 "augmentation": ["flip"]}},
-    "bigtest_narrow_branch3": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                               "model": {"kwargs": {"channels": [12, 24, 48, 96], "stem_width": 12}},
-                               "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
-                               "grid": {"lr": [0.02, 0.04], "branch_epoch": [4, 6, 8], "label_smoothing": [0.0, 0.1],
-                                        "augmentation": ["flip"]}},
-    "bigtest_branch_ft20": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                            "pretrain": {"epochs": 8}, "finetune": {"epochs": 20},
-                            "grid": {"lr": [0.01, 0.02, 0.04], "branch_epoch": [6, 8], "label_smoothing": [0.0, 0.1],
-                                     "augmentation": ["flip"]}},
-    "bigtest_lsmix": {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_fraction": 0.25},
-                      "pretrain": {"epochs": 8}, "finetune": {"epochs": 10},
-                      "grid": {"lr": [0.01, 0.02, 0.04], "label_smoothing": [0.0, 0.1], "mixup": [0.0, 0.4],
-                               "augmentation": ["flip"]}},
+    # every paired interval is ~1.5x narrower; pretraining gets 30k images (8 epochs: about smallft_a's steps)
+    "bigtest_a": BIGTEST,
+    "bigtest_wide": deep(BIGTEST, {"model": {"kwargs": {"channels": [24, 48, 96, 192], "stem_width": 24}}}),
+    "bigtest_narrow": deep(BIGTEST, {"model": NARROW}),
+    "bigtest_pre3": deep(BIGTEST, {"pretrain": {"epochs": 3}}),
+    "bigtest_ft20": deep(BIGTEST, {"finetune": {"epochs": 20}}),
+    # branch points (the "Too Salty" lever): runs leave the pretraining trajectory at different epochs
+    "bigtest_branch": deep(BIGTEST, {"grid": BRANCH}),
+    "bigtest_branch3": deep(BIGTEST, {"grid": BRANCH3}),
+    "bigtest_narrow_branch3": deep(BIGTEST, {"model": NARROW, "grid": BRANCH3}),
+    "bigtest_branch_ft20": deep(BIGTEST, {"finetune": {"epochs": 20}, "grid": BRANCH}),
+    "bigtest_lsmix": deep(BIGTEST, {"grid": {"lr": [0.01, 0.02, 0.04], "label_smoothing": [0.0, 0.1],
+                                             "mixup": [0.0, 0.4], "augmentation": ["flip"]}}),
     # smallft_a with twice the runs (seeds 0-3): more ingredients, a higher ensemble ceiling?
     "smallft_a24": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
                     "pretrain": {"epochs": 6}, "finetune": {"epochs": 10},
@@ -193,14 +179,6 @@ VARIANTS: dict[str, dict] = {
 LITE0 = {key: value for key, value in yaml.safe_load((ROOT / "experiments" / "lite0_fmnist.yaml").read_text()).items()
          if key in {"data", "model", "finetune"}}
 BASES = {"fmnist": BASE, "lite0": LITE0}
-
-
-def deep(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        merge = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in {"grid", "kwargs"}
-        out[key] = deep(out[key], value) if merge else copy.deepcopy(value)
-    return out
 
 
 def key_of(*parts) -> str:
