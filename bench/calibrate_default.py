@@ -22,9 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 import yaml  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from soupflow.config import data_params, kept_epochs, resolve_config, wise_ft_base  # noqa: E402
 from soupflow.data import PreparedData, prepare  # noqa: E402
@@ -32,7 +30,7 @@ from soupflow.finetune_job import RunPaths, Start, finetune  # noqa: E402
 from soupflow.grid import expand_runs  # noqa: E402
 from soupflow.init_job import InitPaths, make_init  # noqa: E402
 from soupflow.snakemake_job import setup_logging  # noqa: E402
-from soupflow.soup_job import SoupPaths, make_soup  # noqa: E402
+from soupflow.soup_job import CachedLogits, SoupPaths, make_soup  # noqa: E402
 from soupflow.tables import runs_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,22 +237,20 @@ def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS
     runs_frame = pd.read_parquet(table)
     soups.attrs["mean_ingredient_test"] = float(runs_frame[runs_frame.status == "ok"].test_accuracy.mean())
     soups.attrs["best_test"] = float(soups[soups.soup == "best_individual"].test_accuracy.iloc[0])
-    soups.attrs["ceiling"] = ceiling(table, data_path)
+    soups.attrs["ceiling"] = ceiling(runs_frame, data_path)
     return soups
 
 
-def ceiling(table: Path, data_path: Path) -> dict[str, list[float]]:
+def ceiling(runs: pd.DataFrame, data_path: Path) -> dict[str, list[float]]:
     """The logit ensemble of the top-k runs by val, for every k: its gain over the best run by val in points, on
     val and on test. A diagnostic of how much the pool could give at all (a weight average seldom beats the
     ensemble of its ingredients); reading a best k off the test row would be selecting on test."""
-    runs = pd.read_parquet(table)
     runs = runs[runs.status == "ok"].sort_values("val_accuracy", ascending=False, kind="stable")
-    data = PreparedData(data_path)
-    out = {}
+    logits, data, out = CachedLogits(dict(zip(runs.run_id, runs.outputs_file))), PreparedData(data_path), {}
     for split in ("val", "test"):
         labels = data.split(split)[1]
-        logits = torch.stack([load_file(path)[f"{split}_logits"] for path in runs.outputs_file])
-        right = [(logits[:k].mean(0).argmax(1) == labels).float().mean().item() for k in range(1, len(runs) + 1)]
+        right = [(logits.mean(list(runs.run_id[:k]), split).argmax(1) == labels).float().mean().item()
+                 for k in range(1, len(runs) + 1)]
         out[f"topk_{split}"] = [round(100 * (acc - right[0]), 2) for acc in right]
     return out
 

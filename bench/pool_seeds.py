@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from soupflow.data import PreparedData  # noqa: E402
+from soupflow.data import PreparedData, test_rows  # noqa: E402
 from soupflow.evaluate import Evaluator  # noqa: E402
 from soupflow.models import create_model, pick_device  # noqa: E402
 from soupflow.stats import compare, format_p, pooled_compare  # noqa: E402
@@ -32,9 +32,8 @@ from soupflow.summary import best_individual  # noqa: E402
 
 
 def test_images(results: Path) -> list[tuple[str, int]]:
-    """Which image each test row is, from the written-down split: (official split, index), in row order."""
-    split = json.loads((results / "data" / "splits.json").read_text())
-    return [("test", i) for i in split["test"]] + [("train", i) for i in split.get("test_extra", [])]
+    """Which image each test row of a results folder is (``data.test_rows`` of its written-down split)."""
+    return test_rows(json.loads((results / "data" / "splits.json").read_text()))
 
 
 def shared(folders: list[tuple], keys: list[list[tuple[str, int]]]) -> list[tuple]:

@@ -61,6 +61,10 @@ def test_prepare_appends_the_extra_test_images_after_the_official_ones(tiny_idx,
     raw_x = read_idx(tiny_idx / "train-images-idx3-ubyte.gz")
     test_x = PreparedData(tmp_path / "d.safetensors").split("test")[0]
     assert torch.equal(test_x[50:, 0], torch.from_numpy(raw_x[split["test_extra"]]))
+    from soupflow.data import test_rows
+
+    rows = test_rows(split)
+    assert len(rows) == 70 and rows[0] == ("test", split["test"][0]) and rows[50] == ("train", split["test_extra"][0])
     assert not set(split["test_extra"]) & set(split["train"] + split["val"] + split["pretrain"])
 
 

@@ -248,6 +248,13 @@ def prepare(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits
     return {split: int(tensors[f"{split}_y"].numel()) for split in SPLITS}
 
 
+def test_rows(splits: dict[str, Any]) -> list[tuple[str, int]]:
+    """Which image each row of the test split is, from ``prepare``'s written-down split: (official split,
+    index), the official test images first, then ``test_extra`` (``data.test_fraction``), as ``prepare``
+    stacks them."""
+    return [("test", i) for i in splits["test"]] + [("train", i) for i in splits.get("test_extra", [])]
+
+
 class PreparedData:
     """The prepared tensors of one experiment, with normalisation constants; loads splits lazily."""
 
