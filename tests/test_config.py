@@ -41,6 +41,11 @@ def test_wrong_type():
     assert "finetune.epochs" in message and "integer" in message
 
 
+def test_a_linear_probe_that_is_not_a_boolean():
+    message = rejected(lambda c: c["model"].update(linear_probe="sometimes"))
+    assert "model.linear_probe" in message and "boolean" in message
+
+
 def test_empty_grid_axis():
     message = rejected(lambda c: c["grid"].update(lr=[]))
     assert "grid.lr" in message and "empty" in message

