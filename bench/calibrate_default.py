@@ -43,6 +43,8 @@ SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greed
 #: ``--screen``: enough to read a variant's ceiling (the ensemble of all, in the uniform row) and greedy, in
 #: about half the time
 SCREEN = SOUPS[:3]
+#: ``--screen-bn``: the screen and its two recipes with re-estimated BatchNorm statistics
+SCREEN_BN = SCREEN + SOUPS[4:6]
 
 #: The default before calibration (soupflow <= a31c901): every variant below is a change to it (dicts merge,
 #: lists and the grid replace), so the table stays reproducible whatever config.yaml holds now.
@@ -171,10 +173,23 @@ VARIANTS: dict[str, dict] = {
                             "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1], "bn_statistics": ["frozen"]}},
     "lite0_initbn": {"_base": "lite0", "model": {"init_bn": "recompute"},
                      "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
-    # LP-FT: the head fitted as a linear probe on the train images' frozen features before the fine-tunes
-    "lite0_probe": {"_base": "lite0", "model": {"linear_probe": True}, "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
-    "lite0_low_probe": {"_base": "lite0", "model": {"linear_probe": True},
+    # LP-FT: the head fitted as a linear probe on the train images' frozen features before the fine-tunes,
+    # on statistics re-estimated on train images (the features the fine-tunes' training mode sees)
+    "lite0_probe": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
+                    "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
+    "lite0_low_probe": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
                         "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
+    "lite0_probe_frozen": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
+                           "grid": {"lr": [0.002, 0.005, 0.01], "seed": [0, 1], "bn_statistics": ["frozen"]}},
+    "lite0_adamw_probe": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
+                          "finetune": {"optimizer": "adamw"}, "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1]}},
+    "lite0_adamw_probe_e6": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
+                             "finetune": {"optimizer": "adamw", "epochs": 6},
+                             "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1]}},
+    "lite0_adamw_probe_hi": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
+                             "finetune": {"optimizer": "adamw"}, "grid": {"lr": [0.0005, 0.001, 0.002], "seed": [0, 1]}},
+    "lite0_low_probe_e6": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
+                           "finetune": {"epochs": 6}, "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
 }
 
 #: experiments/lite0_fmnist.yaml's data, model and fine-tune settings (variants set the grid)
@@ -286,6 +301,7 @@ def main() -> None:
                              "gets 2 threads); CALIBRATION.md's tables before item 14 used 1")
     parser.add_argument("--root", default=None, help="data.root override")
     parser.add_argument("--screen", action="store_true", help="only best_individual, uniform (and the ensemble), greedy")
+    parser.add_argument("--screen-bn", action="store_true", help="--screen, and uniform and greedy with bn: recompute")
     args = parser.parse_args()
     setup_logging(None)
     for name in args.variants.split(","):
@@ -296,7 +312,7 @@ def main() -> None:
                 user["data"]["root"] = args.root
             config = resolve_config(user, check_model=False)
             start = time.perf_counter()
-            soups = experiment(config, Path(args.work), args.threads, SCREEN if args.screen else SOUPS,
+            soups = experiment(config, Path(args.work), args.threads, SCREEN_BN if args.screen_bn else SCREEN if args.screen else SOUPS,
                                args.init_threads)
             row = row_of(name, seed, soups, time.perf_counter() - start)
             print("CALIBRATION " + json.dumps(row), flush=True)

@@ -103,6 +103,10 @@ def _started(config: dict[str, Any], data: PreparedData, meta: dict[str, str], d
 def _probe(config: dict[str, Any], model: torch.nn.Module, data: PreparedData, meta: dict[str, str],
            device: torch.device) -> None:
     """``model.linear_probe``: fit the head to the train images' frozen features (LP-FT, ``probe``)."""
+    if has_batchnorm(model) and config["model"].get("init_bn") != "recompute" and config["model"]["init"] != "pretrain":
+        log.warning("model.linear_probe fits the head to features under the file's BatchNorm statistics, which "
+                    "training mode replaces by batch statistics; with weights from another domain set "
+                    "model.init_bn: recompute so that both agree")
     result = linear_probe(model, data, device, pipeline_seed(config, config["model"].get("head_seed", 0)))
     meta.update(result.metadata())
     scores = Evaluator(model, data, "val", device).scores()
