@@ -188,6 +188,11 @@ VARIANTS: dict[str, dict] = {
                              "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1]}},
     "lite0_adamw_probe_hi": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
                              "finetune": {"optimizer": "adamw"}, "grid": {"lr": [0.0005, 0.001, 0.002], "seed": [0, 1]}},
+    # for a GPU (not run yet): 64 px, all 60k training images (45k fine-tune, 15k val), 12 AdamW LP-FT runs
+    "gpu_lite0_64": {"_base": "lite0", "data": {"image_size": 64, "max_train": None},
+                     "model": {"linear_probe": True, "init_bn": "recompute"},
+                     "finetune": {"optimizer": "adamw", "epochs": 6, "batch_size": 128},
+                     "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1], "label_smoothing": [0.0, 0.1]}},
     "lite0_low_probe_e6": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
                            "finetune": {"epochs": 6}, "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
 }
