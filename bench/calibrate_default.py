@@ -187,7 +187,8 @@ VARIANTS: dict[str, dict] = {
                              "finetune": {"optimizer": "adamw", "epochs": 6},
                              "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1]}},
     "lite0_adamw_probe_hi": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                             "finetune": {"optimizer": "adamw"}, "grid": {"lr": [0.0005, 0.001, 0.002], "seed": [0, 1]}},
+                             "finetune": {"optimizer": "adamw"},
+                             "grid": {"lr": [0.0005, 0.001, 0.002], "seed": [0, 1]}},
     # for a GPU (not run yet): 64 px, all 60k training images (45k fine-tune, 15k val), 12 AdamW LP-FT runs
     "gpu_lite0_64": {"_base": "lite0", "data": {"image_size": 64, "max_train": None},
                      "model": {"linear_probe": True, "init_bn": "recompute"},
@@ -317,8 +318,8 @@ def main() -> None:
                 user["data"]["root"] = args.root
             config = resolve_config(user, check_model=False)
             start = time.perf_counter()
-            soups = experiment(config, Path(args.work), args.threads, SCREEN_BN if args.screen_bn else SCREEN if args.screen else SOUPS,
-                               args.init_threads)
+            recipes = SCREEN_BN if args.screen_bn else SCREEN if args.screen else SOUPS
+            soups = experiment(config, Path(args.work), args.threads, recipes, args.init_threads)
             row = row_of(name, seed, soups, time.perf_counter() - start)
             print("CALIBRATION " + json.dumps(row), flush=True)
             if args.out:

@@ -37,7 +37,8 @@ def fashion(tmp_path_factory):
     """2,000 Fashion-MNIST training images resized to 32 px, normalised as the Lite0 weights expect."""
     folder = tmp_path_factory.mktemp("fashion32")
     config = {"name": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "image_size": 32,
-              "normalize": "pretrained", "pretrain_fraction": 0.0, "val_fraction": 0.25, "max_train": 2000, "max_test": 1000}
+              "normalize": "pretrained", "pretrain_fraction": 0.0, "val_fraction": 0.25, "max_train": 2000,
+              "max_test": 1000}
     from soupflow.data import prepare
 
     prepare(config, 0, str(folder / "data.safetensors"), str(folder / "splits.json"), "tf_efficientnet_lite0")

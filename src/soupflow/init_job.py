@@ -102,12 +102,13 @@ def _started(config: dict[str, Any], data: PreparedData, meta: dict[str, str], d
 
 def _probe(config: dict[str, Any], model: torch.nn.Module, data: PreparedData, meta: dict[str, str],
            device: torch.device) -> None:
-    """``model.linear_probe``: fit the head to the train images' frozen features (LP-FT, ``probe``)."""
-    if has_batchnorm(model) and config["model"].get("init_bn") != "recompute" and config["model"]["init"] != "pretrain":
+    """``model.linear_probe``: fit the head to the train images' frozen features (LP-FT, ``soupflow.probe``)."""
+    model_config = config["model"]
+    if has_batchnorm(model) and model_config["init"] != "pretrain" and model_config.get("init_bn") != "recompute":
         log.warning("model.linear_probe fits the head to features under the file's BatchNorm statistics, which "
                     "training mode replaces by batch statistics; with weights from another domain set "
                     "model.init_bn: recompute so that both agree")
-    result = linear_probe(model, data, device, pipeline_seed(config, config["model"].get("head_seed", 0)))
+    result = linear_probe(model, data, device, pipeline_seed(config, model_config.get("head_seed", 0)))
     meta.update(result.metadata())
     scores = Evaluator(model, data, "val", device).scores()
     log.info("linear probe of the head on %d train images: L2 %g, held-out train accuracy %.4f; init val "

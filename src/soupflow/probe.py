@@ -37,8 +37,9 @@ class ProbeResult:
     images: int
 
     def metadata(self) -> dict[str, str]:
-        return {"probe_weight_decay": str(self.weight_decay), "probe_held_out_accuracy": f"{self.held_out_accuracy:.4f}",
-                "probe_train_accuracy": f"{self.train_accuracy:.4f}", "probe_images": str(self.images)}
+        return {"probe_weight_decay": str(self.weight_decay), "probe_images": str(self.images),
+                "probe_held_out_accuracy": f"{self.held_out_accuracy:.4f}",
+                "probe_train_accuracy": f"{self.train_accuracy:.4f}"}
 
 
 @torch.no_grad()
