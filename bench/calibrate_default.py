@@ -129,6 +129,11 @@ VARIANTS: dict[str, dict] = {
     "bigtest_branch_ft20": deep(BIGTEST, {"finetune": {"epochs": 20}, "grid": BRANCH}),
     "bigtest_lsmix": deep(BIGTEST, {"grid": {"lr": [0.01, 0.02, 0.04], "label_smoothing": [0.0, 0.1],
                                              "mixup": [0.0, 0.4], "augmentation": ["flip"]}}),
+    # smallft_a fine-tuned with AdamW (Wortsman et al.'s optimizer; with LP-FT on Lite0 it kept runs closest)
+    "smallft_adamw": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
+                      "pretrain": {"epochs": 6}, "finetune": {"epochs": 10, "optimizer": "adamw"},
+                      "grid": {"lr": [0.0003, 0.001, 0.003], "seed": [0, 1], "label_smoothing": [0.0, 0.1],
+                               "augmentation": ["flip"]}},
     # smallft_a with twice the runs (seeds 0-3): more ingredients, a higher ensemble ceiling?
     "smallft_a24": {"data": {"pretrain_fraction": 0.75, "val_fraction": 0.1667},
                     "pretrain": {"epochs": 6}, "finetune": {"epochs": 10},
