@@ -199,6 +199,18 @@ VARIANTS: dict[str, dict] = {
                      "model": {"linear_probe": True, "init_bn": "recompute"},
                      "finetune": {"optimizer": "adamw", "epochs": 6, "batch_size": 128},
                      "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1], "label_smoothing": [0.0, 0.1]}},
+    # every run at one good learning rate, diversity from seeds alone (runs of equal quality)
+    "lite0_adamw_seeds": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
+                          "finetune": {"optimizer": "adamw", "epochs": 6},
+                          "grid": {"lr": [0.0004], "seed": [0, 1, 2, 3, 4, 5]}},
+    "lite0_adamw_seeds_ls": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
+                             "finetune": {"optimizer": "adamw", "epochs": 4},
+                             "grid": {"lr": [0.001], "seed": [0, 1, 2], "label_smoothing": [0.0, 0.1]}},
+    # the same with 5k val images (3k fine-tune): less noisy selection, less winner's curse for greedy
+    "lite0_seeds_val5k": {"_base": "lite0", "data": {"max_train": 8000, "val_fraction": 0.625},
+                          "model": {"linear_probe": True, "init_bn": "recompute"},
+                          "finetune": {"optimizer": "adamw", "epochs": 4},
+                          "grid": {"lr": [0.001], "seed": [0, 1, 2], "label_smoothing": [0.0, 0.1]}},
     "lite0_low_probe_e6": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
                            "finetune": {"epochs": 6}, "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
 }
