@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -44,7 +45,7 @@ SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greed
 #: about half the time
 SCREEN = SOUPS[:3]
 #: ``--screen-bn``: the screen and its two recipes with re-estimated BatchNorm statistics
-SCREEN_BN = SCREEN + SOUPS[4:6]
+SCREEN_BN = SCREEN + [spec for spec in SOUPS if spec.get("name") in {"uniform_bn", "greedy_bn"}]
 
 #: The default before calibration (soupflow <= a31c901): every variant below is a change to it (dicts merge,
 #: lists and the grid replace), so the table stays reproducible whatever config.yaml holds now.
@@ -75,6 +76,11 @@ BIGTEST = {"data": {"pretrain_fraction": 0.5, "val_fraction": 0.1667, "test_frac
 NARROW = {"kwargs": {"channels": [12, 24, 48, 96], "stem_width": 12}}
 BRANCH = {"lr": [0.01, 0.02, 0.04], "branch_epoch": [6, 8], "label_smoothing": [0.0, 0.1], "augmentation": ["flip"]}
 BRANCH3 = {"lr": [0.02, 0.04], "branch_epoch": [4, 6, 8], "label_smoothing": [0.0, 0.1], "augmentation": ["flip"]}
+
+#: Lite0 variants (``_base``: experiments/lite0_fmnist.yaml) fine-tuned after a linear probe of the head
+LPFT = {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"}}
+LPFT_ADAMW = deep(LPFT, {"finetune": {"optimizer": "adamw"}})
+ONE_LR_LS = {"lr": [0.001], "seed": [0, 1, 2], "label_smoothing": [0.0, 0.1]}
 
 VARIANTS: dict[str, dict] = {
     "old_default": {},
@@ -178,42 +184,31 @@ VARIANTS: dict[str, dict] = {
                             "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1], "bn_statistics": ["frozen"]}},
     "lite0_initbn": {"_base": "lite0", "model": {"init_bn": "recompute"},
                      "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
-    # LP-FT: the head fitted as a linear probe on the train images' frozen features before the fine-tunes,
-    # on statistics re-estimated on train images (the features the fine-tunes' training mode sees)
-    "lite0_probe": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                    "grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}},
-    "lite0_low_probe": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                        "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
-    "lite0_probe_frozen": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                           "grid": {"lr": [0.002, 0.005, 0.01], "seed": [0, 1], "bn_statistics": ["frozen"]}},
-    "lite0_adamw_probe": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                          "finetune": {"optimizer": "adamw"}, "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1]}},
-    "lite0_adamw_probe_e6": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                             "finetune": {"optimizer": "adamw", "epochs": 6},
-                             "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1]}},
-    "lite0_adamw_probe_hi": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                             "finetune": {"optimizer": "adamw"},
-                             "grid": {"lr": [0.0005, 0.001, 0.002], "seed": [0, 1]}},
+    # LP-FT (LPFT): the head fitted as a linear probe on the train images' frozen features before the
+    # fine-tunes, on statistics re-estimated on train images (the features the fine-tunes' training mode sees)
+    "lite0_probe": deep(LPFT, {"grid": {"lr": [0.005, 0.01, 0.02], "seed": [0, 1]}}),
+    "lite0_low_probe": deep(LPFT, {"grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}}),
+    "lite0_low_probe_e6": deep(LPFT, {"finetune": {"epochs": 6},
+                                      "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}}),
+    "lite0_probe_frozen": deep(LPFT, {"grid": {"lr": [0.002, 0.005, 0.01], "seed": [0, 1],
+                                               "bn_statistics": ["frozen"]}}),
+    "lite0_adamw_probe": deep(LPFT_ADAMW, {"grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1]}}),
+    "lite0_adamw_probe_e6": deep(LPFT_ADAMW, {"finetune": {"epochs": 6},
+                                              "grid": {"lr": [0.0001, 0.0002, 0.0004], "seed": [0, 1]}}),
+    "lite0_adamw_probe_hi": deep(LPFT_ADAMW, {"grid": {"lr": [0.0005, 0.001, 0.002], "seed": [0, 1]}}),
+    # every run at one good learning rate, diversity from seeds (and label smoothing): runs of equal quality
+    "lite0_adamw_seeds": deep(LPFT_ADAMW, {"finetune": {"epochs": 6},
+                                           "grid": {"lr": [0.0004], "seed": [0, 1, 2, 3, 4, 5]}}),
+    "lite0_adamw_seeds_ls": deep(LPFT_ADAMW, {"finetune": {"epochs": 4}, "grid": ONE_LR_LS}),
+    # the same with 5k val images (3k fine-tune): less noisy selection, less winner's curse for greedy
+    "lite0_seeds_val5k": deep(LPFT_ADAMW, {"data": {"max_train": 8000, "val_fraction": 0.625},
+                                           "finetune": {"epochs": 4}, "grid": ONE_LR_LS}),
     # for a GPU (not run yet): 64 px, all 60k training images (45k fine-tune, 15k val), 12 AdamW LP-FT runs at
     # one learning rate (runs of equal quality souped best on a CPU, README's Lite0 table)
-    "gpu_lite0_64": {"_base": "lite0", "data": {"image_size": 64, "max_train": None},
-                     "model": {"linear_probe": True, "init_bn": "recompute"},
-                     "finetune": {"optimizer": "adamw", "epochs": 6, "batch_size": 128},
-                     "grid": {"lr": [0.0004], "seed": [0, 1, 2, 3, 4, 5], "label_smoothing": [0.0, 0.1]}},
-    # every run at one good learning rate, diversity from seeds alone (runs of equal quality)
-    "lite0_adamw_seeds": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                          "finetune": {"optimizer": "adamw", "epochs": 6},
-                          "grid": {"lr": [0.0004], "seed": [0, 1, 2, 3, 4, 5]}},
-    "lite0_adamw_seeds_ls": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                             "finetune": {"optimizer": "adamw", "epochs": 4},
-                             "grid": {"lr": [0.001], "seed": [0, 1, 2], "label_smoothing": [0.0, 0.1]}},
-    # the same with 5k val images (3k fine-tune): less noisy selection, less winner's curse for greedy
-    "lite0_seeds_val5k": {"_base": "lite0", "data": {"max_train": 8000, "val_fraction": 0.625},
-                          "model": {"linear_probe": True, "init_bn": "recompute"},
-                          "finetune": {"optimizer": "adamw", "epochs": 4},
-                          "grid": {"lr": [0.001], "seed": [0, 1, 2], "label_smoothing": [0.0, 0.1]}},
-    "lite0_low_probe_e6": {"_base": "lite0", "model": {"linear_probe": True, "init_bn": "recompute"},
-                           "finetune": {"epochs": 6}, "grid": {"lr": [0.001, 0.002, 0.004], "seed": [0, 1]}},
+    "gpu_lite0_64": deep(LPFT_ADAMW, {"data": {"image_size": 64, "max_train": None},
+                                      "finetune": {"epochs": 6, "batch_size": 128},
+                                      "grid": {"lr": [0.0004], "seed": [0, 1, 2, 3, 4, 5],
+                                               "label_smoothing": [0.0, 0.1]}}),
 }
 
 #: experiments/lite0_fmnist.yaml's data, model and fine-tune settings (variants set the grid)
@@ -233,10 +228,20 @@ def run_paths(folder: Path) -> RunPaths:
     return RunPaths(**{kind: str(Path(folder) / name) for kind, name in names.items()})
 
 
-def experiment(config: dict, work: Path, threads: int, soups: list[dict] = SOUPS, init_threads: int = 2) -> pd.DataFrame:
-    """One whole experiment, cached piece by piece under ``work``; returns its soups table. ``init_threads``:
-    the pretraining's thread count, which changes its last bits and so every run after it (2 is what
-    ``snakemake --cores 2`` gives the init job; the cache keys it)."""
+@dataclass(frozen=True)
+class Harness:
+    """Where and how experiments run: the cache folder, the threads of each fine-tune and soup, and the
+    pretraining's threads, which change its last bits and so every run after it (2 is what ``snakemake
+    --cores 2`` gives the init job; the cache keys it when it is not 1)."""
+
+    work: Path
+    threads: int = 2
+    init_threads: int = 2
+
+
+def experiment(config: dict, harness: Harness, soups: list[dict] = SOUPS) -> pd.DataFrame:
+    """One whole experiment, cached piece by piece under ``harness.work``; returns its soups table."""
+    work, threads, init_threads = harness.work, harness.threads, harness.init_threads
     reads_model = config["data"].get("normalize") == "pretrained"  # as the prepare_data rule's params
     data_key = key_of(config["seed"], data_params(config["data"]), *([config["model"]["name"]] if reads_model else []))
     data_dir = work / "data" / data_key
@@ -337,7 +342,7 @@ def main() -> None:
             config = resolve_config(user, check_model=False)
             start = time.perf_counter()
             recipes = SCREEN_BN if args.screen_bn else SCREEN if args.screen else SOUPS
-            soups = experiment(config, Path(args.work), args.threads, recipes, args.init_threads)
+            soups = experiment(config, Harness(Path(args.work), args.threads, args.init_threads), recipes)
             row = row_of(name, seed, soups, time.perf_counter() - start)
             print("CALIBRATION " + json.dumps(row), flush=True)
             if args.out:
