@@ -1,5 +1,5 @@
 # soupflow: hyperparameter grid -> fine-tuned checkpoints -> model soups -> Parquet metrics, plots, report.
-# Thin on purpose: configuration and validation live in src/soupflow/config.py, rules in workflow/rules/.
+# Thin on purpose: configuration and validation live in src/soupflow/plan/, rules in workflow/rules/.
 from snakemake.utils import min_version
 
 min_version("8.0")
@@ -25,6 +25,7 @@ include: "workflow/rules/export.smk"
 # Seconds of pandas: on a cluster they run where Snakemake runs instead of waiting in the queue.
 localrules:
     all,
+    resolved_config,
     run_table,
     soups_table,
     trace_table,
@@ -40,6 +41,7 @@ rule all:
         rules.plots.output,
         rules.timm_configs.output.index,
         rules.learning_curves.output,
+        rules.resolved_config.output,
 
 
 onsuccess:

@@ -25,14 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from soupflow.config import data_params, kept_epochs, resolve_config, wise_ft_base  # noqa: E402
-from soupflow.data import PreparedData, prepare  # noqa: E402
-from soupflow.finetune_job import RunPaths, Start, finetune  # noqa: E402
-from soupflow.grid import expand_runs  # noqa: E402
-from soupflow.init_job import InitPaths, make_init  # noqa: E402
-from soupflow.snakemake_job import setup_logging  # noqa: E402
-from soupflow.soup_job import CachedLogits, SoupPaths, make_soup  # noqa: E402
-from soupflow.tables import runs_table  # noqa: E402
+from soupflow.jobs.finetune import RunPaths, RunSpec, finetune  # noqa: E402
+from soupflow.jobs.init import InitPaths, make_init  # noqa: E402
+from soupflow.jobs.script import setup_logging  # noqa: E402
+from soupflow.jobs.soup import CachedLogits, SoupPaths, make_soup  # noqa: E402
+from soupflow.plan import layout  # noqa: E402
+from soupflow.plan.config import resolve_config  # noqa: E402
+from soupflow.plan.grid import expand_runs  # noqa: E402
+from soupflow.plan.params import kept_epochs, soup_base, soup_name, tracked  # noqa: E402
+from soupflow.store.data import PreparedData, prepare  # noqa: E402
+from soupflow.store.tables import write_runs_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy"}, {"recipe": "pruned"},
@@ -221,15 +223,8 @@ def key_of(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_paths(folder: Path) -> RunPaths:
-    """This harness' layout of a run's folder (the workflow's is the finetune rule's; the tests use this one)."""
-    names = {"model": "model.safetensors", "outputs": "outputs.safetensors", "history": "history.parquet",
-             "metrics": "metrics.parquet", "config": "config.yaml"}
-    return RunPaths(**{kind: str(Path(folder) / name) for kind, name in names.items()})
-
-
 @dataclass(frozen=True)
-class Harness:
+class Workspace:
     """Where and how experiments run: the cache folder, the threads of each fine-tune and soup, and the
     pretraining's threads, which change its last bits and so every run after it (2 is what ``snakemake
     --cores 2`` gives the init job; the cache keys it when it is not 1)."""
@@ -239,57 +234,52 @@ class Harness:
     init_threads: int = 2
 
 
-def experiment(config: dict, harness: Harness, soups: list[dict] = SOUPS) -> pd.DataFrame:
-    """One whole experiment, cached piece by piece under ``harness.work``; returns its soups table."""
-    work, threads, init_threads = harness.work, harness.threads, harness.init_threads
-    reads_model = config["data"].get("normalize") == "pretrained"  # as the prepare_data rule's params
-    data_key = key_of(config["seed"], data_params(config["data"]), *([config["model"]["name"]] if reads_model else []))
-    data_dir = work / "data" / data_key
-    data_path = data_dir / "dataset.safetensors"
-    if not data_path.exists():
-        prepare(config["data"], config["seed"], str(data_path), str(data_dir / "splits.json"),
-                config["model"]["name"])
-    init_key = key_of(data_key, config["model"], config["pretrain"], config["seed"],
+def experiment(config: dict, workspace: Workspace, soups: list[dict] = SOUPS) -> pd.DataFrame:
+    """One whole experiment, cached piece by piece under ``workspace.work`` in the workflow's own file layout
+    (``soupflow.plan.layout``); returns its soups table."""
+    work, threads, init_threads = workspace.work, workspace.threads, workspace.init_threads
+    reads_model = config["data"]["normalize"] == "pretrained"  # as the prepare_data rule's params
+    data_key = key_of(config["seed"], tracked(config, "data"), *([config["model"]["name"]] if reads_model else []))
+    data = layout.data_files(str(work / "data" / data_key))
+    if not Path(data["tensors"]).exists():
+        prepare(config["data"], config["seed"], data["tensors"], data["splits"], config["model"]["name"])
+    init_key = key_of(data_key, tracked(config, "model"), tracked(config, "pretrain"), config["seed"],
                       *([init_threads] if init_threads != 1 else []))
-    init_dir = work / "init" / init_key
-    init_path = init_dir / "model.safetensors"
+    init_dir = str(work / "init" / init_key)
+    init_path = layout.init_file(init_dir)
     runs = expand_runs(config)
     # the branch points the grid asks for (grid axis branch_epoch), as the init rule's epoch checkpoints
-    epochs = {e: str(init_dir / f"epoch_{e:03d}.safetensors") for e in kept_epochs(config)
+    epochs = {e: layout.epoch_file(init_dir, e) for e in kept_epochs(config)
               if any(hp.get("branch_epoch") == e for hp in runs.values())}
-    if not init_path.exists() or not all(map(os.path.exists, epochs.values())):
-        make_init(config, InitPaths(str(data_path), str(init_path), epochs), init_threads)
-    run_dirs = []
+    if not Path(init_path).exists() or not all(map(os.path.exists, epochs.values())):
+        make_init(config, InitPaths(data["tensors"], init_path, epochs), init_threads)
+    files = []
     for run_id, hp in runs.items():
-        out = work / "runs" / init_key / run_id
-        start = epochs[hp["branch_epoch"]] if hp.get("branch_epoch") is not None else str(init_path)
-        if not (out / "metrics.parquet").exists():
-            finetune(config, Start(str(data_path), start, run_id, hp), run_paths(out), threads)
-        run_dirs.append(out)
-    table = work / "tables" / f"{key_of(init_key, sorted(runs))}.parquet"
-    files = [run_paths(d) for d in run_dirs]
-    runs_table([f.metrics for f in files], {"model": [f.model for f in files], "outputs": [f.outputs for f in files]},
-               str(table))
+        paths = RunPaths(**layout.run_files(str(work / "runs" / init_key / run_id)))
+        start = epochs[hp["branch_epoch"]] if hp.get("branch_epoch") is not None else init_path
+        if not Path(paths.metrics).exists():
+            finetune(config, RunSpec(data["tensors"], start, run_id, hp), paths, threads)
+        files.append(paths)
+    table = layout.runs_table(str(work / "tables" / key_of(init_key, sorted(runs))))
+    write_runs_table([f.metrics for f in files], {"model": [f.model for f in files],
+                                                  "outputs": [f.outputs for f in files]}, table)
     frames = []
-    by_name = {spec.get("name", spec["recipe"]): spec for spec in soups}
+    folders = {soup_name(spec): str(work / "soups" / key_of(table, spec) / soup_name(spec)) for spec in soups}
     for spec in soups:
-        name = spec.get("name", spec["recipe"])
-        out = work / "soups" / key_of(str(table), spec) / name
-        base = wise_ft_base(spec)
-        paths = SoupPaths(str(data_path), str(table), str(out / "model.safetensors"),
-                          str(out / "metrics.parquet"), str(out / "trace.parquet"), start=str(init_path),
-                          base=str(work / "soups" / key_of(str(table), by_name[base]) / base / "model.safetensors")
-                          if base else None)
-        frames.append(make_soup(config, name, spec, paths, threads))
+        base = soup_base(spec)
+        paths = SoupPaths(data["tensors"], table, init=init_path,
+                          base=layout.soup_files(folders[base])["model"] if base else None,
+                          **layout.soup_files(folders[soup_name(spec)]))
+        frames.append(make_soup(config, soup_name(spec), spec, paths, threads))
     soups = pd.concat(frames, ignore_index=True)
     runs_frame = pd.read_parquet(table)
     soups.attrs["mean_ingredient_test"] = float(runs_frame[runs_frame.status == "ok"].test_accuracy.mean())
     soups.attrs["best_test"] = float(soups[soups.soup == "best_individual"].test_accuracy.iloc[0])
-    soups.attrs["ceiling"] = ceiling(runs_frame, data_path)
+    soups.attrs["ceiling"] = ceiling(runs_frame, data["tensors"])
     return soups
 
 
-def ceiling(runs: pd.DataFrame, data_path: Path) -> dict[str, list[float]]:
+def ceiling(runs: pd.DataFrame, data_path: str) -> dict[str, list[float]]:
     """The logit ensemble of the top-k runs by val, for every k: its gain over the best run by val in points, on
     val and on test. A diagnostic of how much the pool could give at all (a weight average seldom beats the
     ensemble of its ingredients); reading a best k off the test row would be selecting on test."""
@@ -342,7 +332,7 @@ def main() -> None:
             config = resolve_config(user, check_model=False)
             start = time.perf_counter()
             recipes = SCREEN_BN if args.screen_bn else SCREEN if args.screen else SOUPS
-            soups = experiment(config, Harness(Path(args.work), args.threads, args.init_threads), recipes)
+            soups = experiment(config, Workspace(Path(args.work), args.threads, args.init_threads), recipes)
             row = row_of(name, seed, soups, time.perf_counter() - start)
             print("CALIBRATION " + json.dumps(row), flush=True)
             if args.out:

@@ -24,16 +24,17 @@ import pandas as pd  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from soupflow.data import PreparedData, test_rows  # noqa: E402
-from soupflow.evaluate import Evaluator  # noqa: E402
-from soupflow.models import create_model, pick_device  # noqa: E402
-from soupflow.stats import compare, format_p, pooled_compare  # noqa: E402
-from soupflow.summary import best_individual  # noqa: E402
+from soupflow.core.evaluate import Evaluator  # noqa: E402
+from soupflow.core.models import create_model, pick_device  # noqa: E402
+from soupflow.core.stats import compare, format_p, pooled_compare  # noqa: E402
+from soupflow.plan import layout  # noqa: E402
+from soupflow.store.data import PreparedData, test_rows  # noqa: E402
+from soupflow.store.tables import best_run  # noqa: E402
 
 
 def test_images(results: Path) -> list[tuple[str, int]]:
     """Which image each test row of a results folder is (``data.test_rows`` of its written-down split)."""
-    return test_rows(json.loads((results / "data" / "splits.json").read_text()))
+    return test_rows(json.loads(Path(layout.data_files(f"{results}/data")["splits"]).read_text()))
 
 
 def shared(folders: list[tuple], keys: list[list[tuple[str, int]]]) -> list[tuple]:
@@ -51,10 +52,10 @@ def shared(folders: list[tuple], keys: list[list[tuple[str, int]]]) -> list[tupl
 
 def soup_logits(results: Path) -> tuple[dict[str, object], object, object]:
     """{soup: test logits} of one results folder, the best individual's test logits, and the test labels."""
-    data = PreparedData(results / "data" / "dataset.safetensors")
+    data = PreparedData(layout.data_files(f"{results}/data")["tensors"])
     soups = pd.read_parquet(results / "metrics" / "soups.parquet")
-    best = best_individual(pd.read_parquet(results / "metrics" / "runs.parquet"))
-    reference = load_file(str(results / "runs" / best.run_id / "outputs.safetensors"))["test_logits"]
+    best = best_run(pd.read_parquet(layout.runs_table(f"{results}/metrics")))
+    reference = load_file(layout.run_files(f"{results}/runs/{best.run_id}")["outputs"])["test_logits"]
     out, evaluator = {}, None
     for name, group in soups.groupby("soup", sort=False):
         if len(group) > 1 or group.recipe.iloc[0] == "untrained":

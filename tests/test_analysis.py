@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from soupflow import analysis
-from soupflow.corruptions import CORRUPTIONS, corrupt_split
-from soupflow.similarity import linear_cka, output_similarity, parameter_similarity, symmetric_kl
+from soupflow.core import analysis
+from soupflow.core.corruptions import CORRUPTIONS, corrupt_split
+from soupflow.core.similarity import linear_cka, output_similarity, parameter_similarity, symmetric_kl
 
 
 def test_all_pairs_when_few_and_a_seeded_sample_of_distinct_pairs_when_many():

@@ -9,8 +9,8 @@ import torch
 from conftest import SMOKE, snakemake
 from safetensors.torch import load_file
 
-from soupflow.data import PreparedData
-from soupflow.evaluate import scores_from_logits
+from soupflow.core.evaluate import scores_from_logits
+from soupflow.store.data import PreparedData
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def test_adding_runs_to_a_finished_analysis_computes_only_their_pairs(analysed, 
     grown = {**config, "grid": {**config["grid"], "lr": [*config["grid"]["lr"], 0.02]}}
     result = snakemake(work, grown, "analysis")
     assert result.returncode == 0, result.stderr[-3000:]
-    from soupflow.config import resolve_config
-    from soupflow.grid import expand_runs
+    from soupflow.plan.config import resolve_config
+    from soupflow.plan.grid import expand_runs
 
     pairs = table(work, "pairs")
     new_runs = set(expand_runs(resolve_config(grown, False, False))) - set(expand_runs(resolve_config(config, False, False)))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from soupflow.average import StateSum, UnitDirections, average, interpolate, model_stock_ratio
+from soupflow.core.average import StateSum, UnitDirections, average, interpolate, model_stock_ratio
 
 
 def state(seed: int) -> dict[str, torch.Tensor]:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from test_data import write_tiny_idx_dataset
 
-from soupflow.batchnorm import BatchNormRefresher, sample_images
-from soupflow.data import PreparedData, prepare
+from soupflow.core.batchnorm import BatchNormRefresher, sample_images
+from soupflow.store.data import PreparedData, prepare
 
 
 class SplitSpy(PreparedData):

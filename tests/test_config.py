@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from soupflow.config import ConfigError, resolve_config
+from soupflow.plan.config import ConfigError, resolve_config
 
 DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
 
@@ -92,15 +92,19 @@ def test_splits_that_leave_nothing_to_fine_tune_on_are_rejected():
     assert "data.test_fraction" in message and "< 1" in message
 
 
-def test_the_data_params_of_a_config_without_test_fraction_are_what_they_were_before_it_existed():
-    from soupflow.config import data_params
+def test_tracked_params_leave_out_keys_added_later_while_they_are_at_their_neutral_default():
+    """Upgrading soupflow must not rerun finished jobs: a key added to a section after results existed is absent
+    from that section's rerun-triggering param while it is at its neutral value, and present when set."""
+    from soupflow.plan.params import LATE_DEFAULTS, tracked
 
-    plain = resolve_config(copy.deepcopy(DEFAULT), check_paths=False)["data"]
-    assert "test_fraction" not in data_params(plain) and data_params(plain) == {
-        k: v for k, v in plain.items() if k != "test_fraction"}
+    plain = resolve_config(copy.deepcopy(DEFAULT), check_paths=False)
+    for section, late in LATE_DEFAULTS.items():
+        assert set(late) <= set(plain[section]), section  # the resolved config has every default ...
+        assert not set(late) & set(tracked(plain, section)), section  # ... the trigger leaves them out
+        assert tracked(plain, section) == {k: v for k, v in plain[section].items() if k not in late}
     bigger = copy.deepcopy(DEFAULT)
     bigger["data"].update(test_fraction=0.25, pretrain_fraction=0.5)
-    assert data_params(resolve_config(bigger, check_paths=False)["data"])["test_fraction"] == 0.25
+    assert tracked(resolve_config(bigger, check_paths=False), "data")["test_fraction"] == 0.25
 
 
 def test_duplicate_soup_names():
@@ -119,7 +123,7 @@ def test_unknown_heatmap_axis():
 
 
 def test_nested_config_overrides_given_as_text_are_read_as_the_schema_wants():
-    from soupflow.config import coerce_strings
+    from soupflow.plan.config import coerce_strings
 
     config = copy.deepcopy(DEFAULT)
     config["grid"] = {"lr": ["0.1", "1e-2"], "seed": ["0", "1"], "nesterov": ["true"]}
@@ -149,7 +153,7 @@ def test_the_schema_ships_inside_the_package_and_the_workflow_sees_the_same_file
 
     from conftest import ROOT
 
-    from soupflow.config import SCHEMA_PATH
+    from soupflow.plan.config import SCHEMA_PATH
 
     assert (ROOT / "workflow/schemas/config.schema.yaml").resolve() == SCHEMA_PATH.resolve()
     pytest.importorskip("setuptools")  # the build backend, present in the project's venv
@@ -171,24 +175,23 @@ def test_a_data_root_without_the_data_set_is_rejected_before_any_job(tmp_path):
     assert "train-images-idx3-ubyte" in message
 
 
-def test_every_data_set_name_of_the_schema_has_a_reader_and_no_other():
-    from soupflow.config import READERS, load_schema
-
-    assert load_schema()["properties"]["data"]["properties"]["name"]["enum"] == list(READERS)
-
-
-def test_every_hyperparameter_list_of_the_schema_is_config_hyperparameters():
-    """A hyperparameter is a `finetune` key, a `runs` key, a grid axis and a search dimension, or none of them."""
-    from soupflow.config import HYPERPARAMETERS, load_schema
+def test_the_schema_takes_its_lists_of_names_from_the_catalog():
+    """The catalog is the one source: the schema's hyperparameters name the same keys (checked when it loads),
+    and a name the catalog lacks is rejected wherever a list of names applies."""
+    from soupflow.plan.catalog import HYPERPARAMETER_NAMES
+    from soupflow.plan.config import load_schema
 
     schema = load_schema()
-    listed = {
-        "hyperparameters": list(schema["$defs"]["hyperparameters"]["properties"]),
-        "grid": list(schema["properties"]["grid"]["properties"]),
-        "search.space": schema["properties"]["search"]["properties"]["space"]["propertyNames"]["enum"],
-    }
-    for where, names in listed.items():
-        assert names == list(HYPERPARAMETERS), where
+    assert list(schema["$defs"]["hyperparameters"]["properties"]) == list(HYPERPARAMETER_NAMES)
+    assert list(schema["properties"]["grid"]["properties"]) == list(HYPERPARAMETER_NAMES)
+    for change, key in [(lambda c: c["data"].update(name="imagenet"), "data.name"),
+                        (lambda c: c["soups"].append({"recipe": "fondue"}), "soups.15.recipe"),
+                        (lambda c: c["grid"].update(dropout=[0.1]), "grid.dropout"),
+                        (lambda c: c.update(search={"n": 1, "space": {"dropout": {"distribution": "uniform"}}}),
+                         "search.space"),
+                        (lambda c: c["finetune"].update(augmentation="randaugment"), "finetune.augmentation"),
+                        (lambda c: c["analysis"]["corruptions"].update(types=["fog"]), "analysis.corruptions.types")]:
+        assert key in rejected(change), key
 
 
 def test_a_wise_ft_base_must_name_another_soup():
@@ -199,7 +202,7 @@ def test_a_wise_ft_base_must_name_another_soup():
 
 
 def test_wise_ft_defaults_to_the_best_individual_as_its_base():
-    from soupflow.config import wise_ft_base
+    from soupflow.plan.params import soup_base as wise_ft_base
 
     assert wise_ft_base({"recipe": "wise_ft"}) == "best_individual"
     assert wise_ft_base({"recipe": "greedy"}) is None
@@ -208,7 +211,7 @@ def test_wise_ft_defaults_to_the_best_individual_as_its_base():
 def test_without_timm_the_model_name_is_left_to_the_first_job_with_a_note(monkeypatch, capsys):
     import importlib.metadata
 
-    from soupflow import config as config_module
+    from soupflow.plan import timm_names as config_module
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
@@ -217,5 +220,5 @@ def test_without_timm_the_model_name_is_left_to_the_first_job_with_a_note(monkey
     config_module.check_model_name({"name": "resnet_typo"})  # no timm to ask: passes, says so
     assert "first job checks model.name" in capsys.readouterr().err
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="model.name"):  # what every job's start() runs, with timm there
+    with pytest.raises(ConfigError, match="model.name"):  # what every job's open_job() runs, with timm there
         config_module.check_model_name({"name": "resnet_typo"})

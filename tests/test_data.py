@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from soupflow.data import DataError, PreparedData, prepare, read_idx, split_indices
+from soupflow.store.data import DataError, PreparedData, prepare, read_idx, split_indices
 
 
 def write_idx(path, array: np.ndarray):
@@ -61,7 +61,7 @@ def test_prepare_appends_the_extra_test_images_after_the_official_ones(tiny_idx,
     raw_x = read_idx(tiny_idx / "train-images-idx3-ubyte.gz")
     test_x = PreparedData(tmp_path / "d.safetensors").split("test")[0]
     assert torch.equal(test_x[50:, 0], torch.from_numpy(raw_x[split["test_extra"]]))
-    from soupflow.data import test_rows
+    from soupflow.store.data import test_rows
 
     rows = test_rows(split)
     assert len(rows) == 70 and rows[0] == ("test", split["test"][0]) and rows[50] == ("train", split["test_extra"][0])
@@ -90,7 +90,7 @@ def test_missing_files_say_where_to_put_them(tmp_path):
 
 
 def test_cifar_without_files_or_network_is_one_clear_message(tmp_path):
-    from soupflow.data import load_cifar
+    from soupflow.store.data import load_cifar
 
     with pytest.raises(DataError, match="data.download"):
         load_cifar("cifar10", str(tmp_path), download=False)
@@ -116,7 +116,7 @@ def test_image_folder_is_decoded_once_and_resized(tmp_path):
 
 
 def test_image_size_resizes_every_split_once_and_keeps_flat_images_flat(tiny_idx, tmp_path):
-    from soupflow.data import resize
+    from soupflow.store.data import resize
 
     config = {"name": "fashion_mnist", "root": str(tiny_idx), "pretrain_fraction": 0.5, "val_fraction": 0.2,
               "image_size": 32}
@@ -131,7 +131,7 @@ def test_image_size_resizes_every_split_once_and_keeps_flat_images_flat(tiny_idx
 def test_a_data_fraction_is_a_seeded_subset_of_distinct_fine_tuning_images():
     import torch
 
-    from soupflow.data import subset
+    from soupflow.store.data import subset
 
     images, labels = torch.arange(1000).view(1000, 1, 1, 1), torch.arange(1000)
     assert subset(images, labels, None, 0)[1] is labels
@@ -142,7 +142,7 @@ def test_a_data_fraction_is_a_seeded_subset_of_distinct_fine_tuning_images():
 
 
 def test_every_data_set_name_has_one_loader_and_one_reader():
-    from soupflow.config import READERS
-    from soupflow.data import LOADERS
+    from soupflow.plan.catalog import DATASETS as READERS
+    from soupflow.store.data import LOADERS
 
     assert list(LOADERS) == list(READERS)

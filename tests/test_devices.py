@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from soupflow.models import pick_device
+from soupflow.core.models import pick_device
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -16,7 +16,7 @@ def test_cpu_when_no_cuda():
 
 def test_concurrent_jobs_claim_different_gpus(tmp_path):
     """Three processes on a 3-GPU machine each get a different device (flock per GPU)."""
-    code = (f"import sys, time; sys.path.insert(0, {SRC!r}); from soupflow.gpus import claim_gpu; "
+    code = (f"import sys, time; sys.path.insert(0, {SRC!r}); from soupflow.plan.gpus import claim_gpu; "
             f"print(claim_gpu(3, {str(tmp_path)!r}), flush=True); time.sleep(1.5)")
     processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     claimed = sorted(int(p.communicate(timeout=60)[0]) for p in processes)
@@ -24,7 +24,7 @@ def test_concurrent_jobs_claim_different_gpus(tmp_path):
 
 
 def test_visible_gpus_reads_cuda_visible_devices_before_device_files(tmp_path):
-    from soupflow.gpus import visible_gpus
+    from soupflow.plan.gpus import visible_gpus
 
     (tmp_path / "nvidia0").touch()
     (tmp_path / "nvidia1").touch()

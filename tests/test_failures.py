@@ -10,8 +10,10 @@ import yaml
 from conftest import SMOKE, finetune_in
 from safetensors.torch import load_file
 
-from soupflow import finetune_job, resume, soup_job
-from soupflow.config import resolve_config
+from soupflow.core import resume
+from soupflow.jobs import finetune as finetune_job
+from soupflow.jobs import soup as soup_job
+from soupflow.plan.config import resolve_config
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import pytest
 
-from soupflow.config import merge_defaults
-from soupflow.grid import expand_runs, run_id, search_points
+from soupflow.plan.config import merge_defaults
+from soupflow.plan.grid import expand_runs, run_id, search_points
 
 
 def runs_of(grid=None, runs=None, search=None):
@@ -56,7 +56,7 @@ def test_adding_a_search_dimension_keeps_the_other_dimensions_draws():
 
 
 def test_the_top_level_seed_reseeds_every_run_without_renaming_it():
-    from soupflow.config import pipeline_seed
+    from soupflow.plan.seeds import pipeline_seed
 
     grid = {"lr": [0.01, 0.1], "seed": [0, 1]}
     zero, one = (merge_defaults({"grid": grid, "seed": s}) for s in (0, 1))
@@ -71,7 +71,7 @@ def test_the_pure_python_generator_draws_what_numpy_default_rng_draws(entropy):
     """Run ids of random-search points and the analysis' pairs come from these draws: without numpy (a bare
     Snakemake parsing the Snakefile) they must be bit for bit numpy's."""
     np = pytest.importorskip("numpy")
-    from soupflow.pcg64 import Generator
+    from soupflow.plan.pcg64 import Generator
 
     reference, ours = np.random.default_rng(entropy), Generator(entropy)
     for _ in range(100):
@@ -87,7 +87,7 @@ def test_search_points_and_pairs_are_numpys_draws():
     import math
     import zlib
 
-    from soupflow.grid import sample_pairs, search_points
+    from soupflow.plan.grid import sample_pairs, search_points
 
     space = {"lr": {"distribution": "log_uniform", "low": 1e-4, "high": 0.1},
              "epochs": {"distribution": "int_uniform", "low": 1, "high": 9},

@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from soupflow.config import merge_defaults
-from soupflow.data import prepare
-from soupflow.init_job import InitPaths, make_init
-from soupflow.models import create_model
+from soupflow.core.models import create_model
+from soupflow.jobs.init import InitPaths, make_init
+from soupflow.plan.config import merge_defaults
+from soupflow.store.data import prepare
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_timm_hub_weights_offline_fail_with_one_clear_message(tmp_path, data_pat
 
 
 def test_rotation_pretext_turns_every_image_four_ways_and_labels_the_turn():
-    from soupflow.pretext import rotation_task
+    from soupflow.core.pretext import rotation_task
 
     images = torch.arange(2 * 1 * 3 * 3, dtype=torch.uint8).reshape(2, 1, 3, 3)
     turned, targets = rotation_task(images, torch.tensor([7, 8]))
@@ -55,7 +55,7 @@ def test_rotation_pretext_turns_every_image_four_ways_and_labels_the_turn():
 
 
 def test_rotation_pretraining_hands_fine_tunes_a_fresh_seeded_head(tmp_path, data_path):
-    from soupflow.pretext import fresh_head
+    from soupflow.core.pretext import fresh_head
 
     config = merge_defaults({"model": {"name": "test_resnet", "head_seed": 3},
                              "pretrain": {"epochs": 1, "task": "rotation", "batch_size": 16}})

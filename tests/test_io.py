@@ -2,8 +2,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from soupflow import io
-from soupflow.io import atomic_path, atomic_save_safetensors
+from soupflow.store import io
+from soupflow.store.io import atomic_path, atomic_save_safetensors
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temp(tmp_path):
@@ -27,8 +27,9 @@ def test_tied_weights_are_saved(tmp_path):
 def test_run_tables_of_grid_and_branching_runs_read_as_one_data_set(tmp_path):
     import pyarrow.dataset as ds
 
-    from soupflow.config import HYPERPARAMETERS
-    from soupflow.tables import HYPERPARAMETER_TYPES, RUN_SCHEMA, run_table
+    from soupflow.plan.catalog import HYPERPARAMETER_NAMES as HYPERPARAMETERS
+    from soupflow.store.tables import HYPERPARAMETER_TYPES, RUN_SCHEMA
+    from soupflow.store.tables import metrics_row_table as run_table
 
     assert list(HYPERPARAMETER_TYPES) == list(HYPERPARAMETERS)
     base = {name: None for name in RUN_SCHEMA.names} | {"run_id": "run-a", "hp_lr": 0.1, "status": "ok"}

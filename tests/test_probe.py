@@ -10,12 +10,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_batchnorm import SplitSpy
 
-from soupflow.config import merge_defaults
-from soupflow.data import PreparedData
-from soupflow.evaluate import Evaluator
-from soupflow.init_job import InitPaths, make_init
-from soupflow.models import model_for
-from soupflow.probe import accuracy, fit_logistic, linear_probe
+from soupflow.core.evaluate import Evaluator
+from soupflow.core.models import model_for
+from soupflow.core.probe import accuracy, fit_logistic, linear_probe
+from soupflow.jobs.init import InitPaths, make_init
+from soupflow.plan.config import merge_defaults
+from soupflow.store.data import PreparedData
 
 
 def clusters(n=600, dims=16, classes=3, seed=0):

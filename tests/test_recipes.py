@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
-from soupflow.average import average
-from soupflow.evaluate import Scores
-from soupflow.recipes import RECIPES, Ingredient, Kitchen, cook
+from soupflow.core.average import average
+from soupflow.core.evaluate import Scores
+from soupflow.core.recipes import RECIPES, Ingredient, Kitchen, cook
 
 TARGET = torch.tensor([1.0, -2.0, 0.5, 3.0])
 
@@ -29,7 +29,7 @@ def make_kitchen(n=8, seed=0, observe=None):
     kwargs = {} if observe is None else {"observe": observe}
     best = min(ingredients, key=lambda ing: ing.val.loss)
     return Kitchen(ingredients, score, fresh_init=lambda s: {"w": torch.randn(4, generator=torch.Generator().manual_seed(s))},
-                   start=lambda: {"w": torch.zeros(4)}, base=lambda: ([best.name], best.load()), **kwargs)
+                   init=lambda: {"w": torch.zeros(4)}, base=lambda: ([best.name], best.load()), **kwargs)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -119,11 +119,11 @@ def test_recipes_decide_without_what_observe_records():
         assert [s.ingredients for s in plain] == [s.ingredients for s in observed]
 
 
-def test_every_recipe_in_the_schema_is_registered():
-    from soupflow.config import load_schema
+def test_every_recipe_of_the_catalog_has_a_function_and_carries_its_traits():
+    from soupflow.plan.catalog import RECIPES as CATALOG
 
-    names = load_schema()["properties"]["soups"]["items"]["properties"]["recipe"]["enum"]
-    assert sorted(names) == sorted(RECIPES)
+    assert sorted(RECIPES) == sorted(CATALOG)  # every name of the catalog, no other
+    assert all(entry.traits is CATALOG[name] and callable(entry.cook) for name, entry in RECIPES.items())
 
 
 def test_no_ingredients_is_a_clear_error():
@@ -179,7 +179,7 @@ def constructed_stock(cosine_pairs):
         state = {name: torch.tensor([1.0, 0.0]) if index == 0 else torch.tensor([c, (1 - c * c) ** 0.5]) * 2
                  for name, c in cosine_pairs.items()}
         ingredients.append(Ingredient(f"ft{index}", score_stock(state), lambda s=state: {k: v.clone() for k, v in s.items()}))
-    return Kitchen(ingredients, score_stock, start=lambda: {name: torch.zeros(2) for name in cosine_pairs})
+    return Kitchen(ingredients, score_stock, init=lambda: {name: torch.zeros(2) for name in cosine_pairs})
 
 
 def score_stock(state):
@@ -243,7 +243,7 @@ def two_basins(a, b):
 
 
 def test_soupability_flags_a_collapsing_midpoint_and_passes_a_soupable_pair():
-    from soupflow.recipes import soupability
+    from soupflow.core.recipes import soupability
 
     a, b = torch.zeros(4), torch.full((4,), 2.0)
     basin = two_basins(a, b)
@@ -256,7 +256,7 @@ def test_soupability_flags_a_collapsing_midpoint_and_passes_a_soupable_pair():
 
 
 def test_the_pre_check_pass_is_greedys_second_step_for_free():
-    from soupflow.recipes import soupability
+    from soupflow.core.recipes import soupability
 
     checked, plain = make_kitchen(), make_kitchen()
     soupability(checked, chance=0.1)
@@ -284,7 +284,7 @@ class TinyData:
 def linear_kitchen(n_runs, seed, bounded, hardest_first=False):
     """Noisy copies of the rule that labels TinyData, scored by a real Evaluator (its select pass), walking
     the images shuffled or hardest first (as soup jobs do, from the ingredients' own logits)."""
-    from soupflow.evaluate import Evaluator
+    from soupflow.core.evaluate import Evaluator
 
     data = TinyData(seed=seed)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3, bias=False))
@@ -327,7 +327,7 @@ def test_early_rejection_changes_no_decision_and_evaluates_fewer_images(recipe, 
 
 
 def test_early_rejection_stops_a_hopeless_candidate_within_the_first_batches():
-    from soupflow.evaluate import Bar, Partial
+    from soupflow.core.evaluate import Bar, Partial
 
     kitchen, evaluator = linear_kitchen(2, 0, bounded=True)
     perfect = evaluator.select({"1.weight": TinyData(seed=0).truth.T.clone()})
@@ -341,8 +341,8 @@ def test_early_rejection_stops_a_hopeless_candidate_within_the_first_batches():
 
 def learned_kitchen(seed=0, n_runs=4):
     """Two-layer models on TinyData: ingredients are noisy copies of one trained-ish model."""
-    from soupflow.evaluate import Evaluator
-    from soupflow.learned import Fit, fit_mixture
+    from soupflow.core.evaluate import Evaluator
+    from soupflow.core.learned import Fit, fit_mixture
 
     data = TinyData(seed=seed)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
@@ -356,7 +356,7 @@ def learned_kitchen(seed=0, n_runs=4):
 
     def learn(states, options):
         return fit_mixture(evaluator.model, states, data.images, data.labels, data.normalise,
-                           Fit(epochs=options.get("epochs", 20), lr=0.1, batch_size=200))
+                           Fit(epochs=20, lr=0.1, batch_size=200))
 
     return Kitchen(ingredients, evaluator.select, learn=learn)
 

@@ -8,9 +8,9 @@ import torch
 from conftest import ROOT
 from test_train import FakeData, TinyBN
 
-from soupflow import io
-from soupflow.resume import Resume
-from soupflow.train import train
+from soupflow.core.resume import Resume
+from soupflow.core.train import train
+from soupflow.store import io
 
 
 def _train(tmp_path, start: str):
@@ -34,8 +34,8 @@ def test_a_training_state_resumes_only_from_the_start_it_was_saved_for(tmp_path,
 
 
 def test_the_resume_identity_follows_the_start_files_content_and_the_model(tmp_path):
-    from soupflow.config import merge_defaults
-    from soupflow.resume import job_resume
+    from soupflow.core.resume import job_resume
+    from soupflow.plan.config import merge_defaults
 
     config = merge_defaults({})
     init = tmp_path / "init.safetensors"
@@ -96,8 +96,8 @@ def _planned(code, work, *args):
 def test_touched_code_retrains_nothing_and_a_training_version_bump_retrains_all(finished, tmp_path):
     from conftest import SMOKE
 
-    from soupflow.config import resolve_config
-    from soupflow.grid import expand_runs
+    from soupflow.plan.config import resolve_config
+    from soupflow.plan.grid import expand_runs
 
     work, _ = finished
     (tmp_path / "checkout").mkdir()
@@ -120,8 +120,8 @@ def test_a_full_disk_fails_the_job_instead_of_recording_a_failed_run(finished, t
     import yaml
     from conftest import SMOKE, finetune_in
 
-    from soupflow import train as train_module
-    from soupflow.config import resolve_config
+    from soupflow.core import train as train_module
+    from soupflow.plan.config import resolve_config
 
     work, _ = finished
     run_dir = sorted((work / "results/runs").iterdir())[0]
@@ -145,7 +145,7 @@ def test_a_full_disk_fails_the_job_instead_of_recording_a_failed_run(finished, t
 def test_forcing_one_run_retrains_it_alone_and_the_summary_says_how(finished):
     import pandas as pd
 
-    from soupflow.summary import format_retry
+    from soupflow.report.summary import format_retry
 
     work, _ = finished
     runs = pd.read_parquet(work / "results/metrics/runs.parquet")
@@ -158,7 +158,7 @@ def test_forcing_one_run_retrains_it_alone_and_the_summary_says_how(finished):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
 def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, damage):
-    from soupflow.models import load_checkpoint
+    from soupflow.core.models import load_checkpoint
 
     path = tmp_path / "runs" / "run-0123456789" / "model.safetensors"
     io.atomic_save_safetensors({"w": torch.randn(64, 64), "b": torch.zeros(64)}, path, {"model": "x"})

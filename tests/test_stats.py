@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from soupflow.stats import compare, mcnemar_exact, paired_bootstrap, per_image, pooled_compare
+from soupflow.core.stats import compare, mcnemar_exact, paired_bootstrap, per_image, pooled_compare
 
 
 def logits_for(predictions: torch.Tensor, classes: int = 10, confidence: float = 3.0) -> torch.Tensor:
@@ -93,7 +93,7 @@ def test_pooling_seeds_averages_their_differences_per_image():
 def test_the_summary_says_in_one_line_when_the_two_best_runs_do_not_soup():
     import pandas as pd
 
-    from soupflow.summary import format_soupability
+    from soupflow.report.summary import format_soupability
 
     rows = pd.DataFrame({"soup": ["uniform", "uniform_bn"], "bn": ["keep", "recompute"],
                          "precheck_midpoint_val_accuracy": [0.02, 0.70], "precheck_pair_val_accuracy": [0.74, 0.74],

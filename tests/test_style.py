@@ -1,5 +1,6 @@
 """The workflow stays as Snakemake's catalog asks: `snakemake --lint` and `snakefmt` clean."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,10 +23,13 @@ def test_snakefmt_leaves_every_rule_file_as_it_is():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_both_profiles_give_every_gpu_rule_its_resources():
+def test_the_gpu_rules_of_the_catalog_take_a_gpu_and_both_profiles_give_them_resources():
     import yaml
 
-    gpu_rules = {"init", "finetune", "soup", "pair_soups", "corrupted_outputs", "soup_sanity"}
+    from soupflow.plan.catalog import GPU_RULES
+
+    gpu_rules = set(GPU_RULES)
+    assert {rule for rule, body in _rule_bodies().items() if "gpu=GPU_JOB" in body} == gpu_rules
     for name in ("local", "slurm"):
         profile = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
         assert gpu_rules <= set(profile["set-resources"]) and gpu_rules <= set(profile["set-threads"]), name
@@ -50,22 +54,32 @@ def _rule_bodies() -> dict[str, str]:
     return bodies
 
 
-def _declared_file_names() -> set[str]:
-    """The last path component of every file path a rule writes literally (``…/metrics.parquet``)."""
+FILE_NAME = r"/([a-z_]+\.(?:safetensors|parquet|yaml|json|txt|csv|png))\""
+LAYOUT = ROOT / "src" / "soupflow" / "plan" / "layout.py"
+
+
+def _names_of(body: str) -> set[str]:
+    """The file names a rule writes: spelt in its text, or by the ``layout`` functions its text calls."""
+    import inspect
     import re
 
-    names = set()
-    for body in _rule_bodies().values():
-        names.update(re.findall(r"/([a-z_]+\.(?:safetensors|parquet|yaml|json|txt|csv|png))\"", body))
+    from soupflow.plan import layout
+
+    names = set(re.findall(FILE_NAME, body))
+    for function in re.findall(r"layout\.(\w+)\(", body):
+        names.update(re.findall(FILE_NAME, inspect.getsource(getattr(layout, function))))
     return names
 
 
-def test_no_module_under_src_spells_an_output_file_name():
-    """The rule owns every path: src/ gets paths as arguments; a file name written in a module would break
-    at run time when the rule renames that output."""
-    names = _declared_file_names()
+def test_no_module_under_src_but_the_layout_spells_an_output_file_name():
+    """The rules own every path (in their own text, or through ``plan/layout.py``, which the rules, bench and
+    tests share): a job gets paths as arguments, so a file name written in another module would break at run
+    time when the rule renames that output."""
+    names = set().union(*map(_names_of, _rule_bodies().values()))
     assert {"model.safetensors", "outputs.safetensors", "metrics.parquet", "runs.parquet", "pairs.parquet"} <= names
-    for module in sorted((ROOT / "src" / "soupflow").glob("*.py")):
+    for module in sorted((ROOT / "src" / "soupflow").rglob("*.py")):
+        if module == LAYOUT:
+            continue
         text = module.read_text()
         spelt = sorted(name for name in names if f'"{name}"' in text or f"'{name}'" in text or f'/{name}"' in text)
         assert not spelt, f"{module.name} spells {spelt}: take the path from the rule"
@@ -87,4 +101,14 @@ def test_readme_names_the_rule_that_writes_each_result_file():
             continue  # report.html: written by `snakemake --report`, not by a rule
         assert all(rule in bodies for rule in rules), row[1]
         for name in re.findall(r"([a-z_]+\.(?:safetensors|parquet|yaml|json|txt|csv|png))`", row[0]):
-            assert any(name in bodies[rule] for rule in rules), f"{name}: not in the text of {rules}"
+            assert any(name in _names_of(bodies[rule]) for rule in rules), f"{name}: not written by {rules}"
+
+
+def test_the_layers_import_only_downward():
+    """import-linter's contracts (pyproject.toml): jobs → report → core → store → plan, and plan imports
+    neither torch, numpy, pandas nor timm (a bare Snakemake parses the workflow with it)."""
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's package, installed or not
+    result = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "Contracts: 2 kept, 0 broken" in result.stdout, result.stdout[-2000:]

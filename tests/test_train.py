@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from soupflow.train import AUGMENTATIONS, lr_factor, random_flip, random_shift, train
+from soupflow.core.train import AUGMENTATIONS, lr_factor, random_flip, random_shift, train
 
 
 def test_flip_mirrors_some_images_and_keeps_the_rest():

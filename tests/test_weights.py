@@ -8,11 +8,12 @@ from conftest import LITE0, LITE0_MODEL
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from soupflow.config import merge_defaults
-from soupflow.data import PreparedData
-from soupflow.init_job import InitPaths, make_init
-from soupflow.models import create_model, load_checkpoint
-from soupflow.weights import WeightsError, import_state, resolve_file
+from soupflow.core.models import create_model, load_checkpoint
+from soupflow.core.weights import import_state
+from soupflow.jobs.init import InitPaths, make_init
+from soupflow.plan.config import merge_defaults
+from soupflow.plan.model_file import WeightsError, resolve_file
+from soupflow.store.data import PreparedData
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from conftest import SMOKE, snakemake
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from soupflow.config import resolve_config
-from soupflow.grid import expand_runs
+from soupflow.plan.config import resolve_config
+from soupflow.plan.grid import expand_runs
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -95,7 +95,7 @@ def test_uniform_soup_is_the_mean_of_its_ingredients(finished, soups):
 
 
 def test_wise_ft_soup_is_the_interpolation_of_the_init_and_its_base_at_the_chosen_alpha(finished, soups):
-    from soupflow.average import interpolate
+    from soupflow.core.average import interpolate
 
     work, _ = finished
     trace = pd.read_parquet(work / "results/metrics/soup_trace.parquet")
@@ -282,7 +282,7 @@ def test_every_soup_and_trace_table_reads_as_one_data_set(finished):
     explicit schema, so pyarrow.dataset (as polars or DuckDB) reads all of them together."""
     import pyarrow.dataset as ds
 
-    from soupflow.tables import SOUP_SCHEMA, TRACE_SCHEMA
+    from soupflow.store.tables import SOUP_SCHEMA, TRACE_SCHEMA
 
     work, _ = finished
     for name, schema in (("metrics.parquet", SOUP_SCHEMA), ("trace.parquet", TRACE_SCHEMA)):
@@ -297,8 +297,8 @@ def test_every_soup_and_trace_table_reads_as_one_data_set(finished):
 def test_the_paired_columns_of_the_schema_are_the_statistics_columns():
     import torch
 
-    from soupflow.stats import compare
-    from soupflow.tables import SOUP_SCHEMA
+    from soupflow.core.stats import compare
+    from soupflow.store.tables import SOUP_SCHEMA
 
     labels = torch.arange(20) % 3
     comparison = compare(torch.randn(20, 3), torch.randn(20, 3), labels)

@@ -1,3 +1,8 @@
+INITS = (
+    init_checkpoints()
+)  # {"final": path, "epochs": {epoch: path}}: where task vectors are measured from
+
+
 # When do soups work? ("Too Salty"): `snakemake analysis`. Pairwise midpoint soups of the runs (the grid's and
 # the analysis' branching runs), their gains, similarity measures, transitivity, shared training, corruptions.
 rule corrupt_test:
@@ -21,18 +26,20 @@ rule corrupted_outputs:
     input:
         data=rules.prepare_data.output.tensors,
         corrupted=rules.corrupt_test.output[0],
-        model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
+        model=rules.finetune.output.model,
     output:
         f"{RESULTS}/analysis/corrupted/{{run_id}}.safetensors",
     log:
         f"{RESULTS}/logs/analysis/corrupted_{{run_id}}.log",
     wildcard_constraints:
-        run_id="run-[0-9a-f]{10}",
+        run_id=RUN_ID_PATTERN,
     conda:
         "../../envs/soupflow.yaml"
     threads: 1
     resources:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
+    params:
+        config=RESOLVED,
     script:
         "../scripts/corrupted_outputs.py"
 
@@ -42,14 +49,19 @@ rule pair_soups:
     input:
         data=rules.prepare_data.output.tensors,
         corrupted=rules.corrupt_test.output[0],
-        inits=list(init_checkpoints().values()),
-        models=lambda wildcards: run_file("model.safetensors", chunk_runs(wildcards)),
-        outputs=lambda wildcards: run_file("outputs.safetensors", chunk_runs(wildcards)),
-        metrics=lambda wildcards: run_file("metrics.parquet", chunk_runs(wildcards)),
-        corrupted_logits=lambda wildcards: [
-            f"{RESULTS}/analysis/corrupted/{r}.safetensors"
-            for r in chunk_runs(wildcards)
-        ],
+        inits=[INITS["final"], *INITS["epochs"].values()],
+        models=lambda wildcards: expand(
+            rules.finetune.output.model, run_id=chunk_runs(wildcards)
+        ),
+        outputs=lambda wildcards: expand(
+            rules.finetune.output.outputs, run_id=chunk_runs(wildcards)
+        ),
+        metrics=lambda wildcards: expand(
+            rules.finetune.output.metrics, run_id=chunk_runs(wildcards)
+        ),
+        corrupted_logits=lambda wildcards: expand(
+            rules.corrupted_outputs.output[0], run_id=chunk_runs(wildcards)
+        ),
     output:
         f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet",
     log:
@@ -62,9 +74,10 @@ rule pair_soups:
     resources:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
+        config=RESOLVED,
         pairs=pair_chunk,
         runs=chunk_runs,  # the run ids of models, outputs, metrics and corrupted_logits, in their order
-        inits=init_checkpoints(),
+        inits=INITS,
         cache=f"{RESULTS}/analysis/pair_cache",  # one row per pair, keyed by content: reused across reruns
     script:
         "../scripts/pair_soups.py"
@@ -74,8 +87,8 @@ rule soup_sanity:
     """A model souped with itself (gain exactly 0) and two untrained models (no accuracy gain)."""
     input:
         data=rules.prepare_data.output.tensors,
-        metrics=run_file("metrics.parquet", ALL_RUNS),
-        models=run_file("model.safetensors", ALL_RUNS),  # in the order of metrics
+        metrics=expand(rules.finetune.output.metrics, run_id=ALL_RUNS),
+        models=expand(rules.finetune.output.model, run_id=ALL_RUNS),  # in the order of metrics
     output:
         f"{RESULTS}/analysis/sanity.parquet",
     log:
@@ -84,6 +97,8 @@ rule soup_sanity:
         "../../envs/soupflow.yaml"
     resources:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
+    params:
+        config=RESOLVED,
     script:
         "../scripts/soup_sanity.py"
 
@@ -94,7 +109,7 @@ rule analysis:
         chunks=expand(
             f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet", chunk=range(PAIR_JOBS)
         ),
-        metrics=run_file("metrics.parquet", ALL_RUNS),
+        metrics=expand(rules.finetune.output.metrics, run_id=ALL_RUNS),
         sanity=rules.soup_sanity.output[0],
     output:
         pairs=f"{RESULTS}/analysis/pairs.parquet",

@@ -1,4 +1,4 @@
-# Validated configuration, the expanded runs and helpers shared by the rules.
+# The resolved config, the expanded runs and the helpers the rules share (soupflow.plan: parse time, torch-free).
 import sys
 from pathlib import Path
 
@@ -8,22 +8,25 @@ sys.path.insert(
 
 from snakemake.exceptions import WorkflowError
 
-from soupflow.config import (
-    RECIPES_FROM_START,
-    ConfigError,
-    data_params,
-    resolve_config,
-    soup_specs,
-    wise_ft_base,
-)
-from soupflow.config import kept_epochs as kept_epochs_of
-from soupflow.grid import (
+from soupflow.plan import layout
+from soupflow.plan.catalog import GPU_RULES, RECIPES
+from soupflow.plan.config import resolve_config
+from soupflow.plan.errors import ConfigError
+from soupflow.plan.gpus import visible_gpus
+from soupflow.plan.grid import (
+    RUN_ID_PATTERN,
     expand_analysis_runs,
     expand_runs,
     sample_pairs,
-)  # torch-free: parses fast
-from soupflow.gpus import visible_gpus
-from soupflow.versions import TRAINING as TRAINING_VERSION
+)
+from soupflow.plan.params import (
+    kept_epochs,
+    soup_base,
+    soup_specs,
+    tracked,
+    untracked,
+)
+from soupflow.plan.versions import TRAINING as TRAINING_VERSION
 
 try:  # model name and data paths are checked once, by the main process, not again inside every job
     CONFIG = resolve_config(
@@ -34,6 +37,9 @@ try:  # model name and data paths are checked once, by the main process, not aga
 except ConfigError as error:
     raise WorkflowError(f"invalid soupflow config: {error}") from None
 
+# Every job's config: the one resolved above, as a param Snakemake does not compare (soupflow.plan.params).
+# Each rule's other params are what its outputs depend on: they are the rerun triggers.
+RESOLVED = untracked(CONFIG)
 RUNS = expand_runs(
     CONFIG
 )  # {run_id: hyperparameters}: the experiment's fine-tunes, the soups' ingredients
@@ -41,8 +47,9 @@ ALL_RUNS = {
     **expand_analysis_runs(CONFIG),
     **RUNS,
 }  # plus the analysis' branching runs (only `analysis` asks for them)
-SOUPS = soup_specs(CONFIG)  # {soup name: recipe entry}
+SOUPS = soup_specs(CONFIG)  # {soup name: the entry as written}
 KEEP_EPOCHS = any(spec.get("ingredients") == "epochs" for spec in SOUPS.values())
+KEPT_EPOCHS = kept_epochs(CONFIG)  # branch points of the pretraining (0 = before it)
 
 # GPUs: each model job asks for one when the machine has any, and a plain `snakemake --cores N` (no
 # --resources gpu=…, no profile that sets it) may run as many such jobs at once as there are visible GPUs.
@@ -50,10 +57,8 @@ GPUS = visible_gpus()
 GPU_JOB = 1 if GPUS else 0
 if GPUS and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", GPUS)
-RESULTS = "results"
-RUNS_FOLDER = (
-    f"{RESULTS}/runs"  # one folder per run: model, outputs, metrics, config, train.log
-)
+RESULTS = layout.RESULTS
+RUN_FOLDER = f"{layout.RUNS}/{{run_id}}"  # one folder per run: model, outputs, metrics, config, train.log
 
 
 def soup_inputs(wildcards):
@@ -63,26 +68,19 @@ def soup_inputs(wildcards):
         "data": rules.prepare_data.output.tensors,
         "runs": rules.run_table.output[0],
     }
-    if spec["recipe"] in RECIPES_FROM_START:
+    if RECIPES[spec["recipe"]].needs_start:
         inputs["start"] = rules.init.output.model
-    if wise_ft_base(spec) is not None:
-        inputs["base"] = expand(rules.soup.output.model, soup=wise_ft_base(spec))[0]
+    if soup_base(spec) is not None:
+        inputs["base"] = expand(rules.soup.output.model, soup=soup_base(spec))[0]
     return inputs
-
-
-def kept_epochs():
-    """Epochs of the pretraining trajectory that are kept as branch points (0 = before pretraining)."""
-    return kept_epochs_of(CONFIG)
-
-
-def epoch_checkpoint(epoch):
-    return f"{RESULTS}/init/epoch_{int(epoch):03d}.safetensors"
 
 
 def init_of(wildcards):
     """The checkpoint a run starts from: the shared init, or a branch point of the pretraining."""
     branch = ALL_RUNS[wildcards.run_id].get("branch_epoch")
-    return rules.init.output.model if branch is None else epoch_checkpoint(branch)
+    if branch is None:
+        return rules.init.output.model
+    return rules.init.output.epochs[KEPT_EPOCHS.index(branch)]
 
 
 def run_params(wildcards):
@@ -90,12 +88,6 @@ def run_params(wildcards):
     hyperparameter (default None) never re-triggers finished runs through Snakemake's params trigger.
     """
     return {k: v for k, v in ALL_RUNS[wildcards.run_id].items() if v is not None}
-
-
-def run_file(name, runs=None):
-    return [
-        f"{RUNS_FOLDER}/{run_id}/{name}" for run_id in (RUNS if runs is None else runs)
-    ]
 
 
 def print_summary():
@@ -119,8 +111,10 @@ def chunk_runs(wildcards):
 
 
 def init_checkpoints():
-    """'final' and every kept pretraining epoch: the points task vectors are measured from."""
-    paths = {"final": str(rules.init.output.model)}  # a plain path: params are pickled
-    if CONFIG["model"]["init"] == "pretrain":
-        paths.update({f"epoch_{e}": epoch_checkpoint(e) for e in kept_epochs()})
-    return paths
+    """The checkpoints task vectors are measured from: the final init and every kept pretraining epoch
+    (plain paths: params are pickled)."""
+    epochs = rules.init.output.epochs if CONFIG["model"]["init"] == "pretrain" else []
+    return {
+        "final": str(rules.init.output.model),
+        "epochs": dict(zip(KEPT_EPOCHS, map(str, epochs))),
+    }

@@ -1,20 +1,35 @@
 rule prepare_data:
     """Decode the data set once into uint8 tensors and write the seeded pretrain/train/val/test split."""
     output:
-        tensors=f"{RESULTS}/data/dataset.safetensors",
-        splits=f"{RESULTS}/data/splits.json",
+        **layout.data_files(),
     log:
         f"{RESULTS}/logs/prepare_data.log",
     conda:
         "../../envs/soupflow.yaml"
     params:
-        data=data_params(CONFIG["data"]),
+        # rerun triggers (the job reads the resolved config)
+        data=tracked(CONFIG, "data"),
         seed=CONFIG["seed"],
         # normalize: pretrained reads the model's pretrained_cfg; otherwise the model is not the data's business
         model=(
             CONFIG["model"]["name"]
-            if CONFIG["data"].get("normalize") == "pretrained"
+            if CONFIG["data"]["normalize"] == "pretrained"
             else None
         ),
+        config=RESOLVED,
     script:
         "../scripts/prepare_data.py"
+
+
+rule resolved_config:
+    """The config this run resolved, every default filled in: what every job was given."""
+    output:
+        f"{RESULTS}/config.yaml",
+    log:
+        f"{RESULTS}/logs/resolved_config.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    params:
+        resolved=CONFIG,  # tracked: rewritten whenever the config changes (nothing depends on it)
+    script:
+        "../scripts/resolved_config.py"

@@ -1,7 +1,9 @@
-TIMM_FOLDERS = [str(Path(rules.init.output.model).parent)] + [
-    f"{RUNS_FOLDER}/{run_id}" for run_id in RUNS
+# The checkpoints timm's config.json goes beside: the init, every run's and every soup's.
+TIMM_CHECKPOINTS = [
+    rules.init.output.model,
+    *expand(rules.finetune.output.model, run_id=RUNS),
+    *expand(rules.soup.output.model, soup=SOUPS),
 ]
-TIMM_FOLDERS += [f"{RESULTS}/soups/{name}" for name in SOUPS]
 
 
 rule timm_configs:
@@ -11,10 +13,10 @@ rule timm_configs:
     """
     input:
         data=rules.prepare_data.output.tensors,
-        models=[f"{folder}/model.safetensors" for folder in TIMM_FOLDERS],
+        models=TIMM_CHECKPOINTS,
     output:
         index=f"{RESULTS}/metrics/timm_configs.txt",
-        configs=[f"{folder}/config.json" for folder in TIMM_FOLDERS],
+        configs=[layout.timm_config(path) for path in TIMM_CHECKPOINTS],
     log:
         f"{RESULTS}/logs/timm_configs.log",
     conda:

@@ -6,20 +6,11 @@ rule finetune:
         init=init_of,
     output:
         # epochs.parquet only when a soup takes ingredients: epochs (turning that on retrains the runs once)
-        **(
-            {"epochs": f"{RUNS_FOLDER}/{{run_id}}/epochs.parquet"}
-            if KEEP_EPOCHS
-            else {}
-        ),
-        model=f"{RUNS_FOLDER}/{{run_id}}/model.safetensors",
-        outputs=f"{RUNS_FOLDER}/{{run_id}}/outputs.safetensors",
-        history=f"{RUNS_FOLDER}/{{run_id}}/history.parquet",
-        metrics=f"{RUNS_FOLDER}/{{run_id}}/metrics.parquet",
-        config=f"{RUNS_FOLDER}/{{run_id}}/config.yaml",
+        **layout.run_files(RUN_FOLDER, keep_epochs=KEEP_EPOCHS),
     log:
-        f"{RUNS_FOLDER}/{{run_id}}/train.log",
+        layout.run_log(RUN_FOLDER),
     wildcard_constraints:
-        run_id="run-[0-9a-f]{10}",
+        run_id=RUN_ID_PATTERN,
     conda:
         "../../envs/soupflow.yaml"
     threads: 1
@@ -27,7 +18,8 @@ rule finetune:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         hp=run_params,
-        model=CONFIG["model"],
-        code=TRAINING_VERSION,  # soupflow.versions: bumped when results change on purpose
+        model=tracked(CONFIG, "model"),
+        code=TRAINING_VERSION,  # soupflow.plan.versions: bumped when results change on purpose
+        config=RESOLVED,
     script:
         "../scripts/finetune.py"

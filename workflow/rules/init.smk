@@ -3,8 +3,8 @@ rule init:
     input:
         data=rules.prepare_data.output.tensors,
     output:
-        model=f"{RESULTS}/init/model.safetensors",
-        epochs=[epoch_checkpoint(e) for e in kept_epochs()],
+        model=layout.init_file(),
+        epochs=[layout.epoch_file(layout.INIT, e) for e in KEPT_EPOCHS],
     log:
         f"{RESULTS}/logs/init.log",
     conda:
@@ -14,8 +14,13 @@ rule init:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         # only what changes the init's weights: editing soups or grids never retrains it
-        model=CONFIG["model"],
-        pretrain=CONFIG["pretrain"] if CONFIG["model"]["init"] == "pretrain" else None,
-        code=TRAINING_VERSION,  # soupflow.versions: bumped when results change on purpose
+        model=tracked(CONFIG, "model"),
+        pretrain=(
+            tracked(CONFIG, "pretrain")
+            if CONFIG["model"]["init"] == "pretrain"
+            else None
+        ),
+        code=TRAINING_VERSION,  # soupflow.plan.versions: bumped when results change on purpose
+        config=RESOLVED,
     script:
         "../scripts/make_init.py"

@@ -3,12 +3,16 @@ rule run_table:
     epochs): the soups' list of ingredients, and the only way a soup job finds a run's files.
     """
     input:
-        **({"epochs": run_file("epochs.parquet")} if KEEP_EPOCHS else {}),
-        metrics=run_file("metrics.parquet"),
-        model=run_file("model.safetensors"),
-        outputs=run_file("outputs.safetensors"),
+        **(
+            {"epochs": expand(rules.finetune.output.epochs, run_id=RUNS)}
+            if KEEP_EPOCHS
+            else {}
+        ),
+        metrics=expand(rules.finetune.output.metrics, run_id=RUNS),
+        model=expand(rules.finetune.output.model, run_id=RUNS),
+        outputs=expand(rules.finetune.output.outputs, run_id=RUNS),
     output:
-        f"{RESULTS}/metrics/runs.parquet",
+        layout.runs_table(),
     log:
         f"{RESULTS}/logs/run_table.log",
     conda:

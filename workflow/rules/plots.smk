@@ -43,7 +43,7 @@ rule plots:
 rule learning_curves:
     """Train loss and learning rate per epoch of every fine-tune, from the runs' history tables."""
     input:
-        histories=run_file("history.parquet"),
+        histories=expand(rules.finetune.output.history, run_id=RUNS),
     output:
         report(
             f"{RESULTS}/plots/learning_curves.png",

@@ -7,9 +7,7 @@ rule soup:
     input:
         unpack(soup_inputs),
     output:
-        model=f"{RESULTS}/soups/{{soup}}/model.safetensors",
-        metrics=f"{RESULTS}/soups/{{soup}}/metrics.parquet",
-        trace=f"{RESULTS}/soups/{{soup}}/trace.parquet",
+        **layout.soup_files(f"{layout.SOUPS}/{{soup}}"),
     log:
         f"{RESULTS}/logs/soups/{{soup}}.log",
     wildcard_constraints:
@@ -21,5 +19,6 @@ rule soup:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         spec=lambda wildcards: SOUPS[wildcards.soup],
+        config=RESOLVED,
     script:
         "../scripts/make_soup.py"

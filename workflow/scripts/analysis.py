@@ -1,9 +1,9 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.analysis_job import AnalysisInputs, AnalysisPlots, AnalysisTables, analyse
-from soupflow.snakemake_job import start
+from soupflow.jobs.analysis import AnalysisInputs, AnalysisPlots, AnalysisTables, analyse
+from soupflow.jobs.script import open_job
 
-config = start(snakemake)
+open_job(snakemake)
 out = snakemake.output
 inputs = AnalysisInputs(chunks=list(snakemake.input.chunks), metrics=list(snakemake.input.metrics),
                         sanity=snakemake.input.sanity)
@@ -13,4 +13,4 @@ tables = AnalysisTables(pairs=out.pairs, correlations=out.correlations, triplets
 plots = AnalysisPlots(similarity=out.similarity_png, similarity_positive=out.similarity_positive_png,
                       transitivity=out.transitivity_png, embedding=out.embedding_png,
                       shared_training=out.shared_training_png, corrupted=out.corrupted_png)
-analyse(config, inputs, tables, plots)
+analyse(inputs, tables, plots, snakemake.params.color_by)

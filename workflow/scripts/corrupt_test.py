@@ -1,7 +1,7 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.corrupted_job import make_corrupted
-from soupflow.snakemake_job import start
+from soupflow.jobs.corrupted import make_corrupted
+from soupflow.jobs.script import open_job
 
-config = start(snakemake)
-make_corrupted(config, snakemake.input.data, snakemake.output[0])
+open_job(snakemake)
+make_corrupted(snakemake.params.corruptions, snakemake.input.data, snakemake.output[0])

@@ -1,17 +1,9 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.finetune_job import RunPaths, Start, finetune
-from soupflow.snakemake_job import start
+from soupflow.jobs.finetune import RunPaths, RunSpec, finetune
+from soupflow.jobs.script import open_job
 
-config = start(snakemake, resumable=True)
-paths = RunPaths(
-    model=snakemake.output.model,
-    outputs=snakemake.output.outputs,
-    history=snakemake.output.history,
-    metrics=snakemake.output.metrics,
-    config=snakemake.output.config,
-    epochs=snakemake.output.get("epochs"),
-)
-run = Start(data=snakemake.input.data, init=snakemake.input.init, run_id=snakemake.wildcards.run_id,
-            hp=snakemake.params.hp)
-finetune({**config, "model": snakemake.params.model}, run, paths, snakemake.threads)
+config = open_job(snakemake, resumable=True)
+run = RunSpec(data=snakemake.input.data, init=snakemake.input.init, run_id=snakemake.wildcards.run_id,
+              hp=snakemake.params.hp)
+finetune(config, run, RunPaths(**dict(snakemake.output.items())), snakemake.threads)

@@ -1,7 +1,7 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.plots import plot_learning_curves
-from soupflow.snakemake_job import start
+from soupflow.jobs.script import open_job
+from soupflow.report.figures import plot_learning_curves
 
-start(snakemake)
+open_job(snakemake)
 plot_learning_curves(list(snakemake.input.histories), snakemake.output[0])

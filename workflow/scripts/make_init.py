@@ -1,9 +1,9 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.config import kept_epochs
-from soupflow.init_job import InitPaths, make_init
-from soupflow.snakemake_job import start
+from soupflow.jobs.init import InitPaths, make_init
+from soupflow.jobs.script import open_job
+from soupflow.plan.params import kept_epochs
 
-config = {**start(snakemake, resumable=True), "model": snakemake.params.model}
+config = open_job(snakemake, resumable=True)
 epochs = dict(zip(kept_epochs(config), snakemake.output.epochs, strict=True))  # the rule lists kept_epochs in order
 make_init(config, InitPaths(data=snakemake.input.data, model=snakemake.output.model, epochs=epochs), snakemake.threads)

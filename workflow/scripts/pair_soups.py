@@ -1,9 +1,9 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.pair_job import PairPaths, RunFiles, pair_soups
-from soupflow.snakemake_job import start
+from soupflow.jobs.pairs import PairPaths, RunFiles, pair_soups
+from soupflow.jobs.script import open_job
 
-config = start(snakemake)
+config = open_job(snakemake)
 inputs = snakemake.input
 files = zip(inputs.models, inputs.metrics, inputs.outputs, inputs.corrupted_logits, strict=True)
 runs = {run_id: RunFiles(*paths) for run_id, paths in zip(snakemake.params.runs, files, strict=True)}

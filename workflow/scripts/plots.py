@@ -1,9 +1,9 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.plots import plot_all
-from soupflow.snakemake_job import log, start
+from soupflow.jobs.script import log, open_job
+from soupflow.report.figures import plot_soup_figures
 
-start(snakemake)
-plot_all(snakemake.input.runs, snakemake.input.soups, snakemake.input.trace, dict(snakemake.output),
-         snakemake.params.heatmap_axes)
+open_job(snakemake)
+plot_soup_figures(snakemake.input.runs, snakemake.input.soups, snakemake.input.trace, dict(snakemake.output),
+                  snakemake.params.heatmap_axes)
 log.info("plots: %s", ", ".join(snakemake.output))

@@ -1,8 +1,7 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.data import prepare
-from soupflow.snakemake_job import start
+from soupflow.jobs.script import open_job
+from soupflow.store.data import prepare
 
-start(snakemake)
-prepare(snakemake.params.data, snakemake.params.seed, snakemake.output.tensors, snakemake.output.splits,
-        snakemake.params.model)
+config = open_job(snakemake)
+prepare(config["data"], config["seed"], snakemake.output.tensors, snakemake.output.splits, config["model"]["name"])

@@ -1,8 +1,8 @@
 import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 
-from soupflow.snakemake_job import log, start
-from soupflow.summary import write_summary
+from soupflow.jobs.script import log, open_job
+from soupflow.report.summary import write_summary
 
-start(snakemake)
+open_job(snakemake)
 log.info("%s", write_summary(snakemake.input.runs, snakemake.input.soups, snakemake.output.text,
                              snakemake.output.table))

@@ -1,0 +1,65 @@
+"""BatchNorm statistics re-estimated for an averaged model (a soup option: ``bn: recompute``).
+
+Averaging the running means and variances of several runs does not give the statistics of the averaged
+weights: each layer's input distribution under the soup's weights is a different one. With BatchNorm models
+whose runs drift apart this alone can collapse a soup (the pruned-soup paper's ResNets and EfficientNets).
+Re-estimating every BatchNorm layer's running mean and variance with one forward pass in training mode over
+a seeded sample of *train* images (never val or test: selection and reporting must not see them) is what
+``torch.optim.swa_utils.update_bn`` does for SWA; soupflow calls it.
+
+Cost: one forward pass over the sample (``bn_images``, 2,000 by default) per scored state, i.e. per greedy or
+pruned candidate, on top of the validation pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.swa_utils import update_bn
+
+from soupflow.core.average import StateDict
+from soupflow.core.models import channels_last, channels_last_input
+from soupflow.store.data import PreparedData
+
+#: The split BatchNorm statistics are estimated on: fine-tuning data, never val (selection) or test (reporting).
+SPLIT = "train"
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def sample_images(data: PreparedData, count: int, seed: int) -> torch.Tensor:
+    """A seeded sample of ``count`` train images (uint8, as stored), the same for every state it serves."""
+    images, _ = data.split(SPLIT)
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(images.shape[0], generator=generator)[:count]
+    return images[index.sort().values]
+
+
+class BatchNormRefresher:
+    """Turns a state dict into the same weights with BatchNorm statistics re-estimated on a train sample.
+
+    ``refresh(state)`` returns a new state dict (CPU tensors); the last result is remembered, so scoring the
+    same state on val and then on test costs one re-estimation.
+    """
+
+    def __init__(self, model: torch.nn.Module, data: PreparedData, device: torch.device, count: int = 2000,
+                 seed: int = 0, batch_size: int = 500):
+        self.model = channels_last(model.to(device))
+        self.data, self.device, self.batch_size = data, device, batch_size
+        self.images = sample_images(data, count, seed).to(device)
+        self._last: tuple[StateDict, StateDict] | None = None  # (input, result); holding the input keeps `is` sound
+
+    def batches(self):
+        for start in range(0, self.images.shape[0], self.batch_size):
+            yield channels_last_input(self.data.normalise(self.images[start:start + self.batch_size]))
+
+    @torch.no_grad()
+    def refresh(self, state: StateDict) -> StateDict:
+        if self._last is not None and self._last[0] is state:
+            return self._last[1]
+        self.model.load_state_dict(state)
+        update_bn(self.batches(), self.model)  # resets the statistics, then a cumulative average over batches
+        fresh = {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.model.state_dict().items()}
+        self._last = (state, fresh)
+        return fresh

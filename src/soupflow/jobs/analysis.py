@@ -1,0 +1,85 @@
+"""The analysis job: the pair chunks merged with the runs' hyperparameters into the tables and figures of
+"Too Salty" (correlations of gain with similarity, transitivity, an embedding of the runs, robustness under
+corruption, shared training), and a one-row headline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from soupflow.core import analysis
+from soupflow.report.analysis_figures import plot_analysis_figures
+from soupflow.store.io import atomic_write_parquet
+
+log = logging.getLogger("soupflow")
+
+
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """The pair chunk tables, every run's metrics row, and the sanity table, as the analysis rule names them."""
+
+    chunks: list[str]
+    metrics: list[str]
+    sanity: str
+
+
+@dataclass(frozen=True)
+class AnalysisTables:
+    """The analysis' Parquet tables, as the analysis rule names them."""
+
+    pairs: str
+    correlations: str
+    triplets: str
+    transitivity: str
+    embedding: str
+    robustness: str
+    shared_training: str
+    headline: str
+
+
+@dataclass(frozen=True)
+class AnalysisPlots:
+    """The analysis' figures (``soupflow.report.analysis_figures``), as the analysis rule names them."""
+
+    similarity: str
+    similarity_positive: str
+    transitivity: str
+    embedding: str
+    shared_training: str
+    corrupted: str
+
+
+def analyse(inputs: AnalysisInputs, tables: AnalysisTables, plots: AnalysisPlots, color_by: str) -> dict[str, Any]:
+    """Merge the pair chunks with the runs' hyperparameters; write every table and plot of the analysis (the
+    embedding's points coloured by the hyperparameter ``color_by``)."""
+    runs = pd.concat([pd.read_parquet(path) for path in inputs.metrics], ignore_index=True)
+    hp_columns = [c for c in runs.columns if c.startswith("hp_")]
+    chunks = pd.concat([pd.read_parquet(p) for p in inputs.chunks], ignore_index=True)
+    skipped = chunks[chunks.status != "ok"]
+    pairs = chunks[chunks.status == "ok"].reset_index(drop=True)
+    hp = runs.set_index("run_id")[hp_columns]
+    pairs = pairs.join(hp.add_suffix("_a"), on="run_a").join(hp.add_suffix("_b"), on="run_b")
+    correlation = pd.concat([analysis.correlations(pairs, "gain_loss"), analysis.correlations(pairs, "gain_accuracy")],
+                            ignore_index=True)
+    triples = analysis.triplets(pairs)
+    ok_runs = runs[runs.status == "ok"]
+    embedded = analysis.embedding(pairs, ok_runs.run_id.tolist()).merge(runs[["run_id", *hp_columns]], on="run_id")
+    gaps = analysis.robustness(pairs)
+    shared = analysis.shared_training(pairs)
+    checks = pd.read_parquet(inputs.sanity).set_index("check")
+    headline = analysis.headline(pairs, correlation, triples, gaps) | {
+        "n_pairs_skipped": len(skipped),
+        "self_soup_gain_loss": float(checks.gain_loss.get("self", float("nan"))),
+        "untrained_soup_gain_loss": float(checks.gain_loss.get("untrained", float("nan")))}
+    written = {"pairs": pairs, "correlations": correlation, "triplets": triples,
+               "transitivity": analysis.transitivity(triples), "embedding": embedded, "robustness": gaps,
+               "shared_training": shared, "headline": pd.DataFrame([headline])}
+    for name, frame in written.items():
+        atomic_write_parquet(frame, getattr(tables, name))
+    plot_analysis_figures(pairs, triples, embedded, gaps, shared, color_by, asdict(plots))
+    log.info("analysis: %s", json.dumps(headline, default=float))
+    return headline

@@ -1,0 +1,166 @@
+"""The fine-tune job: one grid point trained from the shared init, with its checkpoint, cached outputs (val
+and test logits and features, so that soups and the analysis never re-run it), metrics row, learning curve
+and config. Every path is the finetune rule's (``RunPaths``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from soupflow.core.evaluate import Evaluator, scores_from_logits
+from soupflow.core.models import (
+    checkpoint_metadata,
+    count_parameters,
+    load_checkpoint,
+    save_checkpoint,
+    set_threads,
+)
+from soupflow.core.resume import Preempted, forget, job_resume, state_beside
+from soupflow.core.train import TrainResult, train
+from soupflow.jobs.context import JobContext
+from soupflow.plan.catalog import HYPERPARAMETER_NAMES
+from soupflow.plan.layout import epoch_file
+from soupflow.plan.seeds import pipeline_seed
+from soupflow.store.data import subset
+from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
+from soupflow.store.tables import EPOCH_SCHEMA, history_table, metrics_row_table
+
+log = logging.getLogger("soupflow")
+
+#: Errors of the machine, not of the run: they fail the job so that a rerun retries it (never status=failed).
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, torch.cuda.OutOfMemoryError)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every file one fine-tune writes, as the finetune rule names them. ``epochs`` (the table of kept epoch
+    checkpoints) only when a soup takes ``ingredients: epochs``; the checkpoints themselves go to the folder
+    named like that table without its suffix (``epochs.parquet`` → ``epochs/``), listed relative to it."""
+
+    model: str
+    outputs: str
+    history: str
+    metrics: str
+    config: str
+    epochs: str | None = None
+
+    @property
+    def epochs_folder(self) -> Path | None:
+        return Path(self.epochs).with_suffix("") if self.epochs else None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fine-tune: the prepared data, the checkpoint it starts from, its id and its hyperparameters."""
+
+    data: str
+    init: str
+    run_id: str
+    hp: dict[str, Any]
+
+
+def _epoch_keeper(context: JobContext, folder: Path, epochs: int):
+    """An ``on_epoch_end`` that saves every epoch's weights but the last (the run's own checkpoint)."""
+    def keep(epoch: int, model: torch.nn.Module) -> None:
+        if epoch < epochs:
+            meta = checkpoint_metadata(context.config["model"], context.data, epoch=str(epoch))
+            save_checkpoint(model.state_dict(), epoch_file(str(folder), epoch), meta)
+    return keep
+
+
+def _epoch_table(run: RunSpec, paths: RunPaths, evaluator: Evaluator, ok: bool) -> pa.Table:
+    """Val scores of the epoch checkpoints a fine-tune kept (none for a run that is not ok); each ``path``
+    relative to the table's folder, so that the table alone says where its checkpoints are."""
+    rows = []
+    for epoch in range(1, int(run.hp["epochs"])) if ok else []:
+        path = Path(epoch_file(str(paths.epochs_folder), epoch))
+        scores = evaluator.scores(load_checkpoint(path))
+        rows.append({"run_id": run.run_id, "epoch": epoch, "path": os.path.relpath(path, Path(paths.epochs).parent),
+                     "val_accuracy": scores.accuracy, "val_loss": scores.loss})
+    return pa.Table.from_pylist(rows, schema=EPOCH_SCHEMA)
+
+
+def _train_run(context: JobContext, run: RunSpec, model: torch.nn.Module, paths: RunPaths) -> tuple[TrainResult, str]:
+    """Train ``model`` in place; the result and, for a run that could not train, its error (model = init)."""
+    config, data = context.config, context.data
+    seeded = {**run.hp, "seed": pipeline_seed(config, run.hp["seed"])}  # the row keeps the run's own seed
+    images, labels = subset(*data.split("train"), run.hp["data_fraction"], seeded["seed"])
+    log.info("fine-tune %s on %d images, %s: %s", run.run_id, labels.numel(), context.device,
+             json.dumps(run.hp))
+    keep = _epoch_keeper(context, paths.epochs_folder, int(run.hp["epochs"])) if paths.epochs else None
+    try:
+        return train(model, images, labels, data, seeded, context.device, name=run.run_id, on_epoch_end=keep,
+                     resume=job_resume(config, state_beside(paths.model), run.init),
+                     precision=config["training"]["precision"]), ""
+    except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
+        raise  # killed, disk full, I/O, out of memory: the job fails and a rerun retries (resuming saved state)
+    except Exception as failure:  # a run that cannot train (bad hyperparameters, ...) is a result too
+        log.exception("%s failed; recorded with status=failed and left out of soups", run.run_id)
+        model.load_state_dict(load_checkpoint(run.init))
+        return TrainResult("failed", 0, 0, 0.0, 0.0, float("nan")), f"{type(failure).__name__}: {failure}"[:500]
+
+
+def _scored_row(context: JobContext, model: torch.nn.Module, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Val and test scores into ``row`` (status ``diverged`` when logits are not finite); the cached outputs."""
+    outputs = {}
+    for split in ("val", "test"):
+        evaluator = context.evaluator(split, model=model)
+        logits, features = evaluator.outputs(features=True)
+        scores = scores_from_logits(logits, evaluator.labels)
+        if row["status"] == "ok" and not torch.isfinite(logits).all():
+            row["status"] = "diverged"
+        row[f"{split}_accuracy"], row[f"{split}_loss"] = scores.accuracy, scores.loss
+        outputs[f"{split}_logits"], outputs[f"{split}_features"] = logits, features
+    if row["status"] == "failed":  # the scores above are the init's: do not let them pass for the run's
+        row.update({f"{split}_{name}": float("nan") for split in ("val", "test") for name in ("accuracy", "loss")})
+    return outputs
+
+
+def _row(run: RunSpec, result: TrainResult, error: str, model: torch.nn.Module, device: torch.device) -> dict:
+    """The run's metrics row (``tables.RUN_SCHEMA``) before scoring: hyperparameters and training figures."""
+    return {"run_id": run.run_id, **{f"hp_{k}": v for k, v in run.hp.items()}, "status": result.status,
+            "error": error, "resumed_from_step": result.resumed_from_step, "epochs_done": result.epochs_done,
+            "train_loss": result.train_loss, "train_seconds": result.seconds,
+            "train_images_per_second": result.images_per_second, "n_parameters": count_parameters(model),
+            "device": device.type}
+
+
+def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int = 1) -> dict[str, Any]:
+    """Fine-tune one configuration from the shared init; write its checkpoint, outputs, metrics and config.
+
+    A run whose loss stops being finite is recorded with ``status=diverged``, one whose training raises with
+    ``status=failed`` (and the error); both are left out of soups, and their outputs are still written so the
+    rest of the workflow completes. A kill (signal, SLURM time limit) is not a failure: the job exits and its
+    rerun resumes from the saved training state. With ``paths.epochs``, every epoch but the last is also kept
+    and listed with its val scores (soups with ``ingredients: epochs``).
+    """
+    set_threads(threads)
+    hp = {name: run.hp.get(name) for name in HYPERPARAMETER_NAMES} | run.hp  # every hp_* column in every row
+    run = RunSpec(run.data, run.init, run.run_id, hp)
+    context = JobContext.open(config, run.data)
+    model = context.model()
+    model.load_state_dict(load_checkpoint(run.init))
+    result, error = _train_run(context, run, model, paths)
+    row = _row(run, result, error, model, context.device)
+    outputs = _scored_row(context, model, row)
+    log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run.run_id, row["status"],
+             row["val_accuracy"], row["test_accuracy"], result.seconds)
+    meta = checkpoint_metadata(config["model"], context.data, run_id=run.run_id, status=row["status"])
+    save_checkpoint(model.state_dict(), paths.model, meta)
+    atomic_save_safetensors(outputs, paths.outputs)
+    atomic_write_yaml({"run_id": run.run_id, "hyperparameters": hp, "model": config["model"],
+                       "data": config["data"]["name"], "init": run.init}, paths.config)
+    atomic_write_parquet(history_table(run.run_id, result.history), paths.history)
+    if paths.epochs:
+        table = _epoch_table(run, paths, context.evaluator("val", model=model), row["status"] == "ok")
+        atomic_write_parquet(table, paths.epochs)
+    atomic_write_parquet(metrics_row_table([row]), paths.metrics)
+    forget(state_beside(paths.model))
+    return row

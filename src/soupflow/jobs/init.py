@@ -1,0 +1,148 @@
+"""The init job: the weights every fine-tune starts from — pretrained here, imported from a file, or timm's
+own pretrained weights — and the kept epochs of pretraining (branch points of the analysis)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soupflow.core.batchnorm import BatchNormRefresher, has_batchnorm
+from soupflow.core.models import checkpoint_metadata, load_checkpoint, save_checkpoint, set_threads
+from soupflow.core.pretext import PRETEXT_TASKS, fresh_head, uses_labels
+from soupflow.core.probe import linear_probe
+from soupflow.core.resume import forget, job_resume, state_beside
+from soupflow.core.train import train
+from soupflow.core.weights import import_state
+from soupflow.jobs.context import JobContext
+from soupflow.plan.model_file import resolve_file
+from soupflow.plan.seeds import pipeline_seed
+
+log = logging.getLogger("soupflow")
+
+
+@dataclass(frozen=True)
+class InitPaths:
+    """What the init rule names: the data it reads, the init checkpoint, and the checkpoints of the kept
+    epochs of pretraining (epoch → path; the rule keeps ``config.kept_epochs``)."""
+
+    data: str
+    model: str
+    epochs: dict[int, str] = field(default_factory=dict)
+
+
+def _timm_pretrained(context: JobContext) -> torch.nn.Module:
+    """timm's own pretrained weights: from ``model.file`` (a timm-format checkpoint, offline) or the hub.
+
+    timm adapts the input channels and re-creates a head of another size itself (``load_pretrained``).
+    """
+    model_config = context.config["model"]
+    overlay = {"file": resolve_file(model_config["file"])} if model_config["file"] else None
+    try:
+        return context.model(pretrained=True, pretrained_cfg_overlay=overlay)
+    except Exception as error:  # network errors surface as many exception types
+        where = f"model.file {model_config['file']!r}" if overlay else "the Hugging Face hub"
+        raise RuntimeError(
+            f"could not load timm weights for {model_config['name']!r} from {where} ({type(error).__name__}: "
+            f"{error}). model.init: timm needs network access to the hub, a filled HF cache, or model.file "
+            "naming a timm-format checkpoint; offline, use model.init: pretrain or model.init: file") from None
+
+
+def _imported(model: torch.nn.Module, model_config: dict[str, Any], meta: dict[str, str]) -> None:
+    """``model.init: file``: load a checkpoint of another layout into ``model`` (``weights.import_state``)."""
+    fitted, report = import_state(model, load_checkpoint(resolve_file(model_config["file"])), model_config["file"],
+                                  model_config["match"], model_config.get("rename"))
+    model.load_state_dict(fitted)
+    log.info("imported %s: %s (fresh tensors seeded with model.head_seed %s)", model_config["file"],
+             report.summary(), model_config["head_seed"])
+    meta.update(report.metadata())
+
+
+def _pretrain(context: JobContext, model: torch.nn.Module, paths: InitPaths, keep) -> None:
+    """Pretrain ``model`` in place on the configured task; ``keep(epoch, model, head)`` saves branch points.
+    A pretext task (not labels) ends with a fresh head, so fine-tunes learn the real classes from scratch."""
+    config, data = context.config, context.data
+    task = config["pretrain"]["task"]
+    hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
+          "seed": pipeline_seed(config, config["pretrain"]["seed"])}
+    images, labels = PRETEXT_TASKS[task](*data.split("pretrain"))
+    head = {} if uses_labels(task) else fresh_head(model, pipeline_seed(config, config["model"]["head_seed"]))
+    if head:
+        log.info("pretraining on the %s pretext task (%d images); fine-tunes get a fresh head: %s",
+                 task, labels.shape[0], ", ".join(head))
+    result = train(model, images, labels, data, hp, context.device, name="pretrain",
+                   on_epoch_end=lambda epoch, trained: keep(epoch, trained, head),
+                   resume=job_resume(config, state_beside(paths.model), paths.data),
+                   precision=config["training"]["precision"])
+    if result.status != "ok":
+        raise RuntimeError("pretraining diverged; lower pretrain.lr")
+    model.load_state_dict({**model.state_dict(), **head})
+    scores = context.evaluator("val", model=model).scores()
+    log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
+
+
+def _started(context: JobContext, meta: dict[str, str]) -> torch.nn.Module:
+    """The model before any pretraining: timm's weights, a file's, or a seeded fresh model; BatchNorm
+    statistics re-estimated on train images with ``model.init_bn: recompute``."""
+    config, model_config = context.config, context.config["model"]
+    torch.manual_seed(pipeline_seed(config, model_config["head_seed"]))
+    model = _timm_pretrained(context) if model_config["init"] == "timm" else context.model()
+    if model_config["init"] == "file":
+        _imported(model, model_config, meta)
+    if model_config["init_bn"] == "recompute" and has_batchnorm(model):
+        refresher = BatchNormRefresher(model, context.data, context.device, 2000, pipeline_seed(config, 0))
+        model.load_state_dict(refresher.refresh(model.state_dict()))
+        log.info("BatchNorm statistics of the init re-estimated on %d train images (model.init_bn: recompute)",
+                 refresher.images.shape[0])
+    return model
+
+
+def _probe(context: JobContext, model: torch.nn.Module, meta: dict[str, str]) -> None:
+    """``model.linear_probe``: fit the head to the train images' frozen features (LP-FT, ``soupflow.core.probe``)."""
+    model_config = context.config["model"]
+    if has_batchnorm(model) and model_config["init"] != "pretrain" and model_config["init_bn"] != "recompute":
+        log.warning("model.linear_probe fits the head to features under the file's BatchNorm statistics, which "
+                    "training mode replaces by batch statistics; with weights from another domain set "
+                    "model.init_bn: recompute so that both agree")
+    result = linear_probe(model, context.data, context.device, pipeline_seed(context.config, model_config["head_seed"]))
+    meta.update(result.metadata())
+    scores = context.evaluator("val", model=model).scores()
+    log.info("linear probe of the head on %d train images: L2 %g, held-out train accuracy %.4f; init val "
+             "accuracy %.4f", result.images, result.weight_decay, result.held_out_accuracy, scores.accuracy)
+
+
+def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> None:
+    """Produce the weights every fine-tune starts from: pretrained here, read from a file, or from timm's hub.
+
+    All fine-tunes share this checkpoint *including the classifier head*: heads re-initialised per run
+    with different seeds would put runs in different basins and break averaging.
+    """
+    set_threads(threads)
+    context = JobContext.open(config, paths.data)
+    meta = checkpoint_metadata(config["model"], context.data, init=config["model"]["init"])
+    model = _started(context, meta)
+    # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:
+    # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
+    staging = Path(paths.model).parent / ".staging"
+    staged = {epoch: staging / Path(path).name for epoch, path in paths.epochs.items()}
+    if 0 in staged and not staged[0].exists():
+        save_checkpoint(model.state_dict(), staged[0], {**meta, "epoch": "0"})
+
+    def keep(epoch: int, trained: torch.nn.Module, head: dict[str, torch.Tensor]) -> None:
+        if epoch in staged:
+            save_checkpoint({**trained.state_dict(), **head}, staged[epoch], {**meta, "epoch": str(epoch)})
+
+    if config["model"]["init"] == "pretrain":
+        _pretrain(context, model, paths, keep)
+    if config["model"]["linear_probe"]:
+        _probe(context, model, meta)
+    for epoch, path in staged.items():
+        os.replace(path, paths.epochs[epoch])
+    if staging.exists() and not any(staging.iterdir()):
+        staging.rmdir()
+    save_checkpoint(model.state_dict(), paths.model, meta)
+    forget(state_beside(paths.model))

@@ -1,0 +1,136 @@
+"""Every list of names soupflow knows, written once, with the attributes of each entry.
+
+- ``HYPERPARAMETERS``: what one fine-tune is configured by (a grid axis, a ``runs:`` key, a random-search
+  dimension and an ``hp_*`` column of the runs table), with its kind and default;
+- ``RECIPES``: the soup recipes with their traits (the functions are registered against these names in
+  ``soupflow.core.recipes``, which refuses a name that is not here);
+- ``DATASETS``: the data set readers (``data.name``); ``CORRUPTIONS``: the corruption types of the analysis;
+- ``SOUP_OPTIONS``: the defaults of a soup entry's options, for every recipe;
+- ``GPU_RULES``: the rules whose jobs run a model and take a GPU when there is one.
+
+The JSON schema's lists of names are generated from these (``soupflow.plan.config.load_schema``); the
+hyperparameters' constraints stay in the schema, and tests check that both name the same keys.
+Parse time: no numpy, torch or timm here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One fine-tuning hyperparameter: its canonical Python type (1 and 1.0 are the same learning rate, so a
+    run id hashes the canonical value) and its default in ``finetune:``. A default of None means "off" and is
+    left out of a run's id, so adding such a hyperparameter never changes an existing id."""
+
+    name: str
+    kind: type
+    default: Any = None
+
+
+HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
+    Hyperparameter("lr", float, 0.01),
+    Hyperparameter("weight_decay", float, 1e-4),
+    Hyperparameter("epochs", int, 2),
+    Hyperparameter("batch_size", int, 128),
+    Hyperparameter("label_smoothing", float, 0.0),
+    Hyperparameter("augmentation", str, "none"),
+    Hyperparameter("optimizer", str, "sgd"),
+    Hyperparameter("momentum", float, 0.9),
+    Hyperparameter("nesterov", bool, True),
+    Hyperparameter("schedule", str, "onecycle"),
+    Hyperparameter("warmup_fraction", float, 0.3),
+    Hyperparameter("seed", int, 0),
+    Hyperparameter("branch_epoch", int),
+    Hyperparameter("perturbation", str),
+    Hyperparameter("bn_statistics", str),
+    Hyperparameter("data_fraction", float),
+    Hyperparameter("mixup", float),
+)
+
+#: the hyperparameters' names, in the order tables show them
+HYPERPARAMETER_NAMES: tuple[str, ...] = tuple(hp.name for hp in HYPERPARAMETERS)
+HYPERPARAMETER_KINDS: dict[str, type] = {hp.name: hp.kind for hp in HYPERPARAMETERS}
+
+
+@dataclass(frozen=True)
+class RecipeTraits:
+    """What the workflow must know of a recipe before any job runs: whether it is a baseline or ablation
+    rather than a soup to deploy (figures leave those out), whether it reads the weights the fine-tunes
+    started from (the soup rule then takes the init as an input) or another soup of the config (``base``),
+    and its option defaults beyond ``SOUP_OPTIONS``."""
+
+    name: str
+    baseline: bool = False
+    needs_start: bool = False
+    needs_base: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+#: WiSE-FT's mixing coefficients when a wise_ft entry gives no ``alphas``: 0, 0.1, …, 1
+WISE_FT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+RECIPES: dict[str, RecipeTraits] = {traits.name: traits for traits in (
+    RecipeTraits("uniform"),
+    RecipeTraits("greedy"),
+    RecipeTraits("greedy_random", options={"repeats": 5}),
+    RecipeTraits("pruned", options={"passes": 3}),
+    RecipeTraits("pruned_random", options={"passes": 3, "repeats": 5}),
+    RecipeTraits("topk", options={"k": 2}),
+    RecipeTraits("best_individual", baseline=True),
+    RecipeTraits("self_soup", baseline=True),
+    RecipeTraits("untrained", baseline=True),
+    RecipeTraits("model_stock", needs_start=True),
+    RecipeTraits("wise_ft", needs_start=True, needs_base=True,
+                 options={"base": "best_individual", "alphas": list(WISE_FT_ALPHAS)}),
+    RecipeTraits("learned", options={"epochs": 3, "lr": 0.05, "batch_size": 500, "granularity": "module",
+                                     "max_memory_mb": 4096}),
+)}
+
+#: The options every soup entry has, at their defaults (a recipe's own ``RecipeTraits.options`` add to them).
+#: ``k`` None = every usable run; ``max_ingredients`` None = no cap.
+SOUP_OPTIONS: dict[str, Any] = {
+    "metric": "accuracy", "bn": "keep", "bn_images": 2000, "ingredients": "final", "early_rejection": True,
+    "tie": "ge", "seed": 0, "k": None, "max_ingredients": None,
+}
+
+
+def soup_options(entry: dict[str, Any]) -> dict[str, Any]:
+    """A soup entry of the config with every option it leaves out at its default (its name included)."""
+    traits = RECIPES[entry["recipe"]]
+    return {**SOUP_OPTIONS, **traits.options, "name": entry["recipe"], **entry}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set reader (``data.name``): its images' channels and the files or folders it reads in
+    ``data.root`` (IDX files may be gzipped)."""
+
+    name: str
+    channels: int
+    needs: tuple[str, ...]
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DATASETS: dict[str, Dataset] = {d.name: d for d in (
+    Dataset("fashion_mnist", 1, IDX_FILES),
+    Dataset("mnist", 1, IDX_FILES),
+    Dataset("cifar10", 3, ("cifar-10-batches-py",)),
+    Dataset("cifar100", 3, ("cifar-100-python",)),
+    Dataset("image_folder", 3, ("train", "test")),  # decoded to RGB
+)}
+
+#: the batch augmentations of the tensors data path (``soupflow.core.train``): hyperparameter ``augmentation``
+AUGMENTATIONS = ("none", "flip", "shift", "flip_shift")
+#: what pretraining learns (``pretrain.task``; ``soupflow.core.pretext``)
+PRETEXT_TASKS = ("labels", "rotation")
+
+#: the corruption types of the analysis' corrupted test copy ("Too Salty")
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg")
+#: the name the corrupted test copy is scored under, beside "val" and "test"
+CORRUPTED_SPLIT = "corrupted"
+
+#: rules whose jobs run a model: each takes one GPU where the machine has any (common.smk, both profiles)
+GPU_RULES = ("init", "finetune", "soup", "pair_soups", "corrupted_outputs", "soup_sanity")

@@ -1,0 +1,151 @@
+"""The checks a JSON schema cannot make: names that must exist, fractions that must fit, files that must be
+there, unique soup names. Each raises ``ConfigError`` with one line naming the key the user wrote."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from soupflow.plan.catalog import DATASETS, HYPERPARAMETER_NAMES, RECIPES
+from soupflow.plan.errors import ConfigError
+from soupflow.plan.model_file import WeightsError, resolve_file
+from soupflow.plan.params import kept_epochs, soup_base, soup_name
+from soupflow.plan.timm_names import check_model_name
+
+
+def _check_model_file(model: dict[str, Any]) -> None:
+    """``model.file`` must exist when init = file needs it, or when init = timm names one."""
+    spec = model.get("file")
+    if model["init"] == "pretrain" or (model["init"] == "timm" and not spec):
+        return
+    try:
+        exists = bool(spec) and os.path.isfile(resolve_file(spec))
+    except WeightsError as error:
+        raise ConfigError(f"config key {error}") from None
+    if not exists:
+        raise ConfigError(f"config key 'model.file' is {spec!r}; allowed: an existing .safetensors or .pth file "
+                          f"(or package:NAME/path) when model.init is {model['init']!r}")
+
+
+def _check_branch_epochs(config: dict[str, Any]) -> None:
+    """Every branch epoch a user wrote must be a kept pretraining epoch; the error names where it was written."""
+    written = [("analysis.branching.epochs", e) for e in config["analysis"]["branching"]["epochs"]]
+    written += [("grid.branch_epoch", e) for e in config["grid"].get("branch_epoch", [])]
+    written += [(f"runs[{i}].branch_epoch", run["branch_epoch"]) for i, run in enumerate(config["runs"])
+                if run.get("branch_epoch") is not None]
+    kept = kept_epochs(config)
+    for key, epoch in written:
+        if epoch not in kept:
+            why = ("model.init is not 'pretrain', so there is no pretraining to branch from; set it to [] or remove it"
+                   if config["model"]["init"] != "pretrain" else "see pretrain.epochs and pretrain.keep_every")
+            raise ConfigError(f"config key '{key}' has {epoch}, which is not a kept pretraining epoch; allowed values: "
+                              f"{', '.join(map(str, kept))} ({why})")
+
+
+def _check_data_root(data: dict[str, Any]) -> None:
+    """``data.root`` must be a folder holding the data set (unless torchvision may download it)."""
+    root = data.get("root")
+    if data["name"] in {"cifar10", "cifar100"} and data["download"]:
+        return
+    if not root or not os.path.isdir(root):
+        hint = " (install Debian's dataset-fashion-mnist or point data.root at the IDX files)" if data["name"] == "fashion_mnist" else ""
+        raise ConfigError(f"config key 'data.root' is {root!r}, which is not an existing folder{hint}")
+    needs = DATASETS[data["name"]].needs
+    missing = [name for name in needs if not any(os.path.exists(os.path.join(root, name + suffix))
+                                                 for suffix in ("", ".gz"))]
+    if missing:
+        raise ConfigError(f"config key 'data.root' is {root!r}, which holds no {data['name']} data set: missing "
+                          f"{', '.join(missing)}; allowed: a folder with {', '.join(needs)}")
+
+
+def _check_normalize(data: dict[str, Any]) -> None:
+    """Given mean/std need one value, or one per channel (3 RGB values are averaged for grey images)."""
+    given = data["normalize"]
+    if not isinstance(given, dict):
+        return
+    channels = DATASETS[data["name"]].channels
+    allowed = sorted({1, channels, 3})
+    for name in ("mean", "std"):
+        if len(given[name]) not in allowed:
+            raise ConfigError(f"config key 'data.normalize.{name}' has {len(given[name])} values; allowed: "
+                              f"{' or '.join(map(str, allowed))} for {data['name']}'s {channels}-channel images")
+
+
+def _check_fractions(config: dict[str, Any]) -> None:
+    data = config["data"]
+    if data["pretrain_fraction"] + data["val_fraction"] + data["test_fraction"] >= 1:
+        raise ConfigError("config keys 'data.pretrain_fraction' + 'data.val_fraction' + 'data.test_fraction' must be "
+                          "< 1 so that images remain to fine-tune on")
+    if config["model"]["init"] == "pretrain" and data["pretrain_fraction"] <= 0:
+        raise ConfigError("config key 'data.pretrain_fraction' must be > 0 when model.init is 'pretrain'")
+
+
+def _check_soups(soups: list[dict[str, Any]]) -> None:
+    names = [soup_name(soup) for soup in soups]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"config key 'soups' names {', '.join(duplicates)} more than once; give each entry a unique 'name'")
+    bases = [name for name, soup in zip(names, soups) if not RECIPES[soup["recipe"]].needs_base]
+    for index, soup in enumerate(soups):
+        base = soup_base(soup)
+        if base is not None and base not in bases:
+            raise ConfigError(f"config key 'soups[{index}].base' is {base!r}; allowed: the name of another soup "
+                              f"entry that takes no base ({', '.join(bases) or 'none configured'})")
+
+
+def _check_hyperparameter_names(config: dict[str, Any]) -> None:
+    """Keys whose value must name a hyperparameter."""
+    named = [("plots.heatmap_axes", "has", axis) for axis in config["plots"]["heatmap_axes"]]
+    named.append(("analysis.color_by", "is", config["analysis"]["color_by"]))
+    for key, verb, name in named:
+        if name not in HYPERPARAMETER_NAMES:
+            raise ConfigError(f"config key '{key}' {verb} {name!r}; allowed values: {', '.join(HYPERPARAMETER_NAMES)}")
+
+
+def _check_perturbations(config: dict[str, Any]) -> None:
+    named = [("analysis.branching.perturbations", name) for name in config["analysis"]["branching"]["perturbations"]]
+    named += [("grid.perturbation", name) for name in config["grid"].get("perturbation", [])]
+    named += [(f"runs[{i}].perturbation", run["perturbation"]) for i, run in enumerate(config["runs"])
+              if run.get("perturbation")]
+    for key, name in named:
+        if name not in config["perturbations"]:
+            raise ConfigError(f"config key '{key}' names perturbation {name!r}; allowed values: "
+                              f"{', '.join(config['perturbations'])}")
+
+
+def _check_search(search: dict[str, Any]) -> None:
+    for name, spec in search["space"].items():
+        if spec["distribution"] == "choice" and not spec.get("values"):
+            raise ConfigError(f"config key 'search.space.{name}' needs 'values' for distribution 'choice'")
+        if spec["distribution"] != "choice" and not ("low" in spec and "high" in spec and spec["low"] <= spec["high"]):
+            raise ConfigError(f"config key 'search.space.{name}' needs 'low' <= 'high' for distribution {spec['distribution']!r}")
+        if spec["distribution"] == "log_uniform" and spec["low"] <= 0:
+            raise ConfigError(f"config key 'search.space.{name}.low' must be > 0 for distribution 'log_uniform'")
+
+
+def check_semantics(config: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> None:
+    """Checks beyond the schema on a config with defaults filled in. ``check_paths`` looks at the data and
+    model files, ``check_model`` asks timm for ``model.name``: the main Snakemake process does both once."""
+    _check_normalize(config["data"])
+    _check_fractions(config)
+    if check_paths:
+        _check_data_root(config["data"])
+        _check_model_file(config["model"])
+    if check_model:
+        check_model_name(config["model"])
+    _check_soups(config["soups"])
+    _check_hyperparameter_names(config)
+    _check_perturbations(config)
+    _check_search(config["search"])
+    _check_branch_epochs(config)
+
+
+def check_runs(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
+    """The expanded fine-tunes: at least one, and random-search draws of branch epochs that are kept."""
+    drawn = sorted({hp["branch_epoch"] for hp in runs.values() if hp.get("branch_epoch") is not None})
+    if set(drawn) - set(kept_epochs(config)):  # what the keys checked above cannot hold: random-search draws
+        raise ConfigError(f"config key 'search.space.branch_epoch' draws {drawn}; allowed values: "
+                          f"{', '.join(map(str, kept_epochs(config)))} (use distribution: choice)")
+    if not runs:
+        raise ConfigError("config keys 'grid', 'runs' and 'search.n' describe no fine-tune; allowed: at least one "
+                          "grid axis value, run or draw")

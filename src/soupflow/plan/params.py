@@ -1,0 +1,63 @@
+"""What the rules hand their jobs, derived from the one resolved config.
+
+Snakemake reruns a job whose ``params`` changed: it compares every param of a builtin type (strings,
+numbers, lists, dicts …) with the value recorded when the job last ran, and leaves other objects out of the
+comparison (``snakemake.persistence``, since 8.0). So each rule declares two kinds of params:
+
+- **tracked** ones, plain values: what its outputs depend on (a run's hyperparameters, the model, the data
+  settings). A key added to the config after results existed is left out while it is at its neutral default
+  (``tracked``), so upgrading soupflow does not rerun finished jobs;
+- the **resolved config** itself, wrapped by ``untracked``: how a job runs (evaluation batch size, device,
+  precision, checkpoint interval), which must not retrain anything when edited. Jobs read the config from it
+  and from nothing else (``soupflow.jobs.script.open_job``): the config the parse resolved, one route.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from soupflow.plan.catalog import RECIPES, soup_options
+
+#: keys added to a config section after results folders existed, at the value that changes nothing; a tracked
+#: param leaves them out at that value (upgrading does not re-trigger finished jobs)
+LATE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"test_fraction": 0.0, "normalize": "dataset"},
+    "model": {"match": "name", "init_bn": "keep", "linear_probe": False},
+    "pretrain": {"task": "labels"},
+}
+
+
+def tracked(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """A config section as a rerun-triggering param: without keys at their neutral value (``LATE_DEFAULTS``)."""
+    late = LATE_DEFAULTS.get(section, {})
+    return {key: value for key, value in config[section].items() if key not in late or value != late[key]}
+
+
+def untracked(config: dict[str, Any]) -> SimpleNamespace:
+    """The resolved config as a param Snakemake does not compare (not a builtin type): every job gets it, and
+    editing a setting no output depends on reruns nothing."""
+    return SimpleNamespace(resolved=config)
+
+
+def kept_epochs(config: dict[str, Any]) -> list[int]:
+    """Epochs of the pretraining trajectory kept as branch points (0 = before pretraining)."""
+    if config["model"]["init"] != "pretrain":
+        return [0]
+    every, epochs = config["pretrain"]["keep_every"], config["pretrain"]["epochs"]
+    return sorted({0, *range(every, epochs + 1, every)})
+
+
+def soup_name(entry: dict[str, Any]) -> str:
+    """A soup entry's output name: its ``name``, else its recipe."""
+    return entry.get("name", entry["recipe"])
+
+
+def soup_specs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Soup entries as the user wrote them, keyed by their output name (the soup rule's tracked param)."""
+    return {soup_name(entry): dict(entry) for entry in config["soups"]}
+
+
+def soup_base(entry: dict[str, Any]) -> str | None:
+    """The soup an entry interpolates toward (wise_ft's ``base``); None for recipes that take no base."""
+    return soup_options(entry)["base"] if RECIPES[entry["recipe"]].needs_base else None

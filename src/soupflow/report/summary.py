@@ -1,0 +1,125 @@
+"""The short table a run ends with: the ingredients, the best individual and every soup, on val and test,
+each soup with its paired difference to the best individual (95 % bootstrap interval, McNemar p).
+
+``summary.csv`` holds the numbers (one numeric column each); ``summary.txt`` is the same table formatted
+for reading, the one printed at the end of a run.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from soupflow.core.stats import format_p
+from soupflow.store.io import atomic_write_text
+from soupflow.store.tables import best_run
+
+LEGEND = """\
+vs best: paired difference to the best individual (by val) on test, 95 % bootstrap interval over test
+images, McNemar exact p. A soup WINS when its whole interval is above zero; with repeats, k/n repeats win."""
+
+
+def summary_table(runs: pd.DataFrame, soups: pd.DataFrame) -> pd.DataFrame:
+    """Numbers only: one row per soup (repeats averaged), after the ingredients and the best individual."""
+    ok = runs[runs["status"] == "ok"]
+    rows = []
+    if len(ok):
+        best = best_run(runs)
+        rows.append({"method": f"ingredients ({len(ok)} ok of {len(runs)}): mean", "n_ingredients": 1.0,
+                     "val_accuracy": ok.val_accuracy.mean(), "test_accuracy": ok.test_accuracy.mean(),
+                     "test_accuracy_min": ok.test_accuracy.min(), "test_accuracy_max": ok.test_accuracy.max(),
+                     "test_loss": ok.test_loss.mean()})
+        rows.append({"method": f"best individual by val ({best.run_id})", "n_ingredients": 1.0,
+                     "val_accuracy": best.val_accuracy, "test_accuracy": best.test_accuracy,
+                     "test_loss": best.test_loss})
+    for name, group in soups.groupby("soup", sort=False):
+        row = {"method": f"{name} soup", "repeats": len(group), "n_ingredients": group.n_ingredients.mean(),
+               "val_accuracy": group.val_accuracy.mean(), "test_accuracy": group.test_accuracy.mean(),
+               "test_accuracy_std": group.test_accuracy.std() if len(group) > 1 else 0.0,
+               "test_loss": group.test_loss.mean()}
+        for prefix in ("", "ensemble_", "bn_"):
+            if f"{prefix}acc_diff_pt" in group:
+                for column in ("acc_diff_pt", "acc_diff_pt_low", "acc_diff_pt_high", "acc_p_mcnemar", "loss_diff"):
+                    row[f"{prefix}{column}"] = group[f"{prefix}{column}"].mean()
+                row[f"{prefix}wins"] = int(group[f"{prefix}wins"].astype(bool).sum())
+        row["ensemble_test_accuracy"] = group.ensemble_test_accuracy.mean()
+        row["ensemble_passes"] = group.inference_passes_ensemble.mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _versus(row: pd.Series, prefix: str = "") -> str:
+    """'+0.42 pt [+0.18, +0.66], p = 0.003 WINS' (one repeat) or '+0.30 pt mean, 2/5 win' (repeats)."""
+    diff = row.get(f"{prefix}acc_diff_pt")
+    if diff is None or diff != diff:
+        return ""
+    if row.get("repeats", 1) > 1:
+        return f"{diff:+.2f} pt mean, {int(row[f'{prefix}wins'])}/{int(row['repeats'])} win"
+    text = (f"{diff:+.2f} pt [{row[f'{prefix}acc_diff_pt_low']:+.2f}, {row[f'{prefix}acc_diff_pt_high']:+.2f}], "
+            f"{format_p(row[f'{prefix}acc_p_mcnemar'])}")
+    return text + (" WINS" if row[f"{prefix}wins"] else "")
+
+
+def _pct(value: float) -> str:
+    return "" if value != value else f"{100 * value:.2f}"
+
+
+def format_summary(table: pd.DataFrame) -> str:
+    """The summary as aligned text (accuracies in %)."""
+    shown = pd.DataFrame({
+        "method": table.method,
+        "n": [f"{n:.1f}".rstrip("0").rstrip(".") for n in table.n_ingredients],
+        "val acc": table.val_accuracy.map(_pct),
+        "test acc": [_pct(a) + (f" ± {100 * s:.2f}" if s == s and s > 0 else "")
+                     for a, s in zip(table.test_accuracy, table.get("test_accuracy_std", pd.Series(float("nan"), index=table.index)))],
+        "test loss": table.test_loss.map(lambda v: f"{v:.4f}"),
+        "vs best (test accuracy)": [_versus(row) for _, row in table.iterrows()],
+        "logit ensemble vs best": [_versus(row, "ensemble_") for _, row in table.iterrows()],
+    })
+    return shown.to_string(index=False)
+
+
+def format_bn_effects(table: pd.DataFrame) -> str:
+    """One line per ``bn: recompute`` soup: re-estimated BatchNorm statistics against averaged ones."""
+    if "bn_acc_diff_pt" not in table:
+        return ""
+    lines = [f"  {row.method}: {_versus(row, 'bn_')}" for _, row in table.iterrows() if row.bn_acc_diff_pt == row.bn_acc_diff_pt]
+    header = "BatchNorm statistics re-estimated on train images vs averaged, same weights (test accuracy):\n"
+    return header + "\n".join(lines) + "\n" if lines else ""
+
+
+def format_soupability(soups: pd.DataFrame) -> str:
+    """One line when the midpoint of the two best runs collapses or loses more than a point on val."""
+    if "soupability" not in soups or not len(soups):
+        return ""
+    keep = soups[(soups.bn == "keep") & (soups.soupability != "n/a")]
+    recompute = soups[(soups.bn == "recompute") & (soups.soupability != "n/a")]
+    row = (keep if len(keep) else recompute).iloc[0] if len(keep) or len(recompute) else None
+    if row is None or row.soupability == "ok":
+        return ""
+    fixed = len(recompute) and (recompute.soupability == "ok").all() and row.bn == "keep"
+    hint = ("with bn: recompute the midpoint holds" if fixed else
+            "try bn: recompute, lower fine-tune learning rates, or `snakemake --cores N analysis` to see which pairs soup")
+    return (f"Soupability: the midpoint of the two best runs scores {_pct(row.precheck_midpoint_val_accuracy)} % on val "
+            f"against {_pct(row.precheck_pair_val_accuracy)} % ({row.soupability}); {hint}.\n")
+
+
+def format_retry(runs: pd.DataFrame) -> str:
+    """How to train the failed runs again, when there are any (diverged runs would only diverge again): force
+    each one's metrics file, as the runs table names it (``metrics_file``)."""
+    failed = runs[runs["status"] == "failed"]
+    if failed.empty:
+        return ""
+    targets = " ".join(failed.metrics_file)
+    return (f"{len(failed)} run(s) failed (see the error column of runs.parquet); to train them again:\n"
+            f"  snakemake --cores N --forcerun {targets}\n")
+
+
+def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
+    """The summary table as text (printed at the end of a run) and as numbers."""
+    runs, soups = pd.read_parquet(runs_path), pd.read_parquet(soups_path)
+    table = summary_table(runs, soups)
+    text = ("soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n"
+            + format_bn_effects(table) + format_soupability(soups) + format_retry(runs) + LEGEND)
+    atomic_write_text(text + "\n", out_text)
+    atomic_write_text(table.to_csv(index=False), out_csv)
+    return text

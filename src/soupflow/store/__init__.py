@@ -1,0 +1,1 @@
+"""Files: atomic writes, prepared data sets, Parquet tables and timm's config files. Imports ``plan``."""
