@@ -107,7 +107,7 @@ def test_touched_code_retrains_nothing_and_a_training_version_bump_retrains_all(
         path.write_text(path.read_text() + "\n# updated\n")
     assert "finetune" not in _planned(code, work)  # through the default workflow profile
     assert _planned(code, work, "--workflow-profile", "none").get("finetune", 0) > 0  # what it prevents
-    version = code / "src" / "soupflow" / "versions.py"
+    version = code / "src" / "soupflow" / "plan" / "versions.py"
     version.write_text(version.read_text().replace("TRAINING = 1", "TRAINING = 2"))
     planned = _planned(code, work)
     assert planned["finetune"] == len(expand_runs(resolve_config(SMOKE, check_model=False))) and planned["init"] == 1

