@@ -122,18 +122,27 @@ def test_unknown_heatmap_axis():
     assert "plots.heatmap_axes" in message and "weight_decay" in message
 
 
-def test_nested_config_overrides_given_as_text_are_read_as_the_schema_wants():
-    from soupflow.plan.config import coerce_strings
+def test_nested_config_overrides_given_as_text_are_read_as_the_yaml_typed():
+    """What Snakemake's --config parser (YAML's BaseLoader: every nested scalar is text) hands over, typed as the
+    same YAML in a config file would be; text stays text where the schema wants text."""
+    from snakemake.cli import parse_config
 
+    from soupflow.plan.config import typed_overrides
+
+    overrides = parse_config(["grid={lr: [0.1, 1e-2], seed: [0, 1], nesterov: [true], perturbation: [salty1]}",
+                              "model={name: 123, kwargs: {drop_rate: 0.1}}", "data={max_train: null}",
+                              "search={n: 1, space: {lr: {distribution: choice, values: [0.5]}}}"])
+    assert overrides["grid"]["seed"] == ["0", "1"]  # what Snakemake gives: text
     config = copy.deepcopy(DEFAULT)
-    config["grid"] = {"lr": ["0.1", "1e-2"], "seed": ["0", "1"], "nesterov": ["true"]}
-    config["model"]["name"] = "123"  # a string where the schema wants one stays a string
-    config["data"]["max_train"] = "null"
-    fixed = coerce_strings(config)
-    assert fixed["grid"] == {"lr": [0.1, 0.01], "seed": [0, 1], "nesterov": [True]}
-    assert fixed["model"]["name"] == "123" and fixed["data"]["max_train"] is None
+    for key, value in overrides.items():
+        config[key] = {**config.get(key, {}), **value}
+    typed = typed_overrides(config, overrides)
+    assert typed["grid"] == {"lr": [0.1, 0.01], "seed": [0, 1], "nesterov": [True], "perturbation": ["salty1"],
+                             "label_smoothing": [0.0, 0.1]}
+    assert typed["model"]["name"] == "123" and typed["model"]["kwargs"] == {"drop_rate": 0.1}  # no schema: YAML
+    assert typed["data"]["max_train"] is None and typed["search"]["space"]["lr"]["values"] == [0.5]
     assert config["grid"]["seed"] == ["0", "1"]  # the caller's dict is not changed
-    resolve_config(fixed, check_model=False)
+    assert typed["data"]["root"] == DEFAULT["data"]["root"]  # what came from the file is left as it is
 
 
 @pytest.mark.parametrize("mutate, key", [

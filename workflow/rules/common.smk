@@ -33,6 +33,7 @@ try:  # model name and data paths are checked once, by the main process, not aga
         config,
         check_model=workflow.is_main_process,
         check_paths=workflow.is_main_process,
+        overrides=workflow.config_settings.config,  # --config: its nested values come as text
     )
 except ConfigError as error:
     raise WorkflowError(f"invalid soupflow config: {error}") from None

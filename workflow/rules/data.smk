@@ -30,6 +30,7 @@ rule resolved_config:
     conda:
         "../../envs/soupflow.yaml"
     params:
-        resolved=CONFIG,  # tracked: rewritten whenever the config changes (nothing depends on it)
+        resolved=CONFIG,  # the rerun trigger: rewritten whenever the config changes (nothing depends on it)
+        config=RESOLVED,  # what it writes: the config every job is handed
     script:
         "../scripts/resolved_config.py"

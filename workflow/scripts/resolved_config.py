@@ -3,5 +3,4 @@ import _soupflow_path  # noqa: F401  (puts src/ on sys.path)
 from soupflow.jobs.script import open_job
 from soupflow.store.io import atomic_write_yaml
 
-open_job(snakemake)
-atomic_write_yaml(snakemake.params.resolved, snakemake.output[0])
+atomic_write_yaml(open_job(snakemake), snakemake.output[0])

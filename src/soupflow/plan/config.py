@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import jsonschema
 import yaml
@@ -154,17 +154,6 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
-def _string_type_errors(errors) -> list:
-    """Schema 'type' errors on string values where the schema wants no string, nested contexts included."""
-    found = []
-    for error in errors:
-        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        if error.validator == "type" and isinstance(error.instance, str) and "string" not in expected:
-            found.append(error)
-        found += _string_type_errors(error.context or [])
-    return found
-
-
 def _scalar(text: str) -> Any:
     """Text read as YAML, and as a float where YAML 1.1 leaves exponents without a dot as text ("1e-2")."""
     value = yaml.safe_load(text)
@@ -176,29 +165,52 @@ def _scalar(text: str) -> Any:
     return value
 
 
-def coerce_strings(config: dict[str, Any]) -> dict[str, Any]:
-    """Values that arrive as text where the schema wants a number, boolean or null, read as YAML.
+def _texts(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
+    """(path, text) of every string inside a nested ``--config`` value."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _texts(item, (*path, key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _texts(item, (*path, index))
 
-    Snakemake hands nested ``--config`` values over as strings (``--config 'grid={lr: [0.1], seed: [0, 1]}'``
-    gives ``seed: ['0', '1']``); the same values written in a YAML file are numbers. Only values the schema
-    rejects as strings are touched, so names and paths stay text.
+
+def _put(config: dict[str, Any], path: tuple, value: Any) -> None:
+    *parents, last = path
+    for part in parents:
+        config = config[part]
+    config[last] = value
+
+
+def _error_paths(errors) -> set[tuple]:
+    """Where the schema rejects a value, nested (oneOf, anyOf) errors included."""
+    paths = set()
+    for error in errors:
+        paths.add(tuple(error.absolute_path))
+        paths |= _error_paths(error.context or [])
+    return paths
+
+
+def typed_overrides(config: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config`` with the text of nested ``--config`` values read as the YAML the user typed.
+
+    Snakemake reads ``--config 'pretrain={epochs: 2, lr: 0.02}'`` with YAML's BaseLoader, which keeps every
+    nested scalar as text (``epochs: '2'``); the same YAML in a config file gives numbers, booleans and null.
+    Every text of ``overrides`` (Snakemake's parsed ``--config``) is read as YAML at its place in the merged
+    ``config``, unless the schema rejects the typed value there and the text was meant (a name "123").
     """
-    validator = jsonschema.Draft202012Validator(load_schema())
     config = copy.deepcopy(config)
-    for _ in range(1000):  # each pass fixes every reported value; nested ones may surface on the next
-        changed = False
-        for error in _string_type_errors(validator.iter_errors(config)):
-            value = _scalar(error.instance)
-            if isinstance(value, str):
-                continue
-            parent = config
-            *path, last = list(error.absolute_path)
-            for part in path:
-                parent = parent[part]
-            if parent[last] != value:
-                parent[last], changed = value, True
-        if not changed:
-            return config
+    typed = {}
+    for path, text in _texts(dict(overrides or {})):
+        value = _scalar(text)
+        if not isinstance(value, str):
+            _put(config, path, value)
+            typed[path] = text
+    validator = jsonschema.Draft202012Validator(load_schema())
+    for path in _error_paths(validator.iter_errors(config)) & set(typed):
+        _put(config, path, typed[path])
     return config
 
 
@@ -214,11 +226,13 @@ def validate_schema(config: dict[str, Any]) -> None:
         raise ConfigError(_describe(best))
 
 
-def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> dict[str, Any]:
-    """Validate a user's config and return it with defaults filled in. Raises ConfigError."""
+def resolve_config(user: dict[str, Any], check_model: bool = True, check_paths: bool = True,
+                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validate a user's config (``overrides``: the part that came from ``--config``, see ``typed_overrides``)
+    and return it with defaults filled in. Raises ConfigError."""
     if not isinstance(user, dict):
         raise ConfigError("the config must be a mapping of keys to values")
-    user = coerce_strings(user)
+    user = typed_overrides(user, overrides)
     validate_schema(user)
     config = merge_defaults(user)
     validate_schema(config)
