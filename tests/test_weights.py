@@ -88,21 +88,30 @@ def test_timm_init_reads_a_local_timm_checkpoint_offline(tmp_path, fashion, lite
 
 
 def test_a_short_fine_tune_from_the_real_weights_beats_random_init(tmp_path, fashion):
-    """Proof that the weights arrived: same data, budget and seed; only the init's file differs."""
+    """Proof that the weights arrived: same data, budget and seed; only the init's file differs.
+
+    LP-FT (the head probed on the frozen features, BatchNorm statistics re-estimated on the train images) at
+    lr 0.005: measured real 0.62 vs random 0.20-0.24 test accuracy on 1 and on 2 threads alike. A plain
+    fine-tune at lr 0.02 from a random head is chaotic at this size (real 0.17 on 1 thread, 0.35 on 2, and
+    0.12 on another machine): it measured the machine, not the weights."""
     import pandas as pd
     from conftest import finetune_in
 
     save_file(create_model({"name": "tf_efficientnet_lite0"}, 10, 1).state_dict(), str(tmp_path / "random.safetensors"))
-    models = {"real": LITE0_MODEL, "random": {**LITE0_MODEL, "file": str(tmp_path / "random.safetensors"),
-                                              "match": "name"}}  # safetensors stores keys sorted: no order
-    accuracy = {}
+    lpft = {"linear_probe": True, "init_bn": "recompute"}
+    models = {"real": {**LITE0_MODEL, **lpft},
+              "random": {**LITE0_MODEL, **lpft, "file": str(tmp_path / "random.safetensors"),
+                         "match": "name"}}  # safetensors stores keys sorted: no order
+    rows = {}
     for name, model in models.items():
-        config = merge_defaults({"model": model, "finetune": {"epochs": 1, "lr": 0.02}})
+        config = merge_defaults({"model": model, "finetune": {"epochs": 1, "lr": 0.005}})
         init = str(tmp_path / f"{name}.safetensors")
         make_init(config, InitPaths(fashion, init, {}))
         finetune_in(config, name, {**config["finetune"], "batch_size": 64}, fashion, init, tmp_path / name, 2)
-        accuracy[name] = float(pd.read_parquet(tmp_path / name / "metrics.parquet").test_accuracy.iloc[0])
-    assert accuracy["real"] > accuracy["random"] + 0.05, accuracy
+        rows[name] = pd.read_parquet(tmp_path / name / "metrics.parquet").iloc[0]
+    accuracy = {name: float(row.test_accuracy) for name, row in rows.items()}
+    assert accuracy["real"] > accuracy["random"] + 0.2, accuracy
+    assert rows["real"].train_loss < 1.6 < rows["random"].train_loss, {n: r.train_loss for n, r in rows.items()}
 
 
 def test_normalize_pretrained_uses_timms_constants_averaged_for_grey_images(fashion):
