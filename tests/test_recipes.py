@@ -79,6 +79,10 @@ def test_pruned_never_ends_below_its_uniform_start(recipe, seed):
         assert soup.trace[0].val_score == pytest.approx(start.accuracy)
         assert len(soup.ingredients) < len(kitchen.ingredients)  # the worst ingredients leave
         assert soup.val == score(soup.total.mean())
+        kinds = [row.kind for row in soup.trace]  # what the figure of the passes selects by
+        assert kinds[0] == "start" and kinds.count("pass_end") == 3 and set(kinds) == {"start", "candidate", "pass_end"}
+        ends = [row for row in soup.trace if row.kind == "pass_end"]
+        assert [row.pass_number for row in ends] == [1, 2, 3] and ends[-1].val_score == soup.val.accuracy
 
 
 def test_topk_by_loss_takes_the_lowest_val_losses():

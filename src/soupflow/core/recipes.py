@@ -93,6 +93,11 @@ class Kitchen:
         return scores, True
 
 
+#: what a trace row is: a soup the recipe returns as it is, a candidate tried (greedy add, pruned removal), the
+#: pruned soup's uniform start and the end of each of its passes, a WiSE-FT α, a learned soup's fit epoch
+TRACE_KINDS = ("soup", "candidate", "start", "pass_end", "alpha", "fit")
+
+
 @dataclass
 class TraceRow:
     """One candidate a recipe scored (a greedy step, a pruned removal, a WiSE-FT α, a fit epoch): a row of
@@ -103,6 +108,7 @@ class TraceRow:
     candidate: str
     accepted: bool
     n_ingredients: int
+    kind: str = "candidate"  # one of TRACE_KINDS: what the row is, for tables and figures to select by
     val_score: float | None = None
     val_accuracy: float | None = None
     val_loss: float | None = None
@@ -218,7 +224,7 @@ def _uniform_of(kitchen: Kitchen, chosen: list[Ingredient], metric: str, label: 
         total.add(ingredient.load())
     state = total.mean()
     scores = kitchen.select(state)
-    row = TraceRow.scored(len(chosen), label, True, total.count, scores, metric)
+    row = TraceRow.scored(len(chosen), label, True, total.count, scores, metric, kind="soup")
     kitchen.observe(row, state)
     return Soup([i.name for i in chosen], total, scores, [row], selection_passes=1)
 
@@ -331,7 +337,8 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
     state = total.mean()
     best, evaluated = kitchen.score(list(inside), state)
     evaluations = int(evaluated)
-    start = TraceRow.scored(0, "uniform start", True, total.count, best, metric, repeat=repeat, pass_number=0)
+    start = TraceRow.scored(0, "uniform start", True, total.count, best, metric, kind="start", repeat=repeat,
+                            pass_number=0)
     kitchen.observe(start, state)
     trace = [start]
     for pass_number in range(1, passes + 1):
@@ -354,7 +361,7 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
                 del inside[ingredient.name]
             else:
                 total.add(weights)
-        end = TraceRow.scored(len(trace), f"end of pass {pass_number}", True, total.count, best, metric,
+        end = TraceRow.scored(len(trace), f"end of pass {pass_number}", True, total.count, best, metric, kind="pass_end",
                               repeat=repeat, pass_number=pass_number)
         kitchen.observe(end, total.mean())
         trace.append(end)
@@ -412,7 +419,7 @@ def model_stock(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     values = sorted(ratios.values())
     log.info("model stock of %d: ratio t from %.3f to %.3f (median %.3f) over %d tensors", total.count, values[0],
              values[-1], values[len(values) // 2], len(values))
-    row = TraceRow.scored(total.count, "model stock", True, total.count, scores, metric, ratio_min=values[0],
+    row = TraceRow.scored(total.count, "model stock", True, total.count, scores, metric, kind="soup", ratio_min=values[0],
                           ratio_median=values[len(values) // 2], ratio_max=values[-1])
     kitchen.observe(row, state)
     names = [ing.name for ing in kitchen.ranked(metric)[:k]]
@@ -434,7 +441,7 @@ def wise_ft(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     for step, alpha in enumerate(sorted(float(a) for a in options["alphas"])):
         state = interpolate(start, base, alpha)
         scores = kitchen.select(state)
-        row = TraceRow.scored(step, f"alpha {alpha:g}", False, len(names), scores, metric, alpha=alpha)
+        row = TraceRow.scored(step, f"alpha {alpha:g}", False, len(names), scores, metric, kind="alpha", alpha=alpha)
         log.info("wise_ft alpha %g: val %s %.4f", alpha, metric, scores.value(metric))
         kitchen.observe(row, state)
         trace.append(row)
@@ -462,10 +469,10 @@ def learned(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     states = [first] + [ingredient.load() for ingredient in chosen[1:]]
     state, history = kitchen.learn(states, options)
     scores = kitchen.select(state)
-    trace = [TraceRow(row["epoch"], f"fit epoch {row['epoch']}", False, len(chosen), val_loss=row["fit_loss"])
+    trace = [TraceRow(row["epoch"], f"fit epoch {row['epoch']}", False, len(chosen), "fit", val_loss=row["fit_loss"])
              for row in history]
     for row in history:
         log.info("learned soup: fit epoch %d, mean val-batch loss %.4f", row["epoch"], row["fit_loss"])
-    final = TraceRow.scored(len(history) + 1, "learned", True, len(chosen), scores, metric)
+    final = TraceRow.scored(len(history) + 1, "learned", True, len(chosen), scores, metric, kind="soup")
     kitchen.observe(final, state)
     return [Soup([ing.name for ing in chosen], None, scores, trace + [final], selection_passes=1, weights=state)]

@@ -19,6 +19,7 @@ from soupflow.core.resume import forget, job_resume, state_beside
 from soupflow.core.train import train
 from soupflow.core.weights import import_state
 from soupflow.jobs.context import JobContext
+from soupflow.plan.catalog import BN_IMAGES
 from soupflow.plan.model_file import resolve_file
 from soupflow.plan.seeds import pipeline_seed
 
@@ -94,7 +95,7 @@ def _started(context: JobContext, meta: dict[str, str]) -> torch.nn.Module:
     if model_config["init"] == "file":
         _imported(model, model_config, meta)
     if model_config["init_bn"] == "recompute" and has_batchnorm(model):
-        refresher = BatchNormRefresher(model, context.data, context.device, 2000, pipeline_seed(config, 0))
+        refresher = BatchNormRefresher(model, context.data, context.device, BN_IMAGES, pipeline_seed(config, 0))
         model.load_state_dict(refresher.refresh(model.state_dict()))
         log.info("BatchNorm statistics of the init re-estimated on %d train images (model.init_bn: recompute)",
                  refresher.images.shape[0])

@@ -89,10 +89,13 @@ RECIPES: dict[str, RecipeTraits] = {traits.name: traits for traits in (
                                      "max_memory_mb": 4096}),
 )}
 
+#: train images BatchNorm statistics are re-estimated on (a soup's ``bn: recompute``, ``model.init_bn: recompute``)
+BN_IMAGES = 2000
+
 #: The options every soup entry has, at their defaults (a recipe's own ``RecipeTraits.options`` add to them).
 #: ``k`` None = every usable run; ``max_ingredients`` None = no cap.
 SOUP_OPTIONS: dict[str, Any] = {
-    "metric": "accuracy", "bn": "keep", "bn_images": 2000, "ingredients": "final", "early_rejection": True,
+    "metric": "accuracy", "bn": "keep", "bn_images": BN_IMAGES, "ingredients": "final", "early_rejection": True,
     "tie": "ge", "seed": 0, "k": None, "max_ingredients": None,
 }
 

@@ -97,10 +97,7 @@ def plot_greedy_ingredients(runs: pd.DataFrame, trace: pd.DataFrame, path: str) 
 def plot_pruned_passes(trace: pd.DataFrame, path: str) -> None:
     """Pruned soup test accuracy and ingredient count after each pass (pass 0 = the uniform start)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    if len(trace) and "pass" in trace:
-        ends = trace[trace.recipe.isin(["pruned", "pruned_random"]) & trace.candidate.str.match(r"^(uniform start|end of pass)")]
-    else:
-        ends = pd.DataFrame()
+    ends = trace[trace.kind.isin(["start", "pass_end"])] if "kind" in trace else pd.DataFrame()
     if ends.empty:
         empty_axes(left, "no pruned soup in the config")
         empty_axes(right, "")

@@ -81,7 +81,8 @@ SOUP_SCHEMA = pa.schema(
 #: Recipe-specific columns are null elsewhere (``pass``: pruned; ``alpha``: wise_ft; ``ratio_*``: model_stock).
 TRACE_SCHEMA = pa.schema(
     [("soup", pa.string()), ("recipe", pa.string()), ("repeat", pa.int64()), ("pass", pa.int64()),
-     ("step", pa.int64()), ("candidate", pa.string()), ("accepted", pa.bool_()), ("n_ingredients", pa.int64())]
+     ("step", pa.int64()), ("candidate", pa.string()), ("accepted", pa.bool_()), ("n_ingredients", pa.int64()),
+     ("kind", pa.string())]
     + [(name, pa.float64()) for name in ("val_score", "val_accuracy", "val_loss", "test_accuracy", "test_loss")]
     + [("stopped_early", pa.bool_()), ("alpha", pa.float64()), ("ratio_min", pa.float64()),
        ("ratio_median", pa.float64()), ("ratio_max", pa.float64())]
