@@ -33,7 +33,7 @@ from soupflow.plan import layout  # noqa: E402
 from soupflow.plan.config import resolve_config  # noqa: E402
 from soupflow.plan.grid import expand_runs  # noqa: E402
 from soupflow.plan.params import kept_epochs, soup_base, soup_name, tracked  # noqa: E402
-from soupflow.store.data import PreparedData, prepare  # noqa: E402
+from soupflow.store.datasets import open_data, prepare  # noqa: E402
 from soupflow.store.tables import write_runs_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,8 +241,8 @@ def experiment(config: dict, workspace: Workspace, soups: list[dict] = SOUPS) ->
     reads_model = config["data"]["normalize"] == "pretrained"  # as the prepare_data rule's params
     data_key = key_of(config["seed"], tracked(config, "data"), *([config["model"]["name"]] if reads_model else []))
     data = layout.data_files(str(work / "data" / data_key))
-    if not Path(data["tensors"]).exists():
-        prepare(config["data"], config["seed"], data["tensors"], data["splits"], config["model"]["name"])
+    if not Path(data["data"]).exists():
+        prepare(config["data"], config["seed"], data["data"], data["splits"], config["model"]["name"])
     init_key = key_of(data_key, tracked(config, "model"), tracked(config, "pretrain"), config["seed"],
                       *([init_threads] if init_threads != 1 else []))
     init_dir = str(work / "init" / init_key)
@@ -252,13 +252,13 @@ def experiment(config: dict, workspace: Workspace, soups: list[dict] = SOUPS) ->
     epochs = {e: layout.epoch_file(init_dir, e) for e in kept_epochs(config)
               if any(hp.get("branch_epoch") == e for hp in runs.values())}
     if not Path(init_path).exists() or not all(map(os.path.exists, epochs.values())):
-        make_init(config, InitPaths(data["tensors"], init_path, epochs), init_threads)
+        make_init(config, InitPaths(data["data"], init_path, epochs), init_threads)
     files = []
     for run_id, hp in runs.items():
         paths = RunPaths(**layout.run_files(str(work / "runs" / init_key / run_id)))
         start = epochs[hp["branch_epoch"]] if hp.get("branch_epoch") is not None else init_path
         if not Path(paths.metrics).exists():
-            finetune(config, RunSpec(data["tensors"], start, run_id, hp), paths, threads)
+            finetune(config, RunSpec(data["data"], start, run_id, hp), paths, threads)
         files.append(paths)
     table = layout.runs_table(str(work / "tables" / key_of(init_key, sorted(runs))))
     write_runs_table([f.metrics for f in files], {"model": [f.model for f in files],
@@ -267,7 +267,7 @@ def experiment(config: dict, workspace: Workspace, soups: list[dict] = SOUPS) ->
     folders = {soup_name(spec): str(work / "soups" / key_of(table, spec) / soup_name(spec)) for spec in soups}
     for spec in soups:
         base = soup_base(spec)
-        paths = SoupPaths(data["tensors"], table, init=init_path,
+        paths = SoupPaths(data["data"], table, init=init_path,
                           base=layout.soup_files(folders[base])["model"] if base else None,
                           **layout.soup_files(folders[soup_name(spec)]))
         frames.append(make_soup(config, soup_name(spec), spec, paths, threads))
@@ -275,7 +275,7 @@ def experiment(config: dict, workspace: Workspace, soups: list[dict] = SOUPS) ->
     runs_frame = pd.read_parquet(table)
     soups.attrs["mean_ingredient_test"] = float(runs_frame[runs_frame.status == "ok"].test_accuracy.mean())
     soups.attrs["best_test"] = float(soups[soups.soup == "best_individual"].test_accuracy.iloc[0])
-    soups.attrs["ceiling"] = ceiling(runs_frame, data["tensors"])
+    soups.attrs["ceiling"] = ceiling(runs_frame, data["data"])
     return soups
 
 
@@ -284,9 +284,9 @@ def ceiling(runs: pd.DataFrame, data_path: str) -> dict[str, list[float]]:
     val and on test. A diagnostic of how much the pool could give at all (a weight average seldom beats the
     ensemble of its ingredients); reading a best k off the test row would be selecting on test."""
     runs = runs[runs.status == "ok"].sort_values("val_accuracy", ascending=False, kind="stable")
-    logits, data, out = CachedLogits(dict(zip(runs.run_id, runs.outputs_file))), PreparedData(data_path), {}
+    logits, data, out = CachedLogits(dict(zip(runs.run_id, runs.outputs_file))), open_data(data_path), {}
     for split in ("val", "test"):
-        labels = data.split(split)[1]
+        labels = data.labels(split)
         right = [(logits.mean(list(runs.run_id[:k]), split).argmax(1) == labels).float().mean().item()
                  for k in range(1, len(runs) + 1)]
         out[f"topk_{split}"] = [round(100 * (acc - right[0]), 2) for acc in right]

@@ -28,7 +28,8 @@ from soupflow.core.evaluate import Evaluator  # noqa: E402
 from soupflow.core.models import create_model, pick_device  # noqa: E402
 from soupflow.core.stats import compare, format_p, pooled_compare  # noqa: E402
 from soupflow.plan import layout  # noqa: E402
-from soupflow.store.data import PreparedData, test_rows  # noqa: E402
+from soupflow.store.datasets import open_data  # noqa: E402
+from soupflow.store.prepared import test_rows  # noqa: E402
 from soupflow.store.tables import best_run  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def shared(folders: list[tuple], keys: list[list[tuple[str, int]]]) -> list[tupl
 
 def soup_logits(results: Path) -> tuple[dict[str, object], object, object]:
     """{soup: test logits} of one results folder, the best individual's test logits, and the test labels."""
-    data = PreparedData(layout.data_files(f"{results}/data")["tensors"])
+    data = open_data(layout.data_files(f"{results}/data")["data"])
     soups = pd.read_parquet(results / "metrics" / "soups.parquet")
     best = best_run(pd.read_parquet(layout.runs_table(f"{results}/metrics")))
     reference = load_file(layout.run_files(f"{results}/runs/{best.run_id}")["outputs"])["test_logits"]

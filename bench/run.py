@@ -1,8 +1,9 @@
-"""soupflow's benchmark: prints each speed/memory figure of issue 5 next to its baseline and ratio, and writes
-them to results/bench/{soups,train,dag}.parquet.
+"""soupflow's benchmark: prints each speed/memory figure next to its baseline and ratio, and writes them to
+results/bench/<section>.parquet.
 
-    .venv/bin/python bench/run.py            # everything (about 10 minutes on 2 CPU cores)
-    .venv/bin/python bench/run.py --only dag # one section: soups | train | dag | selection
+    .venv/bin/python bench/run.py            # soups, train, dag (about 10 minutes on 2 CPU cores)
+    .venv/bin/python bench/run.py --only dag # one section: soups | train | dag | selection | data
+    .venv/bin/python bench/run.py --only data   # the files data path on 2,000 vs 20,000 224 px JPEGs
     .venv/bin/python bench/run.py --only selection --results results   # after `snakemake --cores 2`
 
 Ratios are taken side by side in one run on one machine; nothing here is a pass/fail test.
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from data_path import bench_data  # noqa: E402  (bench/ is on sys.path: this file's folder)
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 DEFAULT_MODEL = {"name": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}}
@@ -43,13 +45,13 @@ def machine() -> str:
 def prepared_data(folder: Path, max_train: int | None = None) -> Path:
     from soupflow.plan.config import DEFAULTS
     from soupflow.plan.layout import data_files
-    from soupflow.store.data import prepare
+    from soupflow.store.datasets import prepare
 
     files = data_files(str(folder))
-    if not Path(files["tensors"]).exists():
+    if not Path(files["data"]).exists():
         prepare({**DEFAULTS["data"], "root": FASHION, "max_train": max_train, "max_test": 1000}, 0,
-                files["tensors"], files["splits"])
-    return Path(files["tensors"])
+                files["data"], files["splits"])
+    return Path(files["data"])
 
 
 # ------------------------------------------------------------------ soups: memory and cost
@@ -60,11 +62,11 @@ def _greedy_child(args: argparse.Namespace) -> None:
     from soupflow.core.evaluate import Evaluator, Scores
     from soupflow.core.models import model_for, set_threads
     from soupflow.core.recipes import Ingredient, Kitchen, greedy_pass
-    from soupflow.store.data import PreparedData
+    from soupflow.store.data import TensorData
 
     set_threads(2)
     folder = Path(args.folder)
-    data = PreparedData(prepared_data(folder))
+    data = TensorData(prepared_data(folder))
     model_config = json.loads(args.model)
     evaluator = Evaluator(model_for(data, model_config), data, "val", torch.device("cpu"), 1000)
     paths = sorted(folder.glob("ckpt_*.safetensors"))[: args.k]
@@ -93,13 +95,13 @@ def _greedy_child(args: argparse.Namespace) -> None:
 
 def bench_soups(work: Path) -> pd.DataFrame:
     from soupflow.core.models import model_for
-    from soupflow.store.data import PreparedData
+    from soupflow.store.data import TensorData
     from soupflow.store.io import atomic_save_safetensors
 
     folder = work / "soups"
     folder.mkdir(parents=True, exist_ok=True)
     # val: 1000 images (the default experiment validates on 5000)
-    data = PreparedData(prepared_data(folder, max_train=10000))
+    data = TensorData(prepared_data(folder, max_train=10000))
     base = model_for(data, FULL_MODEL).state_dict()
     for i in range(64):
         path = folder / f"ckpt_{i:03d}.safetensors"
@@ -220,13 +222,13 @@ def _batch_data_path(images, data, batch_size, steps, device):
 
 def bench_train(work: Path, steps: int) -> pd.DataFrame:
     from soupflow.core.models import model_for, pick_device, set_threads
-    from soupflow.core.train import AUGMENTATIONS, train
-    from soupflow.store.data import PreparedData
+    from soupflow.core.train import AUGMENTATIONS, TensorSource, train
+    from soupflow.store.data import TensorData
 
     set_threads(os.cpu_count())
     folder = work / "train"
     folder.mkdir(parents=True, exist_ok=True)
-    data = PreparedData(prepared_data(folder, max_train=20000))
+    data = TensorData(prepared_data(folder, max_train=20000))
     device = pick_device("auto")
     images, labels = data.split("train", device)
     batch = 128
@@ -249,7 +251,8 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
         return float(np.median([a for a, _ in pairs])), float(np.median([b for _, b in pairs]))
 
     def soupflow(augmentation="none", precision="fp32"):
-        return lambda: train(fresh(), images[:n], labels[:n], data, hp | {"augmentation": augmentation}, device,
+        settings = hp | {"augmentation": augmentation}
+        return lambda: train(fresh(), TensorSource.of(images[:n], labels[:n], settings), data, settings, device,
                              name="bench", precision=precision).images_per_second
 
     _bare_loop(fresh(), images, labels, data, batch, 5, device)  # warm-up (allocator, kernels)
@@ -335,7 +338,7 @@ def _pretend_finished(work: Path, config: dict) -> None:
     soups = [layout.soup_files(f"{work}/{layout.SOUPS}/{soup}") for soup in soup_specs(resolved)]
     checkpoints = [layout.init_file(f"{work}/{layout.INIT}")] + [f["model"] for f in runs + soups]
     stages = [
-        [*layout.data_files(f"{work}/{layout.DATA}").values(), results / "config.yaml"],
+        [*layout.data_files(f"{work}/{layout.DATA}", resolved["data"]["format"]).values(), results / "config.yaml"],
         [layout.init_file(f"{work}/{layout.INIT}"),
          *[layout.epoch_file(f"{work}/{layout.INIT}", e) for e in kept_epochs(resolved)]],
         [path for files in runs for path in files.values()],
@@ -478,7 +481,7 @@ def bench_selection(work: Path, results: Path) -> pd.DataFrame:
             continue
         for early in (False, True):
             out = work / "selection" / f"{name}-{early}"
-            paths = SoupPaths(layout.data_files(f"{results}/data")["tensors"], layout.runs_table(f"{results}/metrics"),
+            paths = SoupPaths(layout.data_files(f"{results}/data")["data"], layout.runs_table(f"{results}/metrics"),
                               **layout.soup_files(str(out)))
             start = time.perf_counter()
             frame = make_soup(config, name, {**spec, "early_rejection": early}, paths, threads=2)
@@ -506,7 +509,7 @@ def bench_selection(work: Path, results: Path) -> pd.DataFrame:
 def main() -> None:
     global FASHION
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["soups", "train", "dag", "selection"], action="append")
+    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data"], action="append")
     parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
@@ -528,7 +531,7 @@ def main() -> None:
         work = Path(scratch)
         for section in sections:
             table = {"soups": lambda: bench_soups(work), "train": lambda: bench_train(work, args.steps),
-                     "dag": lambda: bench_dag(work),
+                     "dag": lambda: bench_dag(work), "data": lambda: bench_data(work),
                      "selection": lambda: bench_selection(work, Path(args.results))}[section]()
             table["machine"] = machine()
             atomic_write_parquet(table, out / f"{section}.parquet")

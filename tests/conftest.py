@@ -38,7 +38,7 @@ def fashion(tmp_path_factory):
     config = {"name": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "image_size": 32,
               "normalize": "pretrained", "pretrain_fraction": 0.0, "val_fraction": 0.25, "max_train": 2000,
               "max_test": 1000}
-    from soupflow.store.data import prepare
+    from soupflow.store.datasets import prepare
 
     prepare(config, 0, str(folder / "data.safetensors"), str(folder / "splits.json"), "tf_efficientnet_lite0")
     return str(folder / "data.safetensors")

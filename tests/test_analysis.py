@@ -106,8 +106,8 @@ def test_each_corruption_changes_images_more_at_higher_severity(name):
 def test_corrupted_split_is_seeded_and_deals_every_combination():
     images = (torch.rand(60, 3, 16, 16) * 255).to(torch.uint8)
     labels = torch.arange(60)
-    one = corrupt_split(images, labels, ["gaussian_noise", "contrast", "jpeg"], [1, 5], 30, seed=7)
-    two = corrupt_split(images, labels, ["gaussian_noise", "contrast", "jpeg"], [1, 5], 30, seed=7)
+    one = corrupt_split(lambda rows: images[rows], labels, ["gaussian_noise", "contrast", "jpeg"], [1, 5], 30, seed=7)
+    two = corrupt_split(lambda rows: images[rows], labels, ["gaussian_noise", "contrast", "jpeg"], [1, 5], 30, seed=7)
     assert all(torch.equal(one[k], two[k]) for k in one)
     assert one["corrupted_x"].shape == (30, 3, 16, 16) and one["corrupted_y"].unique().numel() == 30
     combos = set(zip(one["corrupted_type"].tolist(), one["corrupted_severity"].tolist()))

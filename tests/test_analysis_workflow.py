@@ -10,7 +10,7 @@ from conftest import SMOKE, snakemake
 from safetensors.torch import load_file
 
 from soupflow.core.evaluate import scores_from_logits
-from soupflow.store.data import PreparedData
+from soupflow.store.data import TensorData
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_a_pair_soup_is_the_midpoint_of_its_two_models(analysed):
     a = load_file(work / "results/runs" / pair.run_a / "model.safetensors")
     b = load_file(work / "results/runs" / pair.run_b / "model.safetensors")
     midpoint = {k: ((a[k].double() + b[k].double()) / 2).to(a[k].dtype) if a[k].is_floating_point() else a[k] for k in a}
-    data = PreparedData(work / "results/data/dataset.safetensors")
+    data = TensorData(work / "results/data/dataset.safetensors")
     images, labels = data.split("test")
     model = timm.create_model(SMOKE["model"]["name"], num_classes=data.num_classes, in_chans=images.shape[1])
     model.load_state_dict(midpoint)

@@ -6,11 +6,12 @@ import torch
 from test_data import write_tiny_idx_dataset
 
 from soupflow.core.batchnorm import BatchNormRefresher, sample_images
-from soupflow.store.data import PreparedData, prepare
+from soupflow.store.data import TensorData
+from soupflow.store.datasets import prepare
 
 
-class SplitSpy(PreparedData):
-    """PreparedData that records which splits were read."""
+class SplitSpy(TensorData):
+    """Prepared data that records which splits' images were read."""
 
     def __init__(self, path):
         super().__init__(path)
@@ -19,6 +20,10 @@ class SplitSpy(PreparedData):
     def split(self, name, device="cpu"):
         self.read.append(name)
         return super().split(name, device)
+
+    def batches(self, split, order, batch_size, device):
+        self.read.append(split)
+        return super().batches(split, order, batch_size, device)
 
 
 @pytest.fixture

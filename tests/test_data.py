@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from soupflow.store.data import DataError, PreparedData, prepare, read_idx, split_indices
+from soupflow.store.data import TensorData, read_idx
+from soupflow.store.datasets import prepare
+from soupflow.store.prepared import DataError, split_indices
 
 
 def write_idx(path, array: np.ndarray):
@@ -59,9 +61,9 @@ def test_prepare_appends_the_extra_test_images_after_the_official_ones(tiny_idx,
     assert sizes == {"pretrain": 100, "train": 40, "val": 40, "test": 70}
     split = json.loads((tmp_path / "s.json").read_text())
     raw_x = read_idx(tiny_idx / "train-images-idx3-ubyte.gz")
-    test_x = PreparedData(tmp_path / "d.safetensors").split("test")[0]
+    test_x = TensorData(tmp_path / "d.safetensors").split("test")[0]
     assert torch.equal(test_x[50:, 0], torch.from_numpy(raw_x[split["test_extra"]]))
-    from soupflow.store.data import test_rows
+    from soupflow.store.prepared import test_rows
 
     rows = test_rows(split)
     assert len(rows) == 70 and rows[0] == ("test", split["test"][0]) and rows[50] == ("train", split["test_extra"][0])
@@ -73,7 +75,7 @@ def test_prepare_writes_tensors_and_the_split(tiny_idx, tmp_path):
               "max_train": None, "max_test": None}
     sizes = prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
     assert sizes == {"pretrain": 100, "train": 60, "val": 40, "test": 50}
-    data = PreparedData(tmp_path / "d.safetensors")
+    data = TensorData(tmp_path / "d.safetensors")
     images, labels = data.split("val")
     assert images.dtype == torch.uint8 and images.shape == (40, 1, 28, 28) and labels.dtype == torch.int64
     split = json.loads((tmp_path / "s.json").read_text())
@@ -110,7 +112,7 @@ def test_image_folder_is_decoded_once_and_resized(tmp_path):
               "val_fraction": 0.25}
     sizes = prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
     assert sizes == {"pretrain": 0, "train": 18, "val": 6, "test": 8}
-    data = PreparedData(tmp_path / "d.safetensors")
+    data = TensorData(tmp_path / "d.safetensors")
     assert data.classes == ["cat", "dog"]
     assert data.split("test")[0].shape == (8, 3, 16, 16)
 
@@ -121,7 +123,7 @@ def test_image_size_resizes_every_split_once_and_keeps_flat_images_flat(tiny_idx
     config = {"name": "fashion_mnist", "root": str(tiny_idx), "pretrain_fraction": 0.5, "val_fraction": 0.2,
               "image_size": 32}
     prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
-    data = PreparedData(tmp_path / "d.safetensors")
+    data = TensorData(tmp_path / "d.safetensors")
     assert data.image_shape == (1, 32, 32)
     assert all(data.split(s)[0].shape[-2:] == (32, 32) for s in ("pretrain", "train", "val", "test"))
     flat = np.full((3, 1, 28, 28), 77, dtype=np.uint8)
@@ -129,20 +131,17 @@ def test_image_size_resizes_every_split_once_and_keeps_flat_images_flat(tiny_idx
 
 
 def test_a_data_fraction_is_a_seeded_subset_of_distinct_fine_tuning_images():
-    import torch
+    from soupflow.store.prepared import run_share
 
-    from soupflow.store.data import subset
-
-    images, labels = torch.arange(1000).view(1000, 1, 1, 1), torch.arange(1000)
-    assert subset(images, labels, None, 0)[1] is labels
-    half, again, other = (subset(images, labels, 0.5, seed)[1] for seed in (3, 3, 4))
+    assert run_share(1000, None, 0) is None and run_share(1000, 1.0, 0) is None  # all of them
+    half, again, other = (run_share(1000, 0.5, seed) for seed in (3, 3, 4))
     assert len(half) == 500 == len(set(half.tolist())) and torch.equal(half, again)
-    assert not torch.equal(half, other)
-    assert torch.equal(subset(images, labels, 0.5, 3)[0].flatten(), half)  # images and labels stay paired
+    assert not torch.equal(half, other) and torch.equal(half, half.sort().values)
 
 
 def test_every_data_set_name_has_one_loader_and_one_reader():
-    from soupflow.plan.catalog import DATASETS as READERS
+    from soupflow.plan.catalog import DATASETS
     from soupflow.store.data import LOADERS
+    from soupflow.store.files import LISTERS
 
-    assert list(LOADERS) == list(READERS)
+    assert set(LOADERS) == set(DATASETS) - {"image_shards"} and set(LISTERS) == {"image_folder", "image_shards"}

@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from soupflow.core.models import create_model
 from soupflow.jobs.init import InitPaths, make_init
 from soupflow.plan.config import merge_defaults
-from soupflow.store.data import prepare
+from soupflow.store.datasets import prepare
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from soupflow.core.models import model_for
 from soupflow.core.probe import accuracy, fit_logistic, linear_probe
 from soupflow.jobs.init import InitPaths, make_init
 from soupflow.plan.config import merge_defaults
-from soupflow.store.data import PreparedData
+from soupflow.store.data import TensorData
 
 
 def clusters(n=600, dims=16, classes=3, seed=0):
@@ -53,7 +53,7 @@ def test_only_the_head_changes_and_the_init_then_predicts_the_classes(inits, fas
     random, probed = load_file(inits["random"]), load_file(inits["probe"])
     changed = {key for key in random if not torch.equal(random[key], probed[key])}
     assert changed == {"classifier.weight", "classifier.bias"}
-    data = PreparedData(fashion)
+    data = TensorData(fashion)
     evaluator = Evaluator(model_for(data, LITE0_MODEL), data, "val", torch.device("cpu"))
     before, after = evaluator.scores(random).accuracy, evaluator.scores(probed).accuracy
     assert before < 0.3 and after > 0.5, (before, after)  # 10 classes: a random head is near chance

@@ -269,28 +269,25 @@ def test_the_pre_check_pass_is_greedys_second_step_for_free():
     assert first.selection_passes == second.selection_passes - 1
 
 
-class TinyData:
-    """A PreparedData stand-in: n random 1x4x4 images in 3 classes, labels from a fixed linear rule."""
+def tiny_data(n=600, seed=0):
+    """Prepared data of n random 1x4x4 val images in 3 classes, labels from a fixed linear rule (``truth``)."""
+    from soupflow.store.data import TensorData
 
-    def __init__(self, n=600, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)
-        self.truth = torch.randn(16, 3, generator=g)
-        self.labels = (self.normalise(self.images).flatten(1) @ self.truth).argmax(1)
-
-    def split(self, name, device="cpu"):
-        return self.images, self.labels
-
-    def normalise(self, images):
-        return images.float() / 255 - 0.5
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)
+    truth = torch.randn(16, 3, generator=g)
+    labels = ((images.float() / 255 - 0.5).flatten(1) @ truth).argmax(1)
+    data = TensorData.in_memory({"val": (images, labels)}, ["a", "b", "c"], [0.5], [1.0])
+    data.truth = truth
+    return data
 
 
 def linear_kitchen(n_runs, seed, bounded, hardest_first=False):
-    """Noisy copies of the rule that labels TinyData, scored by a real Evaluator (its select pass), walking
+    """Noisy copies of the rule that labels tiny_data, scored by a real Evaluator (its select pass), walking
     the images shuffled or hardest first (as soup jobs do, from the ingredients' own logits)."""
     from soupflow.core.evaluate import Evaluator
 
-    data = TinyData(seed=seed)
+    data = tiny_data(seed=seed)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3, bias=False))
     evaluator = Evaluator(model, data, "val", torch.device("cpu"), batch_size=50)
     g = torch.Generator().manual_seed(seed + 100)
@@ -334,21 +331,21 @@ def test_early_rejection_stops_a_hopeless_candidate_within_the_first_batches():
     from soupflow.core.evaluate import Bar, Partial
 
     kitchen, evaluator = linear_kitchen(2, 0, bounded=True)
-    perfect = evaluator.select({"1.weight": TinyData(seed=0).truth.T.clone()})
+    perfect = evaluator.select({"1.weight": tiny_data(seed=0).truth.T.clone()})
     assert perfect.accuracy == 1.0
     evaluator.images_scored = 0
-    wrong = {"1.weight": -TinyData(seed=0).truth.T}
+    wrong = {"1.weight": -tiny_data(seed=0).truth.T}
     stopped = evaluator.select(wrong, Bar("accuracy", perfect.accuracy))
     assert isinstance(stopped, Partial) and stopped.seen == 50 == evaluator.images_scored  # one batch: out of reach
     assert evaluator.select(wrong, resume=stopped) == evaluator.select(wrong)  # going on = a whole pass
 
 
 def learned_kitchen(seed=0, n_runs=4):
-    """Two-layer models on TinyData: ingredients are noisy copies of one trained-ish model."""
+    """Two-layer models on tiny_data: ingredients are noisy copies of one trained-ish model."""
     from soupflow.core.evaluate import Evaluator
     from soupflow.core.learned import Fit, fit_mixture
 
-    data = TinyData(seed=seed)
+    data = tiny_data(seed=seed)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     evaluator = Evaluator(model, data, "val", torch.device("cpu"), batch_size=100)
     g = torch.Generator().manual_seed(seed)
@@ -359,7 +356,7 @@ def learned_kitchen(seed=0, n_runs=4):
         ingredients.append(Ingredient(f"run{i}", evaluator.select(state), (lambda s=state: {k: v.clone() for k, v in s.items()})))
 
     def learn(states, options):
-        return fit_mixture(evaluator.model, states, data.images, data.labels, data.normalise,
+        return fit_mixture(evaluator.model, states, data, "val", torch.device("cpu"),
                            Fit(epochs=20, lr=0.1, batch_size=200))
 
     return Kitchen(ingredients, evaluator.select, learn=learn)
@@ -389,8 +386,6 @@ def test_learned_soup_refuses_more_ingredients_than_its_memory_cap():
 
 def test_hardest_first_puts_the_images_every_candidate_gets_wrong_first():
     kitchen, evaluator = linear_kitchen(6, 1, bounded=True, hardest_first=True)
-    images, labels = evaluator._in_selection_order()
     wrong = sum((evaluator.logits(ing.load()).argmax(1) != evaluator.labels).long() for ing in kitchen.ingredients)
-    order = [int(torch.nonzero((evaluator.images == image).all(dim=(1, 2, 3)))[0]) for image in images[:50]]
-    counts = wrong[order]
+    counts = wrong[evaluator._selection_order()[:50]]
     assert counts.tolist() == sorted(counts.tolist(), reverse=True) and counts[0] == wrong.max()

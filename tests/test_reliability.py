@@ -9,7 +9,7 @@ from conftest import ROOT
 from test_train import FakeData, TinyBN
 
 from soupflow.core.resume import Resume
-from soupflow.core.train import train
+from soupflow.core.train import TensorSource, train
 from soupflow.store import io
 
 
@@ -19,7 +19,7 @@ def _train(tmp_path, start: str):
     hp = {"lr": 0.1, "weight_decay": 0.0, "epochs": 2, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
           "seed": 0, "schedule": "constant"}
     torch.manual_seed(0)
-    return train(TinyBN(), images, labels, FakeData(), hp, torch.device("cpu"),
+    return train(TinyBN(), TensorSource.of(images, labels, hp), FakeData(), hp, torch.device("cpu"),
                  resume=Resume(str(tmp_path / "resume.pt"), 0, start))
 
 

@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 WORKER = Path(__file__).with_name("resume_worker.py")
 
 
-def start(state: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WORKER), str(state), str(out)], stdout=subprocess.PIPE,
+def start(state: Path, out: Path, *files: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WORKER), str(state), str(out), *files], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def run(state: Path, out: Path) -> str:
-    process = start(state, out)
+def run(state: Path, out: Path, *files: str) -> str:
+    process = start(state, out, *files)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]
     return stdout

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from soupflow.core.train import AUGMENTATIONS, lr_factor, random_flip, random_shift, train
+from soupflow.core.train import AUGMENTATIONS, TensorSource, lr_factor, random_flip, random_shift, train
 
 
 def test_flip_mirrors_some_images_and_keeps_the_rest():
@@ -46,6 +46,8 @@ class Tiny(torch.nn.Module):
 
 
 class FakeData:
+    num_classes = 4
+
     def normalise(self, images):
         return images.float() / 255.0
 
@@ -59,7 +61,7 @@ def test_training_reduces_the_loss_and_is_deterministic():
     for _ in range(2):
         torch.manual_seed(0)
         model = Tiny()
-        results.append(train(model, images, labels, FakeData(), hp, torch.device("cpu")))
+        results.append(train(model, TensorSource.of(images, labels, hp), FakeData(), hp, torch.device("cpu")))
         weights.append(model.state_dict()["net.1.weight"].clone())
     assert results[0].status == "ok"
     assert results[0].epoch_losses[-1] < results[0].epoch_losses[0]
@@ -71,7 +73,7 @@ def test_a_diverging_run_stops_with_status_diverged():
     labels = torch.randint(0, 4, (128,))
     hp = {"lr": 1e38, "weight_decay": 0.0, "epochs": 3, "batch_size": 16, "optimizer": "sgd", "momentum": 0.99,
           "seed": 0, "schedule": "constant"}
-    result = train(Tiny(), images, labels, FakeData(), hp, torch.device("cpu"), log_every=1)
+    result = train(Tiny(), TensorSource.of(images, labels, hp), FakeData(), hp, torch.device("cpu"), log_every=1)
     assert result.status == "diverged" and result.epochs_done < 3
 
 
@@ -93,7 +95,7 @@ def test_frozen_batchnorm_statistics_stay_those_of_the_init_while_its_affine_tra
           "seed": 0, "schedule": "constant", "bn_statistics": statistics}
     model = TinyBN()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train(model, images, labels, FakeData(), hp, torch.device("cpu"))
+    train(model, TensorSource.of(images, labels, hp), FakeData(), hp, torch.device("cpu"))
     after = model.state_dict()
     assert not torch.equal(after["net.1.weight"], before["net.1.weight"])  # the affine scale trains either way
     kept = [torch.equal(after[f"net.1.{k}"], before[f"net.1.{k}"]) for k in ("running_mean", "running_var")]
@@ -105,7 +107,7 @@ def test_the_history_has_one_row_per_epoch_with_the_schedules_learning_rate():
     labels = torch.randint(0, 4, (64,))
     hp = {"lr": 0.2, "weight_decay": 0.0, "epochs": 3, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
           "seed": 0, "schedule": "onecycle", "warmup_fraction": 0.3}
-    result = train(Tiny(), images, labels, FakeData(), hp, torch.device("cpu"))
+    result = train(Tiny(), TensorSource.of(images, labels, hp), FakeData(), hp, torch.device("cpu"))
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert [row["train_loss"] for row in result.history] == result.epoch_losses
     # the lr of each epoch's last step (4 steps an epoch): warm-up peak after 30 %, annealed towards 0
@@ -115,8 +117,9 @@ def test_the_history_has_one_row_per_epoch_with_the_schedules_learning_rate():
     assert all(b["seconds"] >= a["seconds"] for a, b in zip(result.history, result.history[1:]))
 
 
-def test_mixup_trains_on_mixed_batches_and_zero_is_off():
-    """mixup α = 0 is the plain loop exactly; α > 0 trains on something else (other weights), reproducibly."""
+def test_batch_mixing_trains_on_mixed_batches_and_zero_is_off():
+    """mixup / cutmix α = 0 and random_erase 0 are the plain loop exactly; each one on trains on something else
+    (other weights), reproducibly (their draws are seeded by the step)."""
     torch.manual_seed(0)
     images = torch.randint(0, 255, (64, 1, 4, 4), dtype=torch.uint8)
     labels = torch.randint(0, 4, (64,))
@@ -126,10 +129,27 @@ def test_mixup_trains_on_mixed_batches_and_zero_is_off():
     def weights(extra):
         torch.manual_seed(0)
         model = Tiny()
-        train(model, images, labels, FakeData(), hp | extra, torch.device("cpu"))
+        train(model, TensorSource.of(images, labels, hp), FakeData(), hp | extra, torch.device("cpu"))
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     plain = weights({})
-    assert torch.equal(weights({"mixup": 0.0}), plain) and torch.equal(weights({"mixup": None}), plain)
-    mixed = weights({"mixup": 0.4})
-    assert not torch.allclose(mixed, plain) and torch.equal(weights({"mixup": 0.4}), mixed)
+    for off in ({"mixup": 0.0}, {"mixup": None}, {"cutmix": 0.0}, {"random_erase": 0.0}):
+        assert torch.equal(weights(off), plain), off
+    for on in ({"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}, {"random_erase": 0.5}):
+        changed = weights(on)
+        assert not torch.allclose(changed, plain) and torch.equal(weights(on), changed), on
+
+
+def test_mixup_targets_are_soft_label_mixtures_with_the_smoothing_inside():
+    from soupflow.core.train import BatchMixing
+
+    images, labels = torch.randn(8, 1, 4, 4), torch.arange(8) % 4
+    mixing = BatchMixing.create({"mixup": 0.4, "label_smoothing": 0.1, "seed": 2}, FakeData(), torch.device("cpu"))
+    mixed, targets = mixing(images.clone(), labels, step=5)  # timm mixes in place
+    assert targets.shape == (8, 4) and torch.allclose(targets.sum(1), torch.ones(8))
+    assert targets.min() >= 0.1 / 4 - 1e-6  # smoothing: no class at zero
+    lam = float(targets[0, labels[0]] - 0.1 / 4) / 0.9 if labels[0] != labels[-1] else None
+    assert lam is None or torch.allclose(mixed[0], lam * images[0] + (1 - lam) * images[-1], atol=1e-5)  # its mirror
+    again = mixing(images.clone(), labels, step=5)
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], targets)  # seeded by the step
+    assert not torch.equal(mixing(images.clone(), labels, step=6)[0], mixed)

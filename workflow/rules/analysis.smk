@@ -8,7 +8,7 @@ INITS = (
 rule corrupt_test:
     """A seeded corrupted copy of the test split (noise, blur, contrast, brightness, pixelation, JPEG)."""
     input:
-        data=rules.prepare_data.output.tensors,
+        data=rules.prepare_data.output.data,
     output:
         f"{RESULTS}/analysis/corrupted.safetensors",
     log:
@@ -24,7 +24,7 @@ rule corrupt_test:
 rule corrupted_outputs:
     """One run's logits on the corrupted test copy, computed once for all of its pairs."""
     input:
-        data=rules.prepare_data.output.tensors,
+        data=rules.prepare_data.output.data,
         corrupted=rules.corrupt_test.output[0],
         model=rules.finetune.output.model,
     output:
@@ -47,7 +47,7 @@ rule corrupted_outputs:
 rule pair_soups:
     """Midpoint soups of one share of the pairs, with gains and similarity measures."""
     input:
-        data=rules.prepare_data.output.tensors,
+        data=rules.prepare_data.output.data,
         corrupted=rules.corrupt_test.output[0],
         inits=[INITS["final"], *INITS["epochs"].values()],
         models=lambda wildcards: expand(
@@ -86,7 +86,7 @@ rule pair_soups:
 rule soup_sanity:
     """A model souped with itself (gain exactly 0) and two untrained models (no accuracy gain)."""
     input:
-        data=rules.prepare_data.output.tensors,
+        data=rules.prepare_data.output.data,
         metrics=expand(rules.finetune.output.metrics, run_id=ALL_RUNS),
         models=expand(rules.finetune.output.model, run_id=ALL_RUNS),  # in the order of metrics
     output:

@@ -20,6 +20,7 @@ from soupflow.plan.grid import (
     sample_pairs,
 )
 from soupflow.plan.params import (
+    image_folders,
     kept_epochs,
     soup_base,
     soup_specs,
@@ -66,7 +67,7 @@ def soup_inputs(wildcards):
     """A soup's inputs: the data, the runs table, and for some recipes the init and a base soup."""
     spec = SOUPS[wildcards.soup]
     inputs = {
-        "data": rules.prepare_data.output.tensors,
+        "data": rules.prepare_data.output.data,
         "runs": rules.run_table.output[0],
     }
     if RECIPES[spec["recipe"]].needs_start:

@@ -1,7 +1,11 @@
 rule prepare_data:
-    """Decode the data set once into uint8 tensors and write the seeded pretrain/train/val/test split."""
+    """Decode the data set once into uint8 tensors (or list its image files: data.format files) and write the
+    seeded pretrain/train/val/test split."""
+    input:
+        # data.format files: the folders whose listing prepare_data writes (a new image changes its folder)
+        image_folders(CONFIG["data"]),
     output:
-        **layout.data_files(),
+        **layout.data_files(data_format=CONFIG["data"]["format"]),
     log:
         f"{RESULTS}/logs/prepare_data.log",
     conda:

@@ -14,7 +14,7 @@ rule timm_configs:
     for its index only: a list of 10,000 outputs in another rule's input costs Snakemake quadratic time.
     """
     input:
-        data=str(rules.prepare_data.output.tensors),  # a plain path, as above
+        data=str(rules.prepare_data.output.data),  # a plain path, as above
         models=TIMM_CHECKPOINTS,
     output:
         index=f"{RESULTS}/metrics/timm_configs.txt",

@@ -2,7 +2,7 @@ rule finetune:
     """One grid point: fine-tune from the shared init. Its params are only its own hyperparameters, so
     adding grid points never re-triggers existing runs."""
     input:
-        data=rules.prepare_data.output.tensors,
+        data=rules.prepare_data.output.data,
         init=init_of,
     output:
         # epochs.parquet only when a soup takes ingredients: epochs (turning that on retrains the runs once)

@@ -1,7 +1,7 @@
 rule init:
     """The weights every fine-tune starts from (classifier head included), plus kept branch points."""
     input:
-        data=rules.prepare_data.output.tensors,
+        data=rules.prepare_data.output.data,
     output:
         model=layout.init_file(),
         epochs=[layout.epoch_file(layout.INIT, e) for e in KEPT_EPOCHS],

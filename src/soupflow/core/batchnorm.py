@@ -18,7 +18,7 @@ from torch.optim.swa_utils import update_bn
 
 from soupflow.core.average import StateDict
 from soupflow.core.models import channels_last, channels_last_input
-from soupflow.store.data import PreparedData
+from soupflow.store.prepared import PreparedData
 
 #: The split BatchNorm statistics are estimated on: fine-tuning data, never val (selection) or test (reporting).
 SPLIT = "train"
@@ -29,11 +29,11 @@ def has_batchnorm(model: torch.nn.Module) -> bool:
 
 
 def sample_images(data: PreparedData, count: int, seed: int) -> torch.Tensor:
-    """A seeded sample of ``count`` train images (uint8, as stored), the same for every state it serves."""
-    images, _ = data.split(SPLIT)
+    """A seeded sample of ``count`` train images (uint8, as evaluated), the same for every state it serves:
+    held in memory, so its size is ``count``'s, not the data set's."""
     generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(images.shape[0], generator=generator)[:count]
-    return images[index.sort().values]
+    index = torch.randperm(data.labels(SPLIT).shape[0], generator=generator)[:count]
+    return data.images(SPLIT, index.sort().values)
 
 
 class BatchNormRefresher:

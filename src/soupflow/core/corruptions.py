@@ -96,20 +96,22 @@ def jpeg(images: torch.Tensor, severity: int, generator: torch.Generator) -> tor
     return out
 
 
-def corrupt_split(images: torch.Tensor, labels: torch.Tensor, types: list[str], severities: list[int],
-                  max_images: int | None, seed: int) -> dict[str, torch.Tensor]:
-    """A corrupted copy of a split: a seeded sample of ``max_images`` images, each corrupted by one
-    (type, severity) combination, the combinations dealt out evenly in a seeded order.
+def corrupt_split(read: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor, types: list[str],
+                  severities: list[int], max_images: int | None, seed: int) -> dict[str, torch.Tensor]:
+    """A corrupted copy of a split: a seeded sample of ``max_images`` images (``read(indices)`` gives their
+    uint8 images: only the sample is read), each corrupted by one (type, severity) combination, the
+    combinations dealt out evenly in a seeded order.
 
     Returns the tensors ``corrupted_x``, ``corrupted_y``, ``corrupted_type`` (index into ``types``) and
     ``corrupted_severity``, in the prepared-data layout so that :class:`PreparedData` reads them.
     """
     generator = torch.Generator().manual_seed(seed)
-    n = images.shape[0] if max_images is None else min(max_images, images.shape[0])
-    chosen = torch.randperm(images.shape[0], generator=generator)[:n].sort().values
+    total = labels.shape[0]
+    n = total if max_images is None else min(max_images, total)
+    chosen = torch.randperm(total, generator=generator)[:n].sort().values
     combos = [(t, s) for t in range(len(types)) for s in severities]
     assignment = torch.randperm(n, generator=generator) % len(combos)
-    out = images[chosen].clone()
+    out = read(chosen).clone()
     kind = torch.empty(n, dtype=torch.int64)
     level = torch.empty(n, dtype=torch.int64)
     for index, (type_index, severity) in enumerate(combos):

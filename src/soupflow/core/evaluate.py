@@ -1,4 +1,4 @@
-"""Evaluation of state dicts on one split, with the split's tensors loaded once per job."""
+"""Evaluation of state dicts on one split, with exact early rejection for the soups' selection passes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from soupflow.core.models import channels_last, channels_last_input
-from soupflow.store.data import PreparedData
+from soupflow.store.prepared import PreparedData
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,16 @@ def scores_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> Scores:
 class Evaluator:
     """Scores state dicts of one architecture on one split.
 
-    The split lives on ``device`` for the evaluator's lifetime; each call only swaps the weights.
+    The split's labels live on ``device``, its images come from the prepared data in batches (tensors held on
+    the device for the evaluator's lifetime, or files streamed by DataLoader workers); each call swaps weights.
     """
 
     def __init__(self, model: torch.nn.Module, data: PreparedData, split: str, device: torch.device,
                  batch_size: int = 1000):
         self.model = channels_last(model.to(device)).eval()
         self.data, self.split, self.device, self.batch_size = data, split, device, batch_size
-        self.images, self.labels = data.split(split, device)
-        self.shuffled: tuple[torch.Tensor, torch.Tensor] | None = None  # the split in select()'s order
+        self.labels = data.labels(split).to(device)
+        self.order: torch.Tensor | None = None  # the split in select()'s order
         self.images_scored = 0  # images select() has run the model on
 
     @torch.inference_mode()
@@ -86,32 +87,27 @@ class Evaluator:
         as soon as the candidate can no longer reach it and returns its :class:`Partial` counts; ``resume``
         goes on from such counts (the same weights, a lower bar). A pass that is not stopped gives exactly the
         scores of the same pass without a bar, so early rejection never changes a decision."""
-        images, labels = self._in_selection_order()
+        order = self._selection_order()
         self.load(state_dict)
-        n = labels.shape[0]
-        correct, loss_sum, first = (resume.correct, resume.loss_sum, resume.seen) if resume else (0, 0.0, 0)
-        for start in range(first, n, self.batch_size):
-            inputs = self._batch(images, start)
-            logits, target = self.model(inputs).float(), labels[start:start + self.batch_size]
+        n = order.shape[0]
+        correct, loss_sum, seen = (resume.correct, resume.loss_sum, resume.seen) if resume else (0, 0.0, 0)
+        for images, target in self.data.batches(self.split, order[seen:], self.batch_size, self.device):
+            logits = self.model(self._input(images)).float()
             correct += int((logits.argmax(dim=1) == target).sum())
             loss_sum += float(F.cross_entropy(logits, target, reduction="none").double().sum())
-            seen = min(n, start + self.batch_size)
-            self.images_scored += seen - start
+            self.images_scored += target.shape[0]
+            seen += target.shape[0]
             if bar is not None and seen < n and bar.out_of_reach(correct, loss_sum, seen, n):
                 return Partial(correct, loss_sum, seen)
         loss = loss_sum / n
         return Scores(loss=loss if loss == loss else float("inf"), accuracy=correct / n)
 
-    def _in_selection_order(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The split in the order select() walks it: hardest first when :meth:`order_hardest_first` was given
-        the ingredients' logits, else shuffled once with a fixed seed (any prefix a fair sample)."""
-        if self.shuffled is None:
-            order = torch.randperm(self.labels.shape[0], generator=torch.Generator().manual_seed(0))
-            self.order_by(order)
-        return self.shuffled
-
-    def order_by(self, order: torch.Tensor) -> None:
-        self.shuffled = (self.images[order.to(self.images.device)], self.labels[order.to(self.labels.device)])
+    def _selection_order(self) -> torch.Tensor:
+        """The order select() walks the split in: hardest first when :meth:`order_hardest_first` was given the
+        ingredients' logits, else shuffled once with a fixed seed (any prefix a fair sample)."""
+        if self.order is None:
+            self.order = torch.randperm(self.labels.shape[0], generator=torch.Generator().manual_seed(0))
+        return self.order
 
     def order_hardest_first(self, logits: list[torch.Tensor]) -> None:
         """Walk the split from the images most of the ``logits`` (the candidates' own cached outputs on it) get
@@ -127,11 +123,11 @@ class Evaluator:
             confidence += output.float().softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
         # (-wrong, confidence, index) in lexicographic order: stable sorts, the last key first
         order = torch.argsort(confidence, stable=True)
-        self.order_by(order[torch.argsort(-wrong[order], stable=True)])
+        self.order = order[torch.argsort(-wrong[order], stable=True)]
 
-    def _batch(self, images: torch.Tensor, start: int) -> torch.Tensor:
-        """The model's input for the batch of ``images`` that begins at ``start``: normalised, in its layout."""
-        return channels_last_input(self.data.normalise(images[start:start + self.batch_size]))
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's input for a uint8 batch: normalised, in its layout."""
+        return channels_last_input(self.data.normalise(images))
 
     def load(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)
@@ -143,8 +139,8 @@ class Evaluator:
         if state_dict is not None:
             self.load(state_dict)
         logits, feats = [], []
-        for start in range(0, self.labels.shape[0], self.batch_size):
-            inputs = self._batch(self.images, start)
+        for images, _ in self.data.batches(self.split, None, self.batch_size, self.device):
+            inputs = self._input(images)
             if features:
                 pre = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
                 feats.append(pre.float().cpu())

@@ -10,7 +10,6 @@ in eval mode while fitting: BatchNorm uses the mixed running statistics, as the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from torch.func import functional_call
 from soupflow.core.average import StateDict
 from soupflow.core.models import channels_last_input
 from soupflow.plan.catalog import RECIPES, SOUP_OPTIONS
+from soupflow.store.prepared import PreparedData
 
 GRANULARITIES = ("module", "tensor")
 LEARNED = RECIPES["learned"].options  # the learned recipe's option defaults
@@ -54,11 +54,11 @@ def mix(stacked: StateDict, weights: torch.Tensor, index: dict[str, int], fixed:
     return out | fixed
 
 
-def fit_mixture(model: torch.nn.Module, states: list[StateDict], images: torch.Tensor, labels: torch.Tensor,
-                normalise: Callable[[torch.Tensor], torch.Tensor], fit: Fit) -> tuple[StateDict, list[dict]]:
-    """Fit per-group softmax weights over ``states`` to minimise cross-entropy on ``images``/``labels`` (the
+def fit_mixture(model: torch.nn.Module, states: list[StateDict], data: PreparedData, split: str,
+                device: torch.device, fit: Fit) -> tuple[StateDict, list[dict]]:
+    """Fit per-group softmax weights over ``states`` to minimise cross-entropy on a split of ``data`` (the
     validation split); returns the mixed state (each tensor in its dtype) and the mean loss of every epoch."""
-    device = images.device
+    n = data.labels(split).shape[0]
     floating = [name for name, tensor in states[0].items() if tensor.is_floating_point()]
     stacked = {name: torch.stack([s[name].to(device, torch.float32) for s in states]) for name in floating}
     fixed = {name: tensor.to(device) for name, tensor in states[0].items() if not tensor.is_floating_point()}
@@ -71,12 +71,11 @@ def fit_mixture(model: torch.nn.Module, states: list[StateDict], images: torch.T
     model.eval()
     history = []
     for epoch in range(fit.epochs):
-        order, total, batches = torch.randperm(labels.shape[0], generator=generator).to(device), 0.0, 0
-        for start in range(0, labels.shape[0], fit.batch_size):
-            batch = order[start:start + fit.batch_size]
+        order, total, batches = torch.randperm(n, generator=generator), 0.0, 0
+        for images, labels in data.batches(split, order, fit.batch_size, device):
             state = mix(stacked, torch.softmax(logits, dim=1), index, fixed, buffers)
-            outputs = functional_call(model, state, (channels_last_input(normalise(images[batch])),))
-            loss = F.cross_entropy(outputs.float(), labels[batch])
+            outputs = functional_call(model, state, (channels_last_input(data.normalise(images)),))
+            loss = F.cross_entropy(outputs.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -16,7 +16,7 @@ from soupflow.plan.gpus import claim_gpu
 from soupflow.store.io import atomic_save_safetensors, read_safetensors
 
 if TYPE_CHECKING:
-    from soupflow.store.data import PreparedData
+    from soupflow.store.prepared import PreparedData
 
 
 def pick_device(preference: str = "auto") -> torch.device:

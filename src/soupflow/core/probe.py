@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from soupflow.core.models import channels_last, channels_last_input
-from soupflow.store.data import PreparedData
+from soupflow.store.prepared import PreparedData
 
 #: The probe sees fine-tuning images only: val selects soups, test reports them.
 SPLIT = "train"
+#: The most train images the probe fits on (a seeded sample beyond): their features are held in memory.
+MAX_IMAGES = 20000
 #: L2 strengths tried, on the mean cross-entropy (weight_decay * ||W||^2 is added to it).
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 HELD_OUT = 0.2
@@ -43,13 +45,14 @@ class ProbeResult:
 
 
 @torch.no_grad()
-def features(model: torch.nn.Module, images: torch.Tensor, data: PreparedData, device: torch.device,
-             batch_size: int = 500) -> torch.Tensor:
-    """Pre-logit features (timm's ``forward_head(..., pre_logits=True)``) of uint8 ``images``, in eval mode."""
+def features(model: torch.nn.Module, data: PreparedData, split: str, device: torch.device,
+             order: torch.Tensor | None = None, batch_size: int = 500) -> torch.Tensor:
+    """Pre-logit features (timm's ``forward_head(..., pre_logits=True)``) of a split's images (those of
+    ``order``, or all), in eval mode."""
     model = channels_last(model.to(device)).eval()
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = channels_last_input(data.normalise(images[start:start + batch_size].to(device)))
+    for images, _ in data.batches(split, order, batch_size, device):
+        batch = channels_last_input(data.normalise(images))
         out.append(model.forward_head(model.forward_features(batch), pre_logits=True).float().flatten(1))
     return torch.cat(out)
 
@@ -82,8 +85,11 @@ def linear_probe(model: torch.nn.Module, data: PreparedData, device: torch.devic
     if not isinstance(classifier, torch.nn.Linear) or classifier.bias is None:
         raise RuntimeError(f"model.linear_probe needs a linear classifier head with a bias; {type(model).__name__}'s "
                            f"is {classifier}")
-    images, labels = data.split(SPLIT)
-    x, y = features(model, images, data, device), labels.to(device)
+    labels = data.labels(SPLIT)
+    sample = None if labels.shape[0] <= MAX_IMAGES else torch.randperm(
+        labels.shape[0], generator=torch.Generator().manual_seed(seed))[:MAX_IMAGES].sort().values
+    x = features(model, data, SPLIT, device, sample)
+    y = (labels if sample is None else labels[sample]).to(device)
     order = torch.randperm(y.shape[0], generator=torch.Generator().manual_seed(seed)).to(device)
     cut = max(1, round(y.shape[0] * HELD_OUT))
     held, fit = order[:cut], order[cut:]

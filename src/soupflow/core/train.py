@@ -1,17 +1,22 @@
 """The training loop shared by pretraining and fine-tuning.
 
-Data is a pair of in-memory uint8 tensors; each step slices a batch, augments the whole batch at once
-(on the batch's device) and normalises it. No per-sample Python runs in the loop.
+A ``TrainSource`` hands the loop uint8 batches in the epoch's order: the tensors path slices them from the
+split held on the device and augments each batch as a whole (flip, shift); the files path streams them from
+DataLoader workers that apply timm's per-image training transform. Each step then normalises the batch on
+the device and applies what works on whole batches for both: timm's random erasing, and mixup / CutMix
+(timm's ``Mixup``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +31,8 @@ from soupflow.core.resume import (
     restore,
     save_state,
 )
-from soupflow.store.data import PreparedData
+from soupflow.store.files import FileData, TrainTransform, image_seed
+from soupflow.store.prepared import PreparedData, run_share
 
 log = logging.getLogger("soupflow")
 
@@ -57,6 +63,82 @@ AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]
     "shift": random_shift,
     "flip_shift": lambda images, generator: random_shift(random_flip(images, generator), generator),
 }
+
+
+# ---------------------------------------------------------------- where the training batches come from
+class TrainSource(Protocol):
+    """The training images of a loop: how many, and the uint8 batches of an epoch's order from a step on."""
+
+    size: int
+
+    def epoch(self, order: torch.Tensor, start: int, batch_size: int, epoch: int,
+              device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class TensorSource:
+    """The tensors path: images held on the device, each batch augmented as a whole with the loop's generator."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    @classmethod
+    def of(cls, images: torch.Tensor, labels: torch.Tensor, hp: dict[str, Any]) -> "TensorSource":
+        """uint8 NCHW ``images`` and their labels, augmented as ``hp["augmentation"]`` says."""
+        return cls(images, labels, AUGMENTATIONS[hp.get("augmentation", "none")])
+
+    @property
+    def size(self) -> int:
+        return self.labels.shape[0]
+
+    def epoch(self, order, start, batch_size, epoch, device):
+        images, labels, order = self.images.to(device), self.labels.to(device), order.to(device)
+        for index in range(start, max(1, self.size // batch_size)):
+            batch = order[index * batch_size:(index + 1) * batch_size]
+            yield self.augment(images[batch], self.generator), labels[batch]
+
+
+@dataclass
+class FileSource:
+    """The files path: a split's images (``positions`` of it, or all) streamed by DataLoader workers through
+    timm's training transform, seeded per image by (``seed``, epoch, position in the epoch's order)."""
+
+    data: FileData
+    split: str
+    positions: torch.Tensor | None
+    transform: TrainTransform
+    seed: int
+
+    @property
+    def size(self) -> int:
+        return len(self.data.rows[self.split]) if self.positions is None else self.positions.shape[0]
+
+    def epoch(self, order, start, batch_size, epoch, device):
+        chosen = order if self.positions is None else self.positions[order]
+        first, end = start * batch_size, min(self.size, max(1, self.size // batch_size) * batch_size)
+        return self.data.stream(self.split, chosen[first:end], batch_size, device, self.transform,
+                                lambda i: image_seed(self.seed, epoch, first + i))
+
+
+def train_source(data: PreparedData, split: str, hp: dict[str, Any], share: torch.Tensor | None = None) -> TrainSource:
+    """A loop's training images: the split of ``data`` (its ``share`` of indices, or all), augmented as the
+    hyperparameters say, in the way of the data's format."""
+    if isinstance(data, FileData):
+        transform = TrainTransform(hflip=0.5 if "flip" in hp.get("augmentation", "none") else 0.0,
+                                   crop_scale=hp.get("crop_scale"), auto_augment=hp.get("auto_augment"))
+        return FileSource(data, split, share, transform, int(hp.get("seed", 0)))
+    images, labels = data.split(split)
+    if share is not None:
+        images, labels = images[share], labels[share]
+    return TensorSource.of(images, labels, hp)
+
+
+def fine_tuning_source(data: PreparedData, hp: dict[str, Any]) -> TrainSource:
+    """A fine-tune's training images: its own share of the train split (``data_fraction``, drawn with its seed)."""
+    share = run_share(data.labels("train").shape[0], hp.get("data_fraction"), int(hp["seed"]))
+    return train_source(data, "train", hp, share)
 
 
 # ---------------------------------------------------------------- optimiser and schedule
@@ -120,17 +202,55 @@ class Schedule:
 
 
 @dataclass
+class BatchMixing:
+    """What a step applies to a whole normalised batch, the same on both data paths: timm's random erasing
+    (probability ``random_erase``) and timm's ``Mixup`` (``mixup`` / ``cutmix`` α, soft targets carrying the
+    label smoothing). Their random draws are seeded by the step, so a resumed run draws what it would have."""
+
+    erase: Any = None  # timm.data.random_erasing.RandomErasing
+    mixup: Any = None  # timm.data.Mixup
+    seed: int = 0
+
+    @classmethod
+    def create(cls, hp: dict[str, Any], data: PreparedData, device: torch.device) -> "BatchMixing":
+        mixing = cls(seed=int(hp.get("seed", 0)))
+        if hp.get("random_erase"):
+            from timm.data.random_erasing import RandomErasing
+
+            mixing.erase = RandomErasing(float(hp["random_erase"]), mode="pixel", device=str(device))
+        if hp.get("mixup") or hp.get("cutmix"):
+            from timm.data import Mixup
+
+            mixing.mixup = Mixup(mixup_alpha=float(hp.get("mixup") or 0.0), cutmix_alpha=float(hp.get("cutmix") or 0.0),
+                                 label_smoothing=float(hp.get("label_smoothing", 0.0)), num_classes=data.num_classes)
+        return mixing
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch after erasing and mixing, with its targets: class indices, or soft targets when mixed."""
+        if self.erase is None and self.mixup is None:
+            return inputs, targets
+        states = random.getstate(), np.random.get_state()
+        random.seed(self.seed * 1_000_003 + step), np.random.seed((self.seed * 1_000_003 + step) % 2**32)
+        try:
+            inputs = self.erase(inputs) if self.erase is not None else inputs
+            return self.mixup(inputs, targets) if self.mixup is not None else (inputs, targets)
+        finally:
+            random.setstate(states[0]), np.random.set_state(states[1])
+
+
+@dataclass
 class Loop:
-    """What stays fixed while a model trains: the data on its device, the optimiser, the RNG of the data
-    order and augmentation, the schedule and the numerics. ``step`` is one optimisation step."""
+    """What stays fixed while a model trains: where its batches come from, the optimiser, the RNG of the data
+    order (and of the tensors path's augmentation), the schedule and the numerics. ``step`` is one
+    optimisation step."""
 
     model: torch.nn.Module
-    images: torch.Tensor
-    labels: torch.Tensor
+    source: TrainSource
     data: PreparedData
+    device: torch.device
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    mixing: BatchMixing
     schedule: Schedule
     batch_size: int
     steps_per_epoch: int
@@ -138,45 +258,39 @@ class Loop:
     smoothing: float
     bf16: bool
     hp: dict[str, Any]
-    mixup: float = 0.0  # mixup's α; 0 = off
     name: str = "train"  # in progress lines
     log_every: int = 50  # steps between progress lines
 
     @classmethod
-    def create(cls, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, data: PreparedData,
-               hp: dict[str, Any], device: torch.device, precision: str) -> "Loop":
-        """(Seven parameters: the six of ``train``'s task and its numerics, as ``train`` receives them.)"""
+    def create(cls, model: torch.nn.Module, source: TrainSource, data: PreparedData, hp: dict[str, Any],
+               device: torch.device, precision: str) -> "Loop":
+        """(Six parameters: the five of ``train``'s task and its numerics, as ``train`` receives them.)"""
         generator = torch.Generator().manual_seed(int(hp.get("seed", 0)))
+        if isinstance(source, TensorSource):
+            source.generator = generator  # one stream: the epoch's order, then each batch's augmentation
         torch.manual_seed(int(hp.get("seed", 0)))
         channels_last(model.to(device)).train()
         if hp.get("bn_statistics") == "frozen":
             freeze_batchnorm_statistics(model)
         batch_size = int(hp["batch_size"])
-        steps_per_epoch = max(1, labels.shape[0] // batch_size)  # drop the ragged last batch: stable BatchNorm
+        steps_per_epoch = max(1, source.size // batch_size)  # drop the ragged last batch: stable BatchNorm
         schedule = Schedule(hp["lr"], steps_per_epoch * int(hp["epochs"]), hp.get("schedule", "onecycle"),
                             float(hp.get("warmup_fraction", 0.3)))
-        return cls(model, images.to(device), labels.to(device), data, make_optimizer(model, hp), generator,
-                   AUGMENTATIONS[hp.get("augmentation", "none")], schedule, batch_size, steps_per_epoch,
-                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision), hp,
-                   float(hp.get("mixup") or 0.0))
+        return cls(model, source, data, device, make_optimizer(model, hp), generator,
+                   BatchMixing.create(hp, data, device), schedule, batch_size, steps_per_epoch,
+                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision), hp)
 
-    def step(self, order: torch.Tensor, index: int, step: int) -> torch.Tensor:
-        """One optimisation step on the ``index``-th batch of ``order``; the loss, detached, on the device."""
+    def step(self, images: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
+        """One optimisation step on a uint8 batch; the loss, detached, on the device."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.at(step)
-        batch = order[index * self.batch_size:(index + 1) * self.batch_size]
-        inputs = channels_last_input(self.data.normalise(self.augment(self.images[batch], self.generator)))
-        targets, mixed = self.labels[batch], None
-        if self.mixup > 0:  # λ from torch's global RNG and the partner order from the loop's: both resumable
-            weight = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
-            partner = torch.randperm(inputs.shape[0], generator=self.generator).to(inputs.device)
-            inputs, mixed = weight * inputs + (1 - weight) * inputs[partner], (weight, targets[partner])
-        with torch.autocast(self.images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        inputs, targets = self.mixing(channels_last_input(self.data.normalise(images)), targets, step)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             outputs = self.model(inputs)
-            loss = F.cross_entropy(outputs, targets, label_smoothing=self.smoothing)
-            if mixed is not None:
-                loss = mixed[0] * loss + (1 - mixed[0]) * F.cross_entropy(outputs, mixed[1],
-                                                                          label_smoothing=self.smoothing)
+            if targets.dim() == 2:  # soft targets of mixup / CutMix (label smoothing inside them)
+                loss = torch.sum(-targets * F.log_softmax(outputs.float(), dim=-1), dim=-1).mean()
+            else:
+                loss = F.cross_entropy(outputs, targets, label_smoothing=self.smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -192,7 +306,7 @@ class Saver:
     loop: Loop
 
     def restore(self, name: str) -> Progress:
-        saved = load_state(self.resume.path, self.key, self.loop.images.device) if self.resume else None
+        saved = load_state(self.resume.path, self.key, self.loop.device) if self.resume else None
         if saved is None:
             return Progress()
         progress = restore(saved, self.loop.model, self.loop.optimizer, self.loop.generator)
@@ -225,20 +339,20 @@ class Clock:
         return time.perf_counter() - self.start
 
 
-def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, data: PreparedData,
+def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
           hp: dict[str, Any], device: torch.device, name: str = "train",
           on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
           log_every: int = 50, resume: Resume | None = None, precision: str = "auto") -> TrainResult:
-    """Train ``model`` in place on ``images``/``labels`` (uint8 NCHW / int64) with hyperparameters ``hp``.
+    """Train ``model`` in place on the batches of ``source`` (``train_source``) with hyperparameters ``hp``.
 
     Stops early with status ``diverged`` as soon as the loss is not finite. ``on_epoch_end(epoch, model)``
     is called after each finished epoch. With ``resume``, the full state is saved at epoch ends (and every
     ``resume.every_steps`` steps, and on SIGTERM/SIGUSR1), and a rerun continues from it: with the same seed
     the final weights equal those of an uninterrupted run (on CPU).
-    (Eleven parameters: the six of the task, then five options that callers name or leave out.)
+    (Ten parameters: the five of the task, then five options that callers name or leave out.)
     """
-    loop = replace(Loop.create(model, images, labels, data, hp, device, precision), name=name, log_every=log_every)
-    saver = Saver(resume, fingerprint(hp, labels.shape[0], resume.start if resume else ""), loop)
+    loop = replace(Loop.create(model, source, data, hp, device, precision), name=name, log_every=log_every)
+    saver = Saver(resume, fingerprint(hp, source.size, resume.start if resume else ""), loop)
     progress = saver.restore(name)
     clock = Clock.resuming(progress)
     with StopRequests() as stop:
@@ -263,12 +377,12 @@ def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop:
     Leaves the epoch's summed loss in ``progress.running`` (a resumed epoch starts from its saved sum); the
     loss is read back from the device only to log and to save, never per step."""
     if progress.order is None:
-        progress.order, progress.running, progress.index = torch.randperm(loop.labels.shape[0],
+        progress.order, progress.running, progress.index = torch.randperm(loop.source.size,
                                                                           generator=loop.generator), 0.0, 0
-    device_order = progress.order.to(loop.images.device)
-    total_loss = torch.tensor(progress.running, device=loop.images.device)
-    for index in range(progress.index, loop.steps_per_epoch):
-        total_loss += loop.step(device_order, index, progress.step)
+    total_loss = torch.tensor(progress.running, device=loop.device)
+    batches = loop.source.epoch(progress.order, progress.index, loop.batch_size, progress.epoch, loop.device)
+    for index, (images, targets) in enumerate(batches, start=progress.index):
+        total_loss += loop.step(images, targets, progress.step)
         progress.step += 1
         last = index + 1 == loop.steps_per_epoch
         if (index + 1) % loop.log_every == 0 or last:

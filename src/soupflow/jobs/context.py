@@ -9,7 +9,8 @@ import torch
 
 from soupflow.core.evaluate import Evaluator
 from soupflow.core.models import model_for, pick_device
-from soupflow.store.data import PreparedData
+from soupflow.store.datasets import open_data
+from soupflow.store.prepared import PreparedData
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,9 @@ class JobContext:
     device: torch.device
 
     @classmethod
-    def open(cls, config: dict[str, Any], data_path: str) -> "JobContext":
-        return cls(config, PreparedData(data_path), pick_device(config["evaluation"]["device"]))
+    def open(cls, config: dict[str, Any], data_path: str, threads: int = 1) -> "JobContext":
+        """The job's data (files read by as many DataLoader workers as the job has threads) and device."""
+        return cls(config, open_data(data_path, workers=threads), pick_device(config["evaluation"]["device"]))
 
     def model(self, **timm_kwargs: Any) -> torch.nn.Module:
         """The configured timm model for this data (its classes and channels)."""

@@ -11,20 +11,21 @@ from soupflow.core.corruptions import corrupt_split
 from soupflow.core.models import load_checkpoint, set_threads
 from soupflow.jobs.context import JobContext
 from soupflow.plan.catalog import CORRUPTED_SPLIT
-from soupflow.store.data import PreparedData
-from soupflow.store.io import atomic_save_safetensors, open_safetensors
+from soupflow.store.data import TensorData
+from soupflow.store.datasets import open_data
+from soupflow.store.io import atomic_save_safetensors
 
 log = logging.getLogger("soupflow")
 
 
 def make_corrupted(spec: dict[str, Any], data_path: str, out_path: str) -> None:
-    """A seeded corrupted copy of the test split, readable by :class:`PreparedData` as split 'corrupted'
-    (``spec``: the config's ``analysis.corruptions``)."""
-    images, labels = PreparedData(data_path).split("test")
-    tensors = corrupt_split(images, labels, spec["types"], spec["severities"], spec["max_images"], spec["seed"])
-    with open_safetensors(data_path) as handle:
-        meta = dict(handle.metadata())
-    meta["corruption_types"] = json.dumps(spec["types"])
+    """A seeded corrupted copy of (a sample of) the test split, as tensors (``TensorData`` reads it as split
+    'corrupted'; ``spec``: the config's ``analysis.corruptions``)."""
+    data = open_data(data_path)
+    tensors = corrupt_split(lambda rows: data.images("test", rows), data.labels("test"), spec["types"],
+                            spec["severities"], spec["max_images"], spec["seed"])
+    meta = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean.flatten().tolist()),
+            "std": json.dumps(data.std.flatten().tolist()), "corruption_types": json.dumps(spec["types"])}
     atomic_save_safetensors(tensors, out_path, metadata=meta)
     log.info("corrupted test copy: %d images, %s at severities %s", tensors["corrupted_y"].numel(),
              ", ".join(spec["types"]), spec["severities"])
@@ -34,7 +35,7 @@ def corrupted_outputs(config: dict[str, Any], data_path: str, model_path: str, c
                       threads: int = 1) -> None:
     """One run's logits on the corrupted split, computed once for every pair it is in."""
     set_threads(threads)
-    context = JobContext.open(config, data_path)
-    evaluator = context.evaluator(CORRUPTED_SPLIT, data=PreparedData(corrupted_path))
+    context = JobContext.open(config, data_path, threads)
+    evaluator = context.evaluator(CORRUPTED_SPLIT, data=TensorData(corrupted_path))
     logits = evaluator.logits(load_checkpoint(model_path, context.device))
     atomic_save_safetensors({"logits": logits}, out_path)

@@ -23,19 +23,21 @@ from soupflow.core.models import (
     set_threads,
 )
 from soupflow.core.resume import Preempted, forget, job_resume, state_beside
-from soupflow.core.train import TrainResult, train
+from soupflow.core.train import TrainResult, fine_tuning_source, train
 from soupflow.jobs.context import JobContext
 from soupflow.plan.catalog import HYPERPARAMETER_NAMES
 from soupflow.plan.layout import epoch_file
 from soupflow.plan.seeds import pipeline_seed
-from soupflow.store.data import subset
 from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
+from soupflow.store.prepared import DataError
 from soupflow.store.tables import EPOCH_SCHEMA, history_table, metrics_row_table
 
 log = logging.getLogger("soupflow")
 
-#: Errors of the machine, not of the run: they fail the job so that a rerun retries it (never status=failed).
-INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, torch.cuda.OutOfMemoryError)
+#: Errors of the machine or the data, not of the run: they fail the job (a corrupt image: naming it) so that a
+#: rerun retries it, never status=failed.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, torch.cuda.OutOfMemoryError,
+                                                          DataError)
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,11 @@ def _train_run(context: JobContext, run: RunSpec, model: torch.nn.Module, paths:
     """Train ``model`` in place; the result and, for a run that could not train, its error (model = init)."""
     config, data = context.config, context.data
     seeded = {**run.hp, "seed": pipeline_seed(config, run.hp["seed"])}  # the row keeps the run's own seed
-    images, labels = subset(*data.split("train"), run.hp["data_fraction"], seeded["seed"])
-    log.info("fine-tune %s on %d images, %s: %s", run.run_id, labels.numel(), context.device,
-             json.dumps(run.hp))
+    source = fine_tuning_source(data, seeded)
+    log.info("fine-tune %s on %d images, %s: %s", run.run_id, source.size, context.device, json.dumps(run.hp))
     keep = _epoch_keeper(context, paths.epochs_folder, int(run.hp["epochs"])) if paths.epochs else None
     try:
-        return train(model, images, labels, data, seeded, context.device, name=run.run_id, on_epoch_end=keep,
+        return train(model, source, data, seeded, context.device, name=run.run_id, on_epoch_end=keep,
                      resume=job_resume(config, state_beside(paths.model), run.init),
                      precision=config["training"]["precision"]), ""
     except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
@@ -129,7 +130,7 @@ def _row(run: RunSpec, result: TrainResult, error: str, model: torch.nn.Module, 
             "error": error, "resumed_from_step": result.resumed_from_step, "epochs_done": result.epochs_done,
             "train_loss": result.train_loss, "train_seconds": result.seconds,
             "train_images_per_second": result.images_per_second, "n_parameters": count_parameters(model),
-            "device": device.type}
+            "device": device.type, "images_skipped": 0}
 
 
 def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int = 1) -> dict[str, Any]:
@@ -144,12 +145,13 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     set_threads(threads)
     hp = {name: run.hp.get(name) for name in HYPERPARAMETER_NAMES} | run.hp  # every hp_* column in every row
     run = RunSpec(run.data, run.init, run.run_id, hp)
-    context = JobContext.open(config, run.data)
+    context = JobContext.open(config, run.data, threads)
     model = context.model()
     model.load_state_dict(load_checkpoint(run.init))
     result, error = _train_run(context, run, model, paths)
     row = _row(run, result, error, model, context.device)
     outputs = _scored_row(context, model, row)
+    row["images_skipped"] = context.data.skipped  # unreadable images passed over (data.skip_corrupt)
     log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run.run_id, row["status"],
              row["val_accuracy"], row["test_accuracy"], result.seconds)
     meta = checkpoint_metadata(config["model"], context.data, run_id=run.run_id, status=row["status"])

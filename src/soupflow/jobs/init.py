@@ -16,7 +16,7 @@ from soupflow.core.models import checkpoint_metadata, load_checkpoint, save_chec
 from soupflow.core.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.core.probe import linear_probe
 from soupflow.core.resume import forget, job_resume, state_beside
-from soupflow.core.train import train
+from soupflow.core.train import TensorSource, train, train_source
 from soupflow.core.weights import import_state
 from soupflow.jobs.context import JobContext
 from soupflow.plan.catalog import BN_IMAGES
@@ -70,12 +70,15 @@ def _pretrain(context: JobContext, model: torch.nn.Module, paths: InitPaths, kee
     task = config["pretrain"]["task"]
     hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
           "seed": pipeline_seed(config, config["pretrain"]["seed"])}
-    images, labels = PRETEXT_TASKS[task](*data.split("pretrain"))
+    if uses_labels(task):
+        source = train_source(data, "pretrain", hp)
+    else:  # a pretext task turns the images in memory (data.format tensors: checked at parse time)
+        source = TensorSource.of(*PRETEXT_TASKS[task](*data.split("pretrain")), hp)
     head = {} if uses_labels(task) else fresh_head(model, pipeline_seed(config, config["model"]["head_seed"]))
     if head:
         log.info("pretraining on the %s pretext task (%d images); fine-tunes get a fresh head: %s",
-                 task, labels.shape[0], ", ".join(head))
-    result = train(model, images, labels, data, hp, context.device, name="pretrain",
+                 task, source.size, ", ".join(head))
+    result = train(model, source, data, hp, context.device, name="pretrain",
                    on_epoch_end=lambda epoch, trained: keep(epoch, trained, head),
                    resume=job_resume(config, state_beside(paths.model), paths.data),
                    precision=config["training"]["precision"])
@@ -123,7 +126,7 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
     with different seeds would put runs in different basins and break averaging.
     """
     set_threads(threads)
-    context = JobContext.open(config, paths.data)
+    context = JobContext.open(config, paths.data, threads)
     meta = checkpoint_metadata(config["model"], context.data, init=config["model"]["init"])
     model = _started(context, meta)
     # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:

@@ -27,7 +27,7 @@ from soupflow.core.models import set_threads
 from soupflow.core.similarity import flatten, output_similarity, parameter_similarity
 from soupflow.jobs.context import JobContext
 from soupflow.plan.catalog import CORRUPTED_SPLIT
-from soupflow.store.data import PreparedData
+from soupflow.store.data import TensorData
 from soupflow.store.io import atomic_write_parquet, atomic_write_text, open_safetensors, read_safetensors
 
 log = logging.getLogger("soupflow")
@@ -100,9 +100,9 @@ class PairScorer:
     rows, and small caches of checkpoints, flattened weights and cached outputs (pairs are sorted by run, so
     a run's weights are read once or twice per job, not once per pair)."""
 
-    def __init__(self, config: dict[str, Any], paths: PairPaths, runs: dict[str, RunFiles]) -> None:
-        context = JobContext.open(config, paths.data)
-        corrupted = PreparedData(paths.corrupted)
+    def __init__(self, config: dict[str, Any], paths: PairPaths, runs: dict[str, RunFiles], threads: int = 1) -> None:
+        context = JobContext.open(config, paths.data, threads)
+        corrupted = TensorData(paths.corrupted)
         self.config, self.paths, self.runs = config, paths, runs
         self.evaluators = {"val": context.evaluator("val"), "test": context.evaluator("test"),
                            CORRUPTED_SPLIT: context.evaluator(CORRUPTED_SPLIT, data=corrupted)}
@@ -175,7 +175,7 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], runs: dict[str, R
     (both checkpoints, their cached outputs, the init, the data) and reused: adding a run to a finished
     analysis computes only the pairs that include it, however the pairs are dealt to jobs."""
     set_threads(threads)
-    scorer = PairScorer(config, paths, runs)
+    scorer = PairScorer(config, paths, runs, threads)
     rows, counts = [], {"computed": 0, "reused": 0, "skipped": 0}
     for index, (run_a, run_b) in enumerate(pairs, 1):
         unusable = [(run, scorer.rows[run]["status"]) for run in (run_a, run_b) if scorer.rows[run]["status"] != "ok"]

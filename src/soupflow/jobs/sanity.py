@@ -19,7 +19,7 @@ def sanity(config: dict[str, Any], data_path: str, runs: list[RunFiles], out_pat
     """Two checks of the gain definition, evaluated in one job: a model souped with itself gains exactly 0, and
     two untrained models (different seeds) gain nothing in accuracy from souping."""
     set_threads(threads)
-    context = JobContext.open(config, data_path)
+    context = JobContext.open(config, data_path, threads)
     test = context.evaluator("test")
     rows = [run_row(files.metrics) | {"model_file": files.model} for files in runs]
     usable = [r for r in rows if r["status"] == "ok"]

@@ -173,8 +173,9 @@ class SoupInputs:
     reference: torch.Tensor | None
 
     @classmethod
-    def load(cls, config: dict[str, Any], entry: dict[str, Any], paths: SoupPaths) -> "SoupInputs":
-        context, runs, options = JobContext.open(config, paths.data), pd.read_parquet(paths.runs), soup_options(entry)
+    def load(cls, config: dict[str, Any], entry: dict[str, Any], paths: SoupPaths, threads: int = 1) -> "SoupInputs":
+        context = JobContext.open(config, paths.data, threads)
+        runs, options = pd.read_parquet(paths.runs), soup_options(entry)
         ingredients = usable_ingredients(runs)
         if options["ingredients"] == "epochs":
             ingredients = _epoch_ingredients(ingredients, runs)
@@ -207,7 +208,7 @@ def _kitchen(inputs: SoupInputs, paths: SoupPaths):
 
     def learn(states, options):
         fit = Fit(**{key: options[key] for key in ("epochs", "lr", "batch_size", "seed", "granularity")})
-        return fit_mixture(val.model, states, val.images, val.labels, context.data.normalise, fit)
+        return fit_mixture(val.model, states, context.data, "val", context.device, fit)
 
     return Kitchen(inputs.ingredients, lambda state: val.select(finish(state)),
                    lambda seed: untrained_state(context.data, context.config["model"], seed), observe,
@@ -270,7 +271,7 @@ def make_soup(config: dict[str, Any], name: str, entry: dict[str, Any], paths: S
 
     set_threads(threads)
     began = time.perf_counter()
-    inputs = SoupInputs.load(config, entry, paths)
+    inputs = SoupInputs.load(config, entry, paths, threads)
     options = inputs.options
     kitchen, finish = _kitchen(inputs, paths)
     log.info("soup %s (%s, bn %s): %d candidate ingredients", name, options["recipe"], options["bn"],

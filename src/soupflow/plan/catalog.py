@@ -48,7 +48,14 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("bn_statistics", str),
     Hyperparameter("data_fraction", float),
     Hyperparameter("mixup", float),
+    Hyperparameter("cutmix", float),
+    Hyperparameter("crop_scale", float),
+    Hyperparameter("auto_augment", str),
+    Hyperparameter("random_erase", float),
+    Hyperparameter("drop_path_rate", float),
 )
+#: what only the files data path can do: per-image PIL transforms in the loader's workers
+FILES_ONLY_HYPERPARAMETERS = ("crop_scale", "auto_augment")
 
 #: the hyperparameters' names, in the order tables show them
 HYPERPARAMETER_NAMES: tuple[str, ...] = tuple(hp.name for hp in HYPERPARAMETERS)
@@ -123,7 +130,12 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("cifar10", 3, ("cifar-10-batches-py",)),
     Dataset("cifar100", 3, ("cifar-100-python",)),
     Dataset("image_folder", 3, ("train", "test")),  # decoded to RGB
+    Dataset("image_shards", 3, ("train", "test")),  # WebDataset tar shards: train/*.tar, test/*.tar
 )}
+#: how prepared data is kept: decoded uint8 tensors, or a list of image files read by DataLoader workers
+DATA_FORMATS = ("tensors", "files")
+#: the data sets that are image files (data.format files reads them; tensors decodes image_folder once)
+IMAGE_DATASETS = ("image_folder", "image_shards")
 
 #: the batch augmentations of the tensors data path (``soupflow.core.train``): hyperparameter ``augmentation``
 AUGMENTATIONS = ("none", "flip", "shift", "flip_shift")

@@ -6,7 +6,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from soupflow.plan.catalog import DATASETS, HYPERPARAMETER_NAMES, RECIPES
+from soupflow.plan.augment import check_auto_augment
+from soupflow.plan.catalog import (
+    DATASETS,
+    FILES_ONLY_HYPERPARAMETERS,
+    HYPERPARAMETER_NAMES,
+    IMAGE_DATASETS,
+    RECIPES,
+)
 from soupflow.plan.errors import ConfigError
 from soupflow.plan.model_file import WeightsError, resolve_file
 from soupflow.plan.params import kept_epochs, soup_base, soup_name
@@ -56,6 +63,22 @@ def _check_data_root(data: dict[str, Any]) -> None:
     if missing:
         raise ConfigError(f"config key 'data.root' is {root!r}, which holds no {data['name']} data set: missing "
                           f"{', '.join(missing)}; allowed: a folder with {', '.join(needs)}")
+
+
+def check_class_folders(data: dict[str, Any]) -> None:
+    """An image folder's classes are the sub-folders of train/; a class of test/ that train/ lacks is an error
+    naming both (only the folders are listed: cheap however many images they hold)."""
+    if data["name"] != "image_folder":
+        return
+    train, test = (os.path.join(data["root"], split) for split in ("train", "test"))
+    unknown = sorted(set(_folders(test)) - set(_folders(train)))
+    if unknown:
+        raise ConfigError(f"config key 'data.root' is {data['root']!r}, whose {test} has class folders that {train} "
+                          f"lacks: {', '.join(unknown[:5])}; allowed: test classes that train has")
+
+
+def _folders(path: str) -> list[str]:
+    return [entry.name for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith(".")]
 
 
 def _check_normalize(data: dict[str, Any]) -> None:
@@ -123,13 +146,69 @@ def _check_search(search: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'search.space.{name}.low' must be > 0 for distribution 'log_uniform'")
 
 
+def written(config: dict[str, Any], name: str) -> list[tuple[str, Any]]:
+    """Where the user set hyperparameter ``name`` (other than to null), as (config key, value): the fine-tune
+    default, each grid axis value, each explicit run, and the choices of a random-search dimension."""
+    found = [(f"finetune.{name}", config["finetune"][name])] if config["finetune"].get(name) is not None else []
+    found += [(f"grid.{name}", value) for value in config["grid"].get(name, []) if value is not None]
+    found += [(f"runs[{i}].{name}", run[name]) for i, run in enumerate(config["runs"]) if run.get(name) is not None]
+    space = config["search"]["space"].get(name) if config["search"]["n"] else None
+    if space is not None:
+        found += [(f"search.space.{name}", value) for value in space.get("values") or [space.get("low")]]
+    return found
+
+
+def _check_format(config: dict[str, Any]) -> None:
+    """What each data format can do: files reads image files; tensors augments whole batches in memory."""
+    data, files = config["data"], config["data"]["format"] == "files"
+    if files and data["name"] not in IMAGE_DATASETS:
+        raise ConfigError(f"config key 'data.format' is 'files', which reads image files; allowed: data.name "
+                          f"{' or '.join(IMAGE_DATASETS)} ({data['name']} is decoded to tensors: data.format tensors)")
+    if not files and data["name"] == "image_shards":
+        raise ConfigError("config key 'data.name' is 'image_shards', which data.format 'tensors' cannot decode; "
+                          "allowed: data.format: files")
+    for key in ("crop_pct", "interpolation"):
+        if not files and data[key] is not None:
+            raise ConfigError(f"config key 'data.{key}' applies to data.format: files only (tensors are resized "
+                              "once when prepared: data.image_size)")
+    for name in FILES_ONLY_HYPERPARAMETERS if not files else ():
+        for key, _ in written(config, name):
+            raise ConfigError(f"config key '{key}' needs data.format: files (a per-image transform in the loader's "
+                              "workers); the tensors path augments whole batches: augmentation, mixup, cutmix, "
+                              "random_erase")
+    pretrained_here = [("pretrain.augmentation", config["pretrain"]["augmentation"])]
+    for key, value in written(config, "augmentation") + pretrained_here if files else ():
+        if "shift" in value and (key != "pretrain.augmentation" or config["model"]["init"] == "pretrain"):
+            raise ConfigError(f"config key '{key}' is {value!r}, a batch translation of the tensors path; allowed "
+                              "with data.format files: none or flip (random crops: crop_scale)")
+    if files and config["analysis"]["corruptions"]["max_images"] is None:
+        raise ConfigError("config key 'analysis.corruptions.max_images' is null, which corrupts every test image in "
+                          "memory; allowed with data.format files: a number of images")
+    if files and config["model"]["init"] == "pretrain" and config["pretrain"]["task"] != "labels":
+        raise ConfigError(f"config key 'pretrain.task' is {config['pretrain']['task']!r}, which needs data.format: "
+                          "tensors (it turns every image in memory); allowed with files: labels")
+
+
+def _check_augmentations(config: dict[str, Any]) -> None:
+    for key, value in written(config, "auto_augment"):
+        check_auto_augment(key, value)
+    mixing = written(config, "mixup") + written(config, "cutmix")
+    odd = [(key, size) for key, size in written(config, "batch_size") if size % 2]
+    if any(value for _, value in mixing) and odd:
+        raise ConfigError(f"config key '{odd[0][0]}' is {odd[0][1]}; allowed with mixup or cutmix: an even batch size "
+                          "(timm's Mixup pairs each image with its mirror in the batch)")
+
+
 def check_semantics(config: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> None:
     """Checks beyond the schema on a config with defaults filled in. ``check_paths`` looks at the data and
     model files, ``check_model`` asks timm for ``model.name``: the main Snakemake process does both once."""
     _check_normalize(config["data"])
     _check_fractions(config)
+    _check_format(config)
+    _check_augmentations(config)
     if check_paths:
         _check_data_root(config["data"])
+        check_class_folders(config["data"])
         _check_model_file(config["model"])
     if check_model:
         check_model_name(config["model"])

@@ -17,6 +17,7 @@ import yaml
 from soupflow.plan.catalog import (
     AUGMENTATIONS,
     CORRUPTIONS,
+    DATA_FORMATS,
     DATASETS,
     HYPERPARAMETER_NAMES,
     HYPERPARAMETERS,
@@ -146,6 +147,7 @@ def load_schema() -> dict[str, Any]:
     top = schema["properties"]
     top["pretrain"]["properties"]["task"]["enum"] = list(PRETEXT_TASKS)
     top["data"]["properties"]["name"]["enum"] = list(DATASETS)
+    top["data"]["properties"]["format"]["enum"] = list(DATA_FORMATS)
     top["soups"]["items"]["properties"]["recipe"]["enum"] = list(RECIPES)
     top["analysis"]["properties"]["corruptions"]["properties"]["types"]["items"]["enum"] = list(CORRUPTIONS)
     top["search"]["properties"]["space"]["propertyNames"]["enum"] = list(HYPERPARAMETER_NAMES)

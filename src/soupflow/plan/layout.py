@@ -14,9 +14,11 @@ INIT = f"{RESULTS}/init"
 DATA = f"{RESULTS}/data"
 
 
-def data_files(folder: str = DATA) -> dict[str, str]:
-    """The prepared data set and its written-down split (rule prepare_data)."""
-    return {"tensors": f"{folder}/dataset.safetensors", "splits": f"{folder}/splits.json"}
+def data_files(folder: str = DATA, data_format: str = "tensors") -> dict[str, str]:
+    """The prepared data set (its decoded tensors, or the list of its image files: ``data.format``) and its
+    written-down split (rule prepare_data)."""
+    data = f"{folder}/dataset.safetensors" if data_format == "tensors" else f"{folder}/files.parquet"
+    return {"data": data, "splits": f"{folder}/splits.json"}
 
 
 def init_file(folder: str = INIT) -> str:

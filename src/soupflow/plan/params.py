@@ -14,6 +14,8 @@ comparison (``snakemake.persistence``, since 8.0). So each rule declares two kin
 
 from __future__ import annotations
 
+import glob
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,7 +24,8 @@ from soupflow.plan.catalog import RECIPES, soup_options
 #: keys added to a config section after results folders existed, at the value that changes nothing; a tracked
 #: param leaves them out at that value (upgrading does not re-trigger finished jobs)
 LATE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"test_fraction": 0.0, "normalize": "dataset"},
+    "data": {"test_fraction": 0.0, "normalize": "dataset", "format": "tensors", "crop_pct": None,
+             "interpolation": None, "skip_corrupt": False},
     "model": {"match": "name", "init_bn": "keep", "linear_probe": False},
     "pretrain": {"task": "labels"},
 }
@@ -61,3 +64,16 @@ def soup_specs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def soup_base(entry: dict[str, Any]) -> str | None:
     """The soup an entry interpolates toward (wise_ft's ``base``); None for recipes that take no base."""
     return soup_options(entry)["base"] if RECIPES[entry["recipe"]].needs_base else None
+
+
+def image_folders(data: dict[str, Any]) -> list[str]:
+    """What prepare_data lists with ``data.format: files``, as its inputs: each class folder of an image folder
+    (an image added or removed changes its folder), or each tar shard; nothing for tensors. Only folders and
+    shards are listed here, never the images: cheap at parse time however many there are."""
+    if data["format"] != "files":
+        return []
+    splits = [os.path.join(data["root"], split) for split in ("train", "test")]
+    if data["name"] == "image_shards":
+        return sorted(path for split in splits for path in glob.glob(os.path.join(split, "*.tar")))
+    return sorted(entry.path for split in splits if os.path.isdir(split) for entry in os.scandir(split)
+                  if entry.is_dir())

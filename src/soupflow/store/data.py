@@ -1,12 +1,7 @@
-"""Data sets: decoded once into uint8 tensors, split deterministically, cached in one safetensors file.
+"""``data.format: tensors``: a data set decoded once into uint8 tensors, split, cached in one safetensors file.
 
-Splits (all disjoint):
-- ``pretrain``: trains the shared init (``model.init = pretrain``);
-- ``train``: fine-tunes every run;
-- ``val``: ranks and selects soup ingredients, nothing else;
-- ``test``: the official test split (plus ``data.test_fraction`` of the official training images, for
-  narrower intervals), only for reporting. Selection never sees it.
-Training and evaluation slice these tensors in memory: no per-sample decoding in any hot loop.
+Jobs hold a split in memory (on their device) and slice batches from it: no per-sample decoding in any hot
+loop. The fast path for MNIST-scale data; ``soupflow.store.files`` streams image files instead.
 """
 
 from __future__ import annotations
@@ -21,13 +16,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from soupflow.store.files import list_folder
 from soupflow.store.io import atomic_save_safetensors, atomic_write_text, open_safetensors
-
-SPLITS = ("pretrain", "train", "val", "test")
-
-
-class DataError(RuntimeError):
-    """The data set cannot be read; the message says where the files should be."""
+from soupflow.store.prepared import (
+    SPLITS,
+    Batches,
+    DataError,
+    PreparedData,
+    normalisation,
+    split_indices,
+    subsample,
+    written_split,
+)
 
 
 def _open_maybe_gz(path: Path):
@@ -88,80 +88,36 @@ def load_cifar(name: str, root: str, download: bool) -> dict[str, Any]:
 
 
 def load_image_folder(root: str, image_size: int | None) -> dict[str, Any]:
-    """An ImageFolder tree with ``train/`` and ``test/`` subfolders, each ``<class>/<image>``.
-
-    Decoded and resized once here; the rest of the workflow reads the cached tensors.
-    """
-    from torchvision.datasets import ImageFolder  # 2.0 s to import: only for image folders
-
-    base = Path(root)
-    for sub in ("train", "test"):
-        if not (base / sub).is_dir():
-            raise DataError(f"image_folder data needs {base / sub}/<class>/<image> (data.root = {root!r})")
+    """An image folder with ``train/`` and ``test/`` subfolders, each ``<class>/<image>`` (listed as the files
+    format lists it), decoded and resized once here; the rest of the workflow reads the cached tensors."""
     out: dict[str, Any] = {}
-    for sub in ("train", "test"):
-        folder = ImageFolder(str(base / sub))
-        size = image_size or 64
-        images = np.empty((len(folder.samples), 3, size, size), dtype=np.uint8)
-        for i, (path, _) in enumerate(folder.samples):
-            with Image.open(path) as image:
+    size = image_size or 64
+    for split in ("train", "test"):
+        listing = list_folder(root, split, out.get("classes"))
+        images = np.empty((len(listing), 3, size, size), dtype=np.uint8)
+        for i, path in enumerate(listing.rows["path"]):
+            with Image.open(os.path.join(root, path)) as image:
                 image = image.convert("RGB").resize((size, size), Image.BILINEAR)
                 images[i] = np.asarray(image).transpose(2, 0, 1)
-        out[sub] = (images, np.asarray(folder.targets, dtype=np.int64))
-        out["classes"] = folder.classes
+        out[split] = (images, np.asarray(listing.rows["label"], dtype=np.int64))
+        out["classes"] = listing.classes
     return out
 
 
-#: The reader of each ``data.name`` (the names are ``config.READERS``'s; tests/test_data.py checks they agree).
+#: The reader of each ``data.name`` that decodes to tensors (``soupflow.plan.catalog.DATASETS``; image_shards
+#: only streams: data.format files).
 LOADERS: dict[str, Any] = {
-    "fashion_mnist": lambda config: load_idx_dataset(config.get("root")),
-    "mnist": lambda config: load_idx_dataset(config.get("root")),
-    "cifar10": lambda config: load_cifar("cifar10", config.get("root"), config.get("download", False)),
-    "cifar100": lambda config: load_cifar("cifar100", config.get("root"), config.get("download", False)),
-    "image_folder": lambda config: load_image_folder(config.get("root"), config.get("image_size")),
+    "fashion_mnist": lambda config: load_idx_dataset(config["root"]),
+    "mnist": lambda config: load_idx_dataset(config["root"]),
+    "cifar10": lambda config: load_cifar("cifar10", config["root"], config["download"]),
+    "cifar100": lambda config: load_cifar("cifar100", config["root"], config["download"]),
+    "image_folder": lambda config: load_image_folder(config["root"], config["image_size"]),
 }
 
 
 def load_raw(data_config: dict[str, Any]) -> dict[str, Any]:
     """The raw splits of the configured data set, from its reader."""
     return LOADERS[data_config["name"]](data_config)
-
-
-def split_indices(n: int, pretrain_fraction: float, val_fraction: float, seed: int,
-                  test_fraction: float = 0.0) -> dict[str, np.ndarray]:
-    """Deterministic disjoint split of the official training set into pretrain / val / test_extra / train.
-
-    ``test_extra`` (``test_fraction`` of the images) joins the official test split: a larger test split
-    narrows every paired interval (the half-width shrinks as one over the square root of its size). It is
-    cut after val, so a config without it splits exactly as before."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_pretrain, n_val = int(round(n * pretrain_fraction)), max(1, int(round(n * val_fraction)))
-    n_test = int(round(n * test_fraction))
-    cuts = np.cumsum([n_pretrain, n_val, n_test])
-    return {
-        "pretrain": np.sort(order[:cuts[0]]),
-        "val": np.sort(order[cuts[0]:cuts[1]]),
-        "test_extra": np.sort(order[cuts[1]:cuts[2]]),
-        "train": np.sort(order[cuts[2]:]),
-    }
-
-
-def _subsample(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int):
-    if limit is None or limit >= len(labels):
-        return images, labels, np.arange(len(labels))
-    keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:limit])
-    return images[keep], labels[keep], keep
-
-
-def subset(images: torch.Tensor, labels: torch.Tensor, fraction: float | None, seed: int):
-    """``fraction`` of the images (all of them for None), drawn with ``seed``: a run's own share of the
-    fine-tuning set (hyperparameter ``data_fraction``), so runs with different seeds see different images."""
-    if fraction is None or fraction >= 1:
-        return images, labels
-    n = labels.shape[0]
-    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max(1, round(n * fraction))]
-    keep = keep.sort().values
-    return images[keep], labels[keep]
 
 
 def resize(images: np.ndarray, size: int | None, chunk: int = 4096) -> np.ndarray:
@@ -177,42 +133,8 @@ def resize(images: np.ndarray, size: int | None, chunk: int = 4096) -> np.ndarra
     return out
 
 
-def _per_channel(values: list[float], channels: int, key: str) -> list[float]:
-    """Constants for ``channels`` channels: one value repeats; 3 RGB values average for grey images (the
-    adapted 1-channel stem sums the RGB filters, i.e. sees the grey image in all three channels)."""
-    if len(values) == channels:
-        return [float(v) for v in values]
-    if len(values) == 1:
-        return [float(values[0])] * channels
-    if channels == 1:
-        return [float(np.mean(values))]
-    raise DataError(f"config key '{key}' has {len(values)} values for {channels}-channel images; allowed: 1 or {channels}")
-
-
-def normalisation(data_config: dict[str, Any], images: torch.Tensor, model_name: str | None) -> dict[str, list[float]]:
-    """Per-channel mean/std the model's inputs are normalised with (``data.normalize``).
-
-    dataset: the statistics of the pretrain + train images; pretrained: the model's timm ``pretrained_cfg``
-    (what its weights were trained with); {mean, std}: given, e.g. with a checkpoint from elsewhere.
-    """
-    choice = data_config.get("normalize", "dataset")
-    channels = images.shape[1]
-    if choice == "dataset":
-        fit = images.float() / 255.0
-        return {"mean": fit.mean(dim=(0, 2, 3)).tolist(), "std": fit.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()}
-    if choice == "pretrained":
-        from timm.models import get_pretrained_cfg  # 2.6 s to import timm: only for normalize: pretrained
-
-        cfg = get_pretrained_cfg(model_name)
-        if cfg is None or not cfg.mean:
-            raise DataError(f"config key 'data.normalize' is 'pretrained' but timm has no pretrained_cfg mean/std for "
-                            f"model.name {model_name!r}; allowed: dataset or {{mean: [...], std: [...]}}")
-        choice = {"mean": list(cfg.mean), "std": list(cfg.std)}
-    return {name: _per_channel(choice[name], channels, f"data.normalize.{name}") for name in ("mean", "std")}
-
-
-def prepare(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits: str,
-            model_name: str | None = None) -> dict[str, int]:
+def prepare_tensors(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits: str,
+                    model_name: str | None = None) -> dict[str, int]:
     """Decode the data set once, resize it (``data.image_size``), split it and write the tensors and the
     written-down split.
 
@@ -222,67 +144,80 @@ def prepare(data_config: dict[str, Any], seed: int, out_tensors: str, out_splits
     the official splits, so a split can be audited or reproduced elsewhere.
     """
     raw = load_raw(data_config)
-    size = data_config.get("image_size")
-    train_x, train_y, kept_train = _subsample(*raw["train"], data_config.get("max_train"), seed)
-    test_x, test_y, kept_test = _subsample(*raw["test"], data_config.get("max_test"), seed + 1)
-    train_x, test_x = resize(train_x, size), resize(test_x, size)
+    kept_train = subsample(len(raw["train"][1]), data_config["max_train"], seed)
+    kept_test = subsample(len(raw["test"][1]), data_config["max_test"], seed + 1)
+    (train_x, train_y), (test_x, test_y) = ((x[kept], y[kept]) for (x, y), kept in
+                                            ((raw["train"], kept_train), (raw["test"], kept_test)))
+    train_x, test_x = resize(train_x, data_config["image_size"]), resize(test_x, data_config["image_size"])
     parts = split_indices(len(train_y), data_config["pretrain_fraction"], data_config["val_fraction"], seed,
-                          data_config.get("test_fraction", 0.0))
+                          data_config["test_fraction"])
     extra = parts["test_extra"]
     tensors = {"test_x": torch.from_numpy(np.concatenate([test_x, train_x[extra]])),
                "test_y": torch.from_numpy(np.concatenate([test_y, train_y[extra]]))}
     for split in ("pretrain", "train", "val"):
         tensors[f"{split}_x"] = torch.from_numpy(np.ascontiguousarray(train_x[parts[split]]))
         tensors[f"{split}_y"] = torch.from_numpy(np.ascontiguousarray(train_y[parts[split]]))
-    norm = normalisation(data_config, torch.cat([tensors["pretrain_x"], tensors["train_x"]]), model_name)
+    norm = normalisation(data_config, train_x.shape[1], model_name,
+                         lambda: torch.cat([tensors["pretrain_x"], tensors["train_x"]]))
     metadata = {"classes": json.dumps(raw["classes"]), "mean": json.dumps(norm["mean"]),
-                "std": json.dumps(norm["std"]), "normalize": json.dumps(data_config.get("normalize", "dataset")),
+                "std": json.dumps(norm["std"]), "normalize": json.dumps(data_config["normalize"]),
                 "name": data_config["name"]}
     atomic_save_safetensors(tensors, out_tensors, metadata)
-    record = {split: kept_train[idx].tolist() for split, idx in parts.items()}
-    record["test"] = kept_test.tolist()
-    record["description"] = ("indices into the official train split (pretrain/train/val, and test_extra: test images "
-                             "after the official ones) and into the official test split (test)")
-
-    atomic_write_text(json.dumps(record), out_splits)
+    atomic_write_text(json.dumps(written_split(parts, kept_train, kept_test)), out_splits)
     return {split: int(tensors[f"{split}_y"].numel()) for split in SPLITS}
 
 
-def test_rows(splits: dict[str, Any]) -> list[tuple[str, int]]:
-    """Which image each row of the test split is, from ``prepare``'s written-down split: (official split,
-    index), the official test images first, then ``test_extra`` (``data.test_fraction``), as ``prepare``
-    stacks them."""
-    return [("test", i) for i in splits["test"]] + [("train", i) for i in splits.get("test_extra", [])]
-
-
-class PreparedData:
-    """The prepared tensors of one experiment, with normalisation constants; loads splits lazily."""
+class TensorData(PreparedData):
+    """The prepared tensors of one experiment; a split is loaded once per device, when first used."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
-        with open_safetensors(self.path) as handle:
+        with open_safetensors(path) as handle:
             meta = handle.metadata()
-        self.classes = json.loads(meta["classes"])
-        self.mean = torch.tensor(json.loads(meta["mean"])).view(1, -1, 1, 1)
-        self.std = torch.tensor(json.loads(meta["std"])).view(1, -1, 1, 1)
+        super().__init__(str(path), json.loads(meta["classes"]), json.loads(meta["mean"]), json.loads(meta["std"]))
+        self._loaded: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    @classmethod
+    def in_memory(cls, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], classes: list[str],
+                  mean: list[float], std: list[float]) -> "TensorData":
+        """Splits given as (uint8 NCHW images, labels) rather than read from a file (tests, benchmarks)."""
+        data = cls.__new__(cls)
+        PreparedData.__init__(data, "", classes, mean, std)
+        data._loaded = {(name, "cpu"): pair for name, pair in splits.items()}
+        return data
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of every image, read from the file's header (no tensor loaded)."""
+        if not self.path:
+            return tuple(next(iter(self._loaded.values()))[0].shape[1:])
         with open_safetensors(self.path) as handle:
             return tuple(handle.get_slice("test_x").get_shape()[1:])
 
     def split(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images and int64 labels of one split, on ``device``."""
-        with open_safetensors(self.path) as handle:
-            images, labels = handle.get_tensor(f"{name}_x"), handle.get_tensor(f"{name}_y")
-        return images.to(device), labels.to(device)
+        """uint8 images and int64 labels of one split, on ``device`` (read once per device)."""
+        key = (name, str(device))
+        if key not in self._loaded:
+            if (name, "cpu") in self._loaded:
+                images, labels = self._loaded[name, "cpu"]
+            else:
+                with open_safetensors(self.path) as handle:
+                    images, labels = handle.get_tensor(f"{name}_x"), handle.get_tensor(f"{name}_y")
+            self._loaded[key] = images.to(device), labels.to(device)
+        return self._loaded[key]
 
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW batch -> normalised float batch (done per batch, on the batch's device)."""
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images.float().div_(255.0) - mean) / std
+    def labels(self, split: str) -> torch.Tensor:
+        if not self.path or (split, "cpu") in self._loaded:
+            return self.split(split)[1]
+        with open_safetensors(self.path) as handle:
+            return handle.get_tensor(f"{split}_y")
+
+    def images(self, split: str, indices: torch.Tensor) -> torch.Tensor:
+        return self.split(split)[0][indices]
+
+    def batches(self, split: str, order: torch.Tensor | None, batch_size: int, device: torch.device) -> Batches:
+        images, labels = self.split(split, device)
+        if order is not None:
+            order = order.to(device)
+        for start in range(0, labels.shape[0] if order is None else order.shape[0], batch_size):
+            rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            yield images[rows], labels[rows]

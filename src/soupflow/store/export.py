@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from soupflow.store.data import PreparedData
+from soupflow.store.datasets import open_data
 from soupflow.store.io import atomic_write_text, open_safetensors
+from soupflow.store.prepared import PreparedData
 
 
 def timm_config(metadata: dict[str, str], data: PreparedData) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def timm_config(metadata: dict[str, str], data: PreparedData) -> dict[str, Any]:
 def write_timm_configs(models: list[str], configs: list[str], data_path: str, index: str) -> None:
     """``configs[i]`` = timm's config.json for the checkpoint ``models[i]`` (same folder); ``index`` lists
     the folders, one per line (what `local-dir:` can load)."""
-    data = PreparedData(data_path)
+    data = open_data(data_path)
     for model, config in zip(models, configs, strict=True):
         assert Path(model).parent == Path(config).parent, (model, config)
         with open_safetensors(model) as handle:

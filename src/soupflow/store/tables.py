@@ -25,7 +25,8 @@ RUN_SCHEMA = pa.schema(
     + [(f"hp_{name}", kind) for name, kind in HYPERPARAMETER_TYPES.items()]
     + [("status", pa.string()), ("error", pa.string()), ("resumed_from_step", pa.int64()),
        ("epochs_done", pa.int64()), ("train_loss", pa.float64()), ("train_seconds", pa.float64()),
-       ("train_images_per_second", pa.float64()), ("n_parameters", pa.int64()), ("device", pa.string())]
+       ("train_images_per_second", pa.float64()), ("n_parameters", pa.int64()), ("device", pa.string()),
+       ("images_skipped", pa.int64())]
     + [(f"{split}_{name}", pa.float64()) for split in ("val", "test") for name in ("accuracy", "loss")]
 )
 
