@@ -237,3 +237,23 @@ def test_a_files_run_stopped_mid_epoch_resumes_to_the_weights_of_an_uninterrupte
     resumed = int(run(state, out, files).split("resumed_from_step=")[1])
     assert resumed in (4, 5)  # mid-epoch: 3 steps an epoch (48 images, batches of 16), the first save at step 3
     assert_same_weights(load_file(str(out)), load_file(str(tmp_path / "plain.safetensors")))
+
+
+def test_drop_path_rate_trains_with_stochastic_depth_on_the_same_architecture(both, tmp_path):
+    from conftest import finetune_in
+    from safetensors.torch import load_file
+
+    from soupflow.core.models import model_for, save_checkpoint
+    from soupflow.plan.config import merge_defaults
+
+    tensors = both[0]
+    config = merge_defaults({"model": {"name": "test_resnet"}})
+    torch.manual_seed(0)
+    save_checkpoint(model_for(tensors, config["model"]).state_dict(), tmp_path / "init.safetensors")
+    weights = {}
+    for rate in (None, 0.3):
+        hp = {**config["finetune"], "epochs": 2, "batch_size": 8, "drop_path_rate": rate}
+        finetune_in(config, f"run-{rate}", hp, tensors.path, tmp_path / "init.safetensors", tmp_path / str(rate))
+        weights[rate] = load_file(str(tmp_path / str(rate) / "model.safetensors"))
+    assert weights[None].keys() == weights[0.3].keys()  # one architecture: they soup
+    assert not all(torch.equal(weights[None][k], weights[0.3][k]) for k in weights[None])

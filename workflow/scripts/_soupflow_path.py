@@ -5,5 +5,7 @@ import sys
 from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-if SRC not in sys.path:
+if sys.path[0] != SRC:  # first, also when Snakemake's search paths appended it behind an installed soupflow
+    if SRC in sys.path:
+        sys.path.remove(SRC)
     sys.path.insert(0, SRC)

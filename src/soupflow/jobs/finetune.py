@@ -19,6 +19,7 @@ from soupflow.core.models import (
     checkpoint_metadata,
     count_parameters,
     load_checkpoint,
+    model_for,
     save_checkpoint,
     set_threads,
 )
@@ -133,6 +134,14 @@ def _row(run: RunSpec, result: TrainResult, error: str, model: torch.nn.Module, 
             "device": device.type, "images_skipped": 0}
 
 
+def training_model(model_config: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+    """The model config a run trains: with its ``drop_path_rate`` (stochastic depth; the state dict, and so
+    every checkpoint and soup, is the same architecture's)."""
+    if hp.get("drop_path_rate") is None:
+        return model_config
+    return {**model_config, "kwargs": {**model_config["kwargs"], "drop_path_rate": hp["drop_path_rate"]}}
+
+
 def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int = 1) -> dict[str, Any]:
     """Fine-tune one configuration from the shared init; write its checkpoint, outputs, metrics and config.
 
@@ -146,7 +155,7 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     hp = {name: run.hp.get(name) for name in HYPERPARAMETER_NAMES} | run.hp  # every hp_* column in every row
     run = RunSpec(run.data, run.init, run.run_id, hp)
     context = JobContext.open(config, run.data, threads)
-    model = context.model()
+    model = model_for(context.data, training_model(config["model"], hp))
     model.load_state_dict(load_checkpoint(run.init))
     result, error = _train_run(context, run, model, paths)
     row = _row(run, result, error, model, context.device)
