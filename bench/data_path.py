@@ -43,13 +43,14 @@ def image_folder(work: Path, count: int) -> Path:
 
 
 def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (its DataLoader workers)."""
+    """Proportional resident bytes (PSS: a page shared by k processes counts 1/k in each) of a process and all
+    its descendants (its DataLoader workers, forked: their copy-on-write pages are shared, not theirs)."""
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
         try:
-            with open(f"/proc/{current}/status") as handle:
-                total += next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
+            with open(f"/proc/{current}/smaps_rollup") as handle:
+                total += next(int(line.split()[1]) * 1024 for line in handle if line.startswith("Pss:"))
             with open(f"/proc/{current}/task/{current}/children") as handle:
                 pending += [int(child) for child in handle.read().split()]
         except (FileNotFoundError, StopIteration, ProcessLookupError):
@@ -58,7 +59,8 @@ def _tree_rss(pid: int) -> int:
 
 
 def peak_memory(*args: str) -> tuple[float, float]:
-    """(seconds, peak MB of the whole process tree) of ``python bench/data_path.py ARGS``, sampled every 20 ms."""
+    """(seconds, peak PSS in MB of the whole process tree) of ``python bench/data_path.py ARGS``, sampled every
+    20 ms."""
     start, peak = time.perf_counter(), 0
     process = subprocess.Popen([sys.executable, __file__, *args], stderr=subprocess.PIPE, text=True)
     while process.poll() is None:
@@ -85,7 +87,7 @@ def child_finetune(data_path: str, out: str) -> None:
     from soupflow.store.datasets import open_data
 
     data = open_data(data_path)
-    config = merge_defaults({"model": MODEL, "data": DATA, "evaluation": {"batch_size": 128}})
+    config = merge_defaults({"model": MODEL, "data": DATA, "evaluation": {"batch_size": BATCH}})
     torch.manual_seed(0)
     save_checkpoint(model_for(data, MODEL).state_dict(), f"{out}/init.safetensors")
     share = 512 / data.labels("train").shape[0]
@@ -115,12 +117,13 @@ def soupflow_loader(data_path: str, batches: int, model=None) -> float:
     return images / (time.perf_counter() - start)
 
 
-def timm_loader(root: Path, batches: int):
+def timm_loader(root: Path, batches: int, interpolation: str):
     """timm's own loader on the same folder and transforms (train.py's: create_dataset + create_loader)."""
     from timm.data import create_dataset, create_loader
 
     dataset = create_dataset("", root=str(root / "train"))
     loader = create_loader(dataset, input_size=(3, SIZE, SIZE), batch_size=BATCH, is_training=True,
+                           interpolation=interpolation,
                            use_prefetcher=True, device=torch.device("cpu"), scale=(POLICY["crop_scale"], 1.0),
                            hflip=0.5, color_jitter=None, auto_augment=POLICY["auto_augment"], num_workers=WORKERS,
                            mean=(0.5,) * 3, std=(0.5,) * 3, persistent_workers=False)
@@ -128,8 +131,11 @@ def timm_loader(root: Path, batches: int):
 
 
 def timm_rate(root: Path, batches: int, model=None) -> float:
-    """Images/s of timm's loader, with a train.py-style step (SGD, cross-entropy) when ``model`` is given."""
-    loader, _ = timm_loader(root, batches)
+    """Images/s of timm's loader, with a train.py-style step (SGD, cross-entropy) when ``model`` is given; the
+    interpolation of soupflow's (the model's pretrained_cfg)."""
+    from timm.models import get_pretrained_cfg
+
+    loader, _ = timm_loader(root, batches, get_pretrained_cfg(MODEL["name"]).interpolation)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True) if model else None
     if model is not None:
         model = model.to(memory_format=torch.channels_last).train()
@@ -165,7 +171,7 @@ def replanned(work: Path, root: Path) -> dict[str, int]:
     from run import _config, _job_count, _pretend_finished, _snakemake
 
     folder = work / "replan"
-    config = {**_config(20), "data": {**DATA, "root": str(root)}, "model": MODEL}
+    config = {**_config(20), "data": {**DATA, "root": str(root), "pretrain_fraction": 0.5}, "model": MODEL}
     config["pretrain"] = {"epochs": 1, "augmentation": "flip"}
     for split in ("train", "test"):  # the folder is older than the results pretended next
         for classes in (root / split).iterdir():
@@ -194,6 +200,8 @@ def bench_data(work: Path) -> pd.DataFrame:
         finetune_seconds, finetune_mb = peak_memory("finetune", prepared[count], str(out))
         rows.append({"images": count, "prepare_seconds": seconds, "prepare_peak_mb": prepare_mb,
                      "finetune_seconds": finetune_seconds, "finetune_peak_mb": finetune_mb})
+        print(f"  {count} JPEGs: prepare_data {prepare_mb:.0f} MB in {seconds:.1f} s, fine-tune job "
+              f"{finetune_mb:.0f} MB in {finetune_seconds:.1f} s", flush=True)
     small, large = rows
     root, data_path = image_folder(work, 20000), prepared[20000]
     loader = in_turns(lambda: soupflow_loader(data_path, 20), lambda: timm_rate(root, 20))

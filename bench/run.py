@@ -4,6 +4,7 @@ results/bench/<section>.parquet.
     .venv/bin/python bench/run.py            # soups, train, dag (about 10 minutes on 2 CPU cores)
     .venv/bin/python bench/run.py --only dag # one section: soups | train | dag | selection | data
     .venv/bin/python bench/run.py --only data   # the files data path on 2,000 vs 20,000 224 px JPEGs
+    .venv/bin/python bench/run.py --only ddp    # a fine-tune on 1 and 2 processes through torch.distributed
     .venv/bin/python bench/run.py --only selection --results results   # after `snakemake --cores 2`
 
 Ratios are taken side by side in one run on one machine; nothing here is a pass/fail test.
@@ -31,6 +32,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from data_path import bench_data  # noqa: E402  (bench/ is on sys.path: this file's folder)
+from ddp import bench_ddp  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 DEFAULT_MODEL = {"name": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}}
@@ -509,7 +511,7 @@ def bench_selection(work: Path, results: Path) -> pd.DataFrame:
 def main() -> None:
     global FASHION
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data"], action="append")
+    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data", "ddp"], action="append")
     parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
@@ -531,7 +533,7 @@ def main() -> None:
         work = Path(scratch)
         for section in sections:
             table = {"soups": lambda: bench_soups(work), "train": lambda: bench_train(work, args.steps),
-                     "dag": lambda: bench_dag(work), "data": lambda: bench_data(work),
+                     "dag": lambda: bench_dag(work), "data": lambda: bench_data(work), "ddp": lambda: bench_ddp(work),
                      "selection": lambda: bench_selection(work, Path(args.results))}[section]()
             table["machine"] = machine()
             atomic_write_parquet(table, out / f"{section}.parquet")

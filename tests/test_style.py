@@ -29,10 +29,13 @@ def test_the_gpu_rules_of_the_catalog_take_a_gpu_and_both_profiles_give_them_res
     from soupflow.plan.catalog import GPU_RULES
 
     gpu_rules = set(GPU_RULES)
-    assert {rule for rule, body in _rule_bodies().items() if "gpu=GPU_JOB" in body} == gpu_rules
+    takes = {rule for rule, body in _rule_bodies().items() if "gpu=GPU_JOB" in body or "gpu=gpus_per_run" in body}
+    assert takes == gpu_rules
     for name in ("local", "slurm"):
         profile = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
-        assert gpu_rules <= set(profile["set-resources"]) and gpu_rules <= set(profile["set-threads"]), name
+        asked = {rule for rule, resources in profile["set-resources"].items() if "gpu" in (resources or {})}
+        assert gpu_rules - {"init", "finetune"} <= asked and gpu_rules <= set(profile["set-threads"]), name
+        assert not {"init", "finetune"} & asked, name  # they ask for training.devices_per_run GPUs themselves
 
 
 def test_ruff_finds_nothing():

@@ -59,6 +59,23 @@ GPUS = visible_gpus()
 GPU_JOB = 1 if GPUS else 0
 if GPUS and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", GPUS)
+DEVICES = CONFIG["training"][
+    "devices_per_run"
+]  # processes of each fine-tune and of the pretraining
+if GPUS and DEVICES > GPUS:
+    raise WorkflowError(
+        f"invalid soupflow config: config key 'training.devices_per_run' is {DEVICES}, "
+        f"but this machine shows {GPUS} GPU(s); allowed: at most {GPUS}"
+    )
+
+
+def gpus_per_run(wildcards):
+    """The GPUs a training job takes: one per process where this machine has GPUs, and on a cluster (the
+    nodes the SLURM profile asks for; `--set-resources finetune:gpu=0 init:gpu=0` trains on CPU nodes).
+    """
+    return DEVICES if GPUS or workflow.non_local_exec else 0
+
+
 RESULTS = layout.RESULTS
 RUN_FOLDER = f"{layout.RUNS}/{{run_id}}"  # one folder per run: model, outputs, metrics, config, train.log
 

@@ -13,9 +13,9 @@ rule finetune:
         run_id=RUN_ID_PATTERN,
     conda:
         "../../envs/soupflow.yaml"
-    threads: 1
+    threads: DEVICES  # one thread per process (profiles give more)
     resources:
-        gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
+        gpu=gpus_per_run,  # one GPU per process; plain --cores N runs at most as many as are visible
     params:
         hp=run_params,
         model=tracked(CONFIG, "model"),

@@ -9,9 +9,9 @@ rule init:
         f"{RESULTS}/logs/init.log",
     conda:
         "../../envs/soupflow.yaml"
-    threads: 4
+    threads: max(4, DEVICES)
     resources:
-        gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
+        gpu=gpus_per_run,  # one GPU per process; plain --cores N runs at most as many as are visible
     params:
         # only what changes the init's weights: editing soups or grids never retrains it
         model=tracked(CONFIG, "model"),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from soupflow.core.distributed import world
 from soupflow.plan.gpus import claim_gpu
 from soupflow.store.io import atomic_save_safetensors, read_safetensors
 
@@ -27,6 +28,10 @@ def pick_device(preference: str = "auto") -> torch.device:
         raise RuntimeError("evaluation.device is 'cuda' but no CUDA device is available")
     if not torch.cuda.is_available():
         return torch.device("cpu")
+    if world().size > 1:  # one process of a job on several: the launcher gave the job its GPUs, one each
+        index = world().local_rank
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     index = claim_gpu(torch.cuda.device_count())
     torch.cuda.set_device(index)
     return torch.device("cuda", index)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from soupflow.core.distributed import world, wrap
 from soupflow.core.models import channels_last, channels_last_input
 from soupflow.core.resume import (
     Progress,
@@ -94,10 +95,11 @@ class TensorSource:
         return self.labels.shape[0]
 
     def epoch(self, order, start, batch_size, epoch, device):
-        images, labels, order = self.images.to(device), self.labels.to(device), order.to(device)
+        images, labels, order, place = self.images.to(device), self.labels.to(device), order.to(device), world()
         for index in range(start, max(1, self.size // batch_size)):
             batch = order[index * batch_size:(index + 1) * batch_size]
-            yield self.augment(images[batch], self.generator), labels[batch]
+            # the whole batch is augmented, so that its random draws are those of one process
+            yield place.shard(self.augment(images[batch], self.generator)), place.shard(labels[batch])
 
 
 @dataclass
@@ -116,10 +118,11 @@ class FileSource:
         return len(self.data.rows[self.split]) if self.positions is None else self.positions.shape[0]
 
     def epoch(self, order, start, batch_size, epoch, device):
-        chosen = order if self.positions is None else self.positions[order]
+        chosen, place = (order if self.positions is None else self.positions[order]), world()
         first, end = start * batch_size, min(self.size, max(1, self.size // batch_size) * batch_size)
-        return self.data.stream(self.split, chosen[first:end], batch_size, device, self.transform,
-                                lambda i: image_seed(self.seed, epoch, first + i))
+        return self.data.stream(self.split, place.shard(chosen[first:end]), batch_size // place.size, device,
+                                self.transform,
+                                lambda i: image_seed(self.seed, epoch, first + i * place.size + place.rank))
 
 
 def train_source(data: PreparedData, split: str, hp: dict[str, Any], share: torch.Tensor | None = None) -> TrainSource:
@@ -245,6 +248,7 @@ class Loop:
     optimisation step."""
 
     model: torch.nn.Module
+    net: torch.nn.Module  # what trains: the model, or DDP around it when the job runs on several processes
     source: TrainSource
     data: PreparedData
     device: torch.device
@@ -276,7 +280,8 @@ class Loop:
         steps_per_epoch = max(1, source.size // batch_size)  # drop the ragged last batch: stable BatchNorm
         schedule = Schedule(hp["lr"], steps_per_epoch * int(hp["epochs"]), hp.get("schedule", "onecycle"),
                             float(hp.get("warmup_fraction", 0.3)))
-        return cls(model, source, data, device, make_optimizer(model, hp), generator,
+        net = wrap(model, device, bool(hp.get("sync_bn")))
+        return cls(model, net, source, data, device, make_optimizer(model, hp), generator,
                    BatchMixing.create(hp, data, device), schedule, batch_size, steps_per_epoch,
                    int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision), hp)
 
@@ -286,7 +291,7 @@ class Loop:
             group["lr"] = self.schedule.at(step)
         inputs, targets = self.mixing(channels_last_input(self.data.normalise(images)), targets, step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            outputs = self.model(inputs)
+            outputs = self.net(inputs)
             if targets.dim() == 2:  # soft targets of mixup / CutMix (label smoothing inside them)
                 loss = torch.sum(-targets * F.log_softmax(outputs.float(), dim=-1), dim=-1).mean()
             else:
@@ -315,9 +320,11 @@ class Saver:
         return progress
 
     def save(self, progress: Progress) -> None:
-        if self.resume:
+        """Process 0 writes the state (the others hold the same), and every process waits for it."""
+        if self.resume and world().main:
             save_state(self.resume.path, self.key, self.loop.model, self.loop.optimizer, self.loop.generator,
                        progress)
+        world().barrier()
 
     def due(self, step: int) -> bool:
         return bool(self.resume and self.resume.every_steps and step % self.resume.every_steps == 0)
@@ -363,11 +370,11 @@ def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
             progress.epoch_losses.append(progress.running / loop.steps_per_epoch)
             progress.epoch_ends.append(clock.seconds())
             progress.epoch, progress.index, progress.order, progress.running = epoch + 1, 0, None, 0.0
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and world().main:
                 on_epoch_end(epoch + 1, model)
             progress.seconds = clock.seconds()
             saver.save(progress)
-            if stop.requested:
+            if stopping(stop, loop):
                 raise preempted(name, stop, progress.step, resume)
     return _result(loop, progress, clock, "ok", loop.epochs, progress.epoch_losses[-1])
 
@@ -386,7 +393,7 @@ def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop:
         progress.step += 1
         last = index + 1 == loop.steps_per_epoch
         if (index + 1) % loop.log_every == 0 or last:
-            mean_loss = float(total_loss) / (index + 1)
+            mean_loss = world().mean(float(total_loss), loop.device) / (index + 1)
             _log_step(loop, progress, clock, index, mean_loss)
             if not math.isfinite(mean_loss):
                 log.warning("%s diverged at epoch %d step %d (loss %s)", loop.name, progress.epoch + 1, index + 1,
@@ -394,13 +401,22 @@ def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop:
                 return mean_loss
         if last:
             break  # the epoch-end save covers the last step
-        if saver.resume and (saver.due(progress.step) or stop.requested):
-            progress.index, progress.running, progress.seconds = index + 1, float(total_loss), clock.seconds()
+        stop_now = stopping(stop, loop)
+        if saver.resume and (saver.due(progress.step) or stop_now):
+            progress.index, progress.seconds = index + 1, clock.seconds()
+            progress.running = world().mean(float(total_loss), loop.device)
             saver.save(progress)
-        if stop.requested:
+        if stop_now:
             raise preempted(loop.name, stop, progress.step, saver.resume)
-    progress.running = float(total_loss)
+    progress.running = world().mean(float(total_loss), loop.device)
     return None
+
+
+def stopping(stop: StopRequests, loop: Loop) -> bool:
+    """Whether to stop now: a stop request reached this process, or (several processes) any of them."""
+    if world().any(stop.requested is not None, loop.device) and stop.requested is None:
+        stop.requested = "a stop request to another process of the job"
+    return stop.requested is not None
 
 
 def _log_step(loop: Loop, progress: Progress, clock: Clock, index: int, mean_loss: float) -> None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import torch
 
+from soupflow.core.distributed import world
 from soupflow.core.evaluate import Evaluator, scores_from_logits
 from soupflow.core.models import (
     checkpoint_metadata,
@@ -26,6 +28,7 @@ from soupflow.core.models import (
 from soupflow.core.resume import Preempted, forget, job_resume, state_beside
 from soupflow.core.train import TrainResult, fine_tuning_source, train
 from soupflow.jobs.context import JobContext
+from soupflow.jobs.launch import devices_per_run, launch
 from soupflow.plan.catalog import HYPERPARAMETER_NAMES
 from soupflow.plan.layout import epoch_file
 from soupflow.plan.seeds import pipeline_seed
@@ -93,7 +96,8 @@ def _epoch_table(run: RunSpec, paths: RunPaths, evaluator: Evaluator, ok: bool) 
 def _train_run(context: JobContext, run: RunSpec, model: torch.nn.Module, paths: RunPaths) -> tuple[TrainResult, str]:
     """Train ``model`` in place; the result and, for a run that could not train, its error (model = init)."""
     config, data = context.config, context.data
-    seeded = {**run.hp, "seed": pipeline_seed(config, run.hp["seed"])}  # the row keeps the run's own seed
+    seeded = {**run.hp, "seed": pipeline_seed(config, run.hp["seed"]),  # the row keeps the run's own seed
+              "sync_bn": config["training"]["sync_bn"]}
     source = fine_tuning_source(data, seeded)
     log.info("fine-tune %s on %d images, %s: %s", run.run_id, source.size, context.device, json.dumps(run.hp))
     keep = _epoch_keeper(context, paths.epochs_folder, int(run.hp["epochs"])) if paths.epochs else None
@@ -149,8 +153,13 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     ``status=failed`` (and the error); both are left out of soups, and their outputs are still written so the
     rest of the workflow completes. A kill (signal, SLURM time limit) is not a failure: the job exits and its
     rerun resumes from the saved training state. With ``paths.epochs``, every epoch but the last is also kept
-    and listed with its val scores (soups with ``ingredients: epochs``).
+    and listed with its val scores (soups with ``ingredients: epochs``). With ``training.devices_per_run``
+    above 1 the job runs on that many processes (``soupflow.jobs.launch``); process 0 writes every file.
     """
+    if devices_per_run(config) > 1 and world().size == 1:
+        launch("finetune", {"config": config, "run": asdict(run), "paths": asdict(paths), "threads": threads},
+               Path(paths.model).parent)
+        return pd.read_parquet(paths.metrics).iloc[0].to_dict()
     set_threads(threads)
     hp = {name: run.hp.get(name) for name in HYPERPARAMETER_NAMES} | run.hp  # every hp_* column in every row
     run = RunSpec(run.data, run.init, run.run_id, hp)
@@ -158,6 +167,8 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     model = model_for(context.data, training_model(config["model"], hp))
     model.load_state_dict(load_checkpoint(run.init))
     result, error = _train_run(context, run, model, paths)
+    if not world().main:
+        return {}  # process 0 scores the run and writes its files
     row = _row(run, result, error, model, context.device)
     outputs = _scored_row(context, model, row)
     row["images_skipped"] = context.data.skipped  # unreadable images passed over (data.skip_corrupt)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from soupflow.core.batchnorm import BatchNormRefresher, has_batchnorm
+from soupflow.core.distributed import world
 from soupflow.core.models import checkpoint_metadata, load_checkpoint, save_checkpoint, set_threads
 from soupflow.core.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.core.probe import linear_probe
@@ -19,6 +20,7 @@ from soupflow.core.resume import forget, job_resume, state_beside
 from soupflow.core.train import TensorSource, train, train_source
 from soupflow.core.weights import import_state
 from soupflow.jobs.context import JobContext
+from soupflow.jobs.launch import devices_per_run, launch
 from soupflow.plan.catalog import BN_IMAGES
 from soupflow.plan.model_file import resolve_file
 from soupflow.plan.seeds import pipeline_seed
@@ -69,7 +71,7 @@ def _pretrain(context: JobContext, model: torch.nn.Module, paths: InitPaths, kee
     config, data = context.config, context.data
     task = config["pretrain"]["task"]
     hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
-          "seed": pipeline_seed(config, config["pretrain"]["seed"])}
+          "seed": pipeline_seed(config, config["pretrain"]["seed"]), "sync_bn": config["training"]["sync_bn"]}
     if uses_labels(task):
         source = train_source(data, "pretrain", hp)
     else:  # a pretext task turns the images in memory (data.format tensors: checked at parse time)
@@ -125,6 +127,11 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
     All fine-tunes share this checkpoint *including the classifier head*: heads re-initialised per run
     with different seeds would put runs in different basins and break averaging.
     """
+    if devices_per_run(config) > 1 and world().size == 1 and config["model"]["init"] == "pretrain":
+        epochs = {str(epoch): path for epoch, path in paths.epochs.items()}
+        launch("init", {"config": config, "paths": {"data": paths.data, "model": paths.model, "epochs": epochs},
+                        "threads": threads}, Path(paths.model).parent)
+        return
     set_threads(threads)
     context = JobContext.open(config, paths.data, threads)
     meta = checkpoint_metadata(config["model"], context.data, init=config["model"]["init"])
@@ -133,7 +140,7 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
     # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
     staging = Path(paths.model).parent / ".staging"
     staged = {epoch: staging / Path(path).name for epoch, path in paths.epochs.items()}
-    if 0 in staged and not staged[0].exists():
+    if 0 in staged and not staged[0].exists() and world().main:
         save_checkpoint(model.state_dict(), staged[0], {**meta, "epoch": "0"})
 
     def keep(epoch: int, trained: torch.nn.Module, head: dict[str, torch.Tensor]) -> None:
@@ -142,6 +149,8 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
 
     if config["model"]["init"] == "pretrain":
         _pretrain(context, model, paths, keep)
+    if not world().main:
+        return  # process 0 finishes the init and writes it
     if config["model"]["linear_probe"]:
         _probe(context, model, meta)
     for epoch, path in staged.items():

@@ -199,6 +199,18 @@ def _check_augmentations(config: dict[str, Any]) -> None:
                           "(timm's Mixup pairs each image with its mirror in the batch)")
 
 
+def _check_devices(config: dict[str, Any]) -> None:
+    """Each of a job's processes takes an equal share of every global batch."""
+    devices = config["training"]["devices_per_run"]
+    sizes = written(config, "batch_size")
+    if config["model"]["init"] == "pretrain":
+        sizes.append(("pretrain.batch_size", config["pretrain"]["batch_size"]))
+    for key, size in sizes:
+        if size % devices:
+            raise ConfigError(f"config key '{key}' is {size}, which training.devices_per_run {devices} does not divide; "
+                              f"allowed: a multiple of {devices} (each process takes an equal share of the batch)")
+
+
 def check_semantics(config: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> None:
     """Checks beyond the schema on a config with defaults filled in. ``check_paths`` looks at the data and
     model files, ``check_model`` asks timm for ``model.name``: the main Snakemake process does both once."""
@@ -206,6 +218,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     _check_fractions(config)
     _check_format(config)
     _check_augmentations(config)
+    _check_devices(config)
     if check_paths:
         _check_data_root(config["data"])
         check_class_folders(config["data"])

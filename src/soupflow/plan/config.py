@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "runs": [],
     "search": {"n": 0, "seed": 0, "space": {}},
     "soups": [{"recipe": "uniform"}, {"recipe": "greedy"}],
-    "training": {"precision": "auto", "checkpoint_every_steps": 200},
+    "training": {"precision": "auto", "checkpoint_every_steps": 200, "devices_per_run": 1, "sync_bn": False},
     "evaluation": {"batch_size": 1000, "device": "auto"},
     "plots": {"heatmap_axes": ["lr", "weight_decay"]},
     "analysis": {

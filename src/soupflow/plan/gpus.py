@@ -21,21 +21,21 @@ def visible_gpus(environ: dict[str, str] | None = None, device_files: str = "/de
     return len(glob.glob(device_files))
 
 
-_CLAIM = None  # the open lock file of this process's GPU, held until the process exits
+_CLAIMS: list = []  # the open lock files of this process's GPUs, held until the process exits
 
 
-def claim_gpu(count: int, lock_dir: str | None = None, poll_seconds: float = 2.0) -> int:
-    """Pick a GPU no other soupflow job on this machine holds (an exclusive flock per GPU).
+def claim_gpus(count: int, want: int = 1, lock_dir: str | None = None, poll_seconds: float = 2.0) -> list[int]:
+    """Pick ``want`` of the ``count`` visible GPUs that no other soupflow job on this machine holds (an
+    exclusive flock per GPU), waiting until that many are free.
 
-    Snakemake's ``--resources gpu=N`` caps how many GPU jobs run at once; this gives each of them a
-    different device. Under SLURM each job sees only the GPUs it was given, so with one visible GPU
-    there is nothing to claim.
+    Snakemake's ``--resources gpu=N`` caps how many GPUs the running jobs ask for together; this gives each
+    job devices of its own (a job of ``training.devices_per_run`` processes takes that many). Under SLURM each
+    job sees only the GPUs it was given, so when it wants all it sees there is nothing to claim.
     """
-    global _CLAIM
-    if count <= 1:
-        return 0
-    if _CLAIM is not None:
-        return _CLAIM[1]
+    if count <= want:
+        return list(range(count))
+    if _CLAIMS:
+        return [index for _, index in _CLAIMS]
     folder = lock_dir or os.path.join(tempfile.gettempdir(), "soupflow-gpus")
     os.makedirs(folder, exist_ok=True)
     while True:
@@ -46,8 +46,15 @@ def claim_gpu(count: int, lock_dir: str | None = None, poll_seconds: float = 2.0
             except OSError:
                 handle.close()
                 continue
-            _CLAIM = (handle, index)
-            return index
+            _CLAIMS.append((handle, index))
+            if len(_CLAIMS) == want:
+                return [index for _, index in _CLAIMS]
+        for handle, _ in _CLAIMS:  # not enough free: let go and wait, so that two jobs never deadlock
+            handle.close()
+        _CLAIMS.clear()
         time.sleep(poll_seconds)  # more GPU jobs than GPUs: --resources gpu=N was not set
 
 
+def claim_gpu(count: int, lock_dir: str | None = None, poll_seconds: float = 2.0) -> int:
+    """One GPU of ``count`` for this job (``claim_gpus``)."""
+    return (claim_gpus(count, 1, lock_dir, poll_seconds) or [0])[0]

@@ -15,6 +15,7 @@ have seen.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -187,14 +188,17 @@ def prepare_files(data_config: dict[str, Any], seed: int, out_table: str, out_sp
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Python's, numpy's and torch's random state seeded for one image's transform, then put back (in the main
-    process the training loop's own random state must not move)."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Python's, numpy's and torch's random state seeded for one image's transform. In the main process
+    (no workers) they are put back afterwards: the training loop's own random state must not move; a
+    worker's state is its own."""
+    states = None if torch.utils.data.get_worker_info() else (random.getstate(), np.random.get_state(),
+                                                               torch.get_rng_state())
     random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+        if states is not None:
+            random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
 
 
 def image_seed(seed: int, epoch: int, position: int) -> int:
@@ -203,18 +207,21 @@ def image_seed(seed: int, epoch: int, position: int) -> int:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """The images of one split read through a transform; items are (position in the split, seed): seed -1
-    for the eval transform, else the seed of a training transform (``image_seed``)."""
+    """Every image of the table, read through the eval transform or a training transform; items are
+    (table row, seed, ``TrainTransform`` or None): the seed of the training transform (``image_seed``), or -1.
+    Each worker builds a transform the first time an item asks for it."""
 
-    def __init__(self, data: "FileData", rows: np.ndarray, transform, skip_corrupt: bool):
-        self.data, self.rows, self.transform, self.skip_corrupt = data, rows, transform, skip_corrupt
+    def __init__(self, data: "FileData", skip_corrupt: bool):
+        self.data, self.skip_corrupt = data, skip_corrupt
+        self.transforms: dict[TrainTransform | None, Any] = {}
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.data.columns["label"])
 
-    def __getitem__(self, item: tuple[int, int]):
-        position, seed = item
-        row = int(self.rows[position])
+    def __getitem__(self, item: tuple[int, int, "TrainTransform | None"]):
+        row, seed, train = item
+        if train not in self.transforms:
+            self.transforms[train] = self.data.transform(train)
         try:
             image = self.data.decode(row)
         except DataError:
@@ -222,36 +229,43 @@ class ImageFiles(torch.utils.data.Dataset):
                 raise
             return None
         with seeded(seed) if seed >= 0 else contextlib.nullcontext():
-            return self.transform(image), int(self.data.columns["label"][row])
+            return self.transforms[train](image), int(self.data.columns["label"][row])
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """uint8 images and labels of the images that could be read, and how many could not (skip_corrupt)."""
+    """uint8 images and labels of the images that could be read, and how many could not (skip_corrupt).
+    torch's ``default_collate`` stacks a worker's batch straight into shared memory: no private copy."""
     kept = [item for item in batch if item is not None]
     if not kept:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), len(batch)
-    return torch.stack([image for image, _ in kept]), torch.tensor([label for _, label in kept]), len(batch) - len(kept)
+    images, labels = torch.utils.data.default_collate(kept)
+    return images, labels, len(batch) - len(kept)
 
 
-class Items(torch.utils.data.Sampler):
-    """The (position, seed) items of the next pass, set before each pass (a loader with persistent workers
-    keeps its sampler; the main process iterates it): positions in a split, each with the seed of its
-    training transform (``seed_of(i)`` for the i-th item), or -1 for the eval transform. Made lazily: an
-    epoch's items cost the memory of its order, not of a Python object each."""
+class Passes(torch.utils.data.Sampler):
+    """The batches of the next pass, set before each pass: one loader (and one set of workers, kept between
+    passes) serves every split, batch size and transform of a job; the main process iterates this sampler.
+    Batches are made lazily: an epoch's items cost the memory of its order, not of a Python object each."""
 
     def __init__(self) -> None:
-        self.positions: torch.Tensor = torch.empty(0, dtype=torch.int64)
-        self.seed_of: Callable[[int], int] | None = None
+        self.rows: torch.Tensor = torch.empty(0, dtype=torch.int64)  # table rows, in the pass's order
+        self.batch_size, self.train = 1, None
+        self.seed_of: Callable[[int], int] | None = None  # the i-th item's training seed
 
     def __iter__(self):
-        seed_of, i = self.seed_of, 0
-        for chunk in torch.as_tensor(self.positions).split(65536):
-            for position in chunk.tolist():
-                yield position, (seed_of(i) if seed_of is not None else -1)
+        batch, i = [], 0
+        for chunk in torch.as_tensor(self.rows).split(65536):
+            for row in chunk.tolist():
+                batch.append((row, self.seed_of(i) if self.seed_of is not None else -1, self.train))
                 i += 1
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return -(-len(self.rows) // self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -274,12 +288,13 @@ class FileData(PreparedData):
         self.meta, self.workers = meta, workers
         self.columns = {name: table[name].to_numpy(zero_copy_only=False) for name in TABLE_SCHEMA.names}
         self.rows = {name: np.flatnonzero(self.columns["split"] == name) for name in ("pretrain", "train", "val", "test")}
-        self._loaders: dict[tuple, tuple[torch.utils.data.DataLoader, Items]] = {}
+        self._plan, self._loader = Passes(), None
 
     @classmethod
     def open(cls, path: str, workers: int = 0) -> "FileData":
+        """The table at ``path``, read by ``workers`` DataLoader processes (started now: ``start``)."""
         table = pq.read_table(path)
-        return cls(table, json.loads(table.schema.metadata[b"soupflow"]), path, workers)
+        return cls(table, json.loads(table.schema.metadata[b"soupflow"]), path, workers).start()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -329,27 +344,31 @@ class FileData(PreparedData):
                                 ratio=(1.0, 1.0) if whole else None, hflip=train.hflip, color_jitter=None,
                                 auto_augment=train.auto_augment)
 
-    def loader(self, split: str, batch_size: int, device: torch.device,
-               train: TrainTransform | None = None) -> tuple[torch.utils.data.DataLoader, Items]:
-        """One DataLoader per split, batch size and transform, its workers kept between passes."""
-        key = (split, batch_size, train)
-        if key not in self._loaders:
-            items = Items()
-            dataset = ImageFiles(self, self.rows[split], self.transform(train), bool(self.meta["skip_corrupt"]))
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, sampler=items, num_workers=self.workers, collate_fn=collate,
-                persistent_workers=self.workers > 0, pin_memory=device.type == "cuda",
-                prefetch_factor=4 if self.workers else None, generator=torch.Generator())
-            self._loaders[key] = loader, items
-        return self._loaders[key]
+    def start(self) -> "FileData":
+        """Fork the job's DataLoader workers now, while this process is small: a worker's memory is the pages it
+        shares with this process when forked, and those this process writes to later become the worker's own
+        (copy on write). Objects the garbage collector would visit are frozen first, as the gc module advises."""
+        if self.workers and self._loader is None:
+            gc.freeze()
+            self._loader = torch.utils.data.DataLoader(
+                ImageFiles(self, bool(self.meta["skip_corrupt"])), batch_sampler=self._plan,
+                num_workers=self.workers, collate_fn=collate, persistent_workers=True,
+                pin_memory=torch.cuda.is_available(), prefetch_factor=2, generator=torch.Generator())
+            for _ in self._loader:  # an empty pass starts the workers
+                pass
+        return self
 
     def stream(self, split: str, positions: torch.Tensor, batch_size: int, device: torch.device,
                train: TrainTransform | None = None, seed_of: Callable[[int], int] | None = None) -> Batches:
-        """Batches of the images at ``positions`` of a split on ``device`` (the training transform ``train`` of
-        the i-th seeded by ``seed_of(i)``); unreadable images skipped are counted."""
-        loader, sampler = self.loader(split, batch_size, device, train)
-        sampler.positions, sampler.seed_of = positions, seed_of
-        for images, labels, skipped in loader:
+        """Batches of the images at ``positions`` of a split on ``device`` (through the training transform
+        ``train``, the i-th seeded by ``seed_of(i)``); unreadable images skipped are counted."""
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(ImageFiles(self, bool(self.meta["skip_corrupt"])),
+                                                       batch_sampler=self._plan, collate_fn=collate)
+        plan = self._plan
+        plan.rows = torch.from_numpy(self.rows[split])[torch.as_tensor(positions, dtype=torch.int64)]
+        plan.batch_size, plan.train, plan.seed_of = batch_size, train, seed_of
+        for images, labels, skipped in self._loader:
             if skipped:
                 self.skipped += skipped
                 log.warning("%d image(s) of %s could not be read and were skipped (data.skip_corrupt)", skipped, split)
@@ -364,5 +383,5 @@ class FileData(PreparedData):
 
     def table_images(self, rows: np.ndarray) -> torch.Tensor:
         """Eval-transformed uint8 images of rows of the table, read here (prepare_files' statistics sample)."""
-        dataset = ImageFiles(self, rows, self.transform(), False)
-        return torch.stack([dataset[(position, -1)][0] for position in range(len(rows))])
+        dataset = ImageFiles(self, False)
+        return torch.stack([dataset[(int(row), -1, None)][0] for row in rows])
