@@ -139,8 +139,9 @@ def timm_rate(root: Path, batches: int, model=None) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True) if model else None
     if model is not None:
         model = model.to(memory_format=torch.channels_last).train()
+    batches_of = iter(loader)  # forks the workers, as soupflow's FileData.open does before its clock starts
     start, images = time.perf_counter(), 0
-    for index, (x, y) in enumerate(loader):
+    for index, (x, y) in enumerate(batches_of):
         if index == batches:
             break
         if model is not None:
@@ -204,9 +205,9 @@ def bench_data(work: Path) -> pd.DataFrame:
               f"{finetune_mb:.0f} MB in {finetune_seconds:.1f} s", flush=True)
     small, large = rows
     root, data_path = image_folder(work, 20000), prepared[20000]
-    loader = in_turns(lambda: soupflow_loader(data_path, 20), lambda: timm_rate(root, 20))
-    step = in_turns(lambda: soupflow_loader(data_path, 10, fresh_model(data_path)),
-                    lambda: timm_rate(root, 10, fresh_model(data_path)))
+    loader = in_turns(lambda: soupflow_loader(data_path, 40), lambda: timm_rate(root, 40))
+    step = in_turns(lambda: soupflow_loader(data_path, 20, fresh_model(data_path)),
+                    lambda: timm_rate(root, 20, fresh_model(data_path)))
     plan = replanned(work, image_folder(work, 2000))
     table = pd.DataFrame(rows)
     table["loader_img_s"], table["timm_loader_img_s"] = loader

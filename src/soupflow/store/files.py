@@ -193,7 +193,7 @@ def seeded(seed: int) -> Iterator[None]:
     worker's state is its own."""
     states = None if torch.utils.data.get_worker_info() else (random.getstate(), np.random.get_state(),
                                                                torch.get_rng_state())
-    random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
+    random.seed(seed), np.random.seed(seed % 2**32), torch.default_generator.manual_seed(seed)  # the CPU one alone
     try:
         yield
     finally:
@@ -349,9 +349,11 @@ class FileData(PreparedData):
         shares with this process when forked, and those this process writes to later become the worker's own
         (copy on write). Objects the garbage collector would visit are frozen first, as the gc module advises."""
         if self.workers and self._loader is None:
+            images = ImageFiles(self, bool(self.meta["skip_corrupt"]))
+            images.transforms[None] = self.transform()  # built (timm's modules imported) once, before the fork
             gc.freeze()
             self._loader = torch.utils.data.DataLoader(
-                ImageFiles(self, bool(self.meta["skip_corrupt"])), batch_sampler=self._plan,
+                images, batch_sampler=self._plan,
                 num_workers=self.workers, collate_fn=collate, persistent_workers=True,
                 pin_memory=torch.cuda.is_available(), prefetch_factor=2, generator=torch.Generator())
             for _ in self._loader:  # an empty pass starts the workers
