@@ -20,8 +20,8 @@ from soupflow.core.models import model_for, save_checkpoint
 from soupflow.plan.config import merge_defaults
 from soupflow.store.datasets import open_data, prepare
 
-MODEL = {"name": "test_convnext"}  # LayerNorm, no BatchNorm: each process's batch statistics do not matter
-HP = {"epochs": 2, "batch_size": 16, "lr": 0.05, "augmentation": "none", "schedule": "constant"}
+MODEL = {"name": "test_nfnet"}  # normaliser-free, no BatchNorm: each process's batch statistics do not matter
+HP = {"epochs": 2, "batch_size": 16, "lr": 0.01, "augmentation": "none", "schedule": "constant"}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,10 @@ def test_two_processes_train_the_weights_one_process_trains(prepared, two_proces
     finished(fine_tune(prepared, tmp_path, 1))
     one, two = load_file(str(tmp_path / "model.safetensors")), load_file(str(two_processes / "model.safetensors"))
     assert one.keys() == two.keys()
-    for name in one:
-        assert torch.allclose(two[name], one[name], rtol=1e-5, atol=1e-6), name
+    worst = max(float((two[k].double() - one[k].double()).norm() / one[k].double().norm().clamp_min(1e-12))
+                for k in one if one[k].is_floating_point())
+    print(f"largest relative difference of a tensor: {worst:.2e}")
+    assert worst <= 1e-5  # float sums in another order (two half-batch means averaged), nothing else
     assert not torch.equal(one["head.fc.weight"], load_file(str(prepared[1]))["head.fc.weight"])  # it trained
     history = [pd.read_parquet(folder / "history.parquet") for folder in (tmp_path, two_processes)]
     assert history[0].train_loss.tolist() == pytest.approx(history[1].train_loss.tolist(), rel=1e-5)
