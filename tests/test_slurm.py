@@ -26,6 +26,7 @@ SMALL_JOBS = [
     "--slurm-init-seconds-before-status-checks", "1",
     "--seconds-between-status-checks", "3",
     "--set-threads", "init=2", "finetune=1", "soup=1",
+    # one --set-resources list (a second flag would replace it): the test cluster has no GPU
     "--set-resources", "init:gpu=0", "finetune:gpu=0", "soup:gpu=0",
     "init:cpus_per_task=2", "finetune:cpus_per_task=1", "soup:cpus_per_task=1",
     "init:mem_mb=2000", "finetune:mem_mb=2000", "soup:mem_mb=2000", "plots:mem_mb=2000",
@@ -153,8 +154,7 @@ def test_a_fine_tune_past_its_time_limit_is_resubmitted_and_resumes(cluster, tmp
         "soups": [{"recipe": "uniform"}],
         "training": {"checkpoint_every_steps": 50},
     }
-    result = snakemake(tmp_path, config, *PROFILE, *SMALL_JOBS, "--set-resources", "finetune:runtime=attempt",
-                       env=cluster, cores=())
+    result = snakemake(tmp_path, config, *PROFILE, *SMALL_JOBS, "finetune:runtime=attempt", env=cluster, cores=())
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:]
 
