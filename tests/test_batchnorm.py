@@ -11,7 +11,7 @@ from soupflow.store.datasets import prepare
 
 
 class SplitSpy(TensorData):
-    """Prepared data that records which splits' images were read."""
+    """Prepared data that records which splits' images were read (every read of images goes through split)."""
 
     def __init__(self, path):
         super().__init__(path)
@@ -21,9 +21,6 @@ class SplitSpy(TensorData):
         self.read.append(name)
         return super().split(name, device)
 
-    def batches(self, split, order, batch_size, device):
-        self.read.append(split)
-        return super().batches(split, order, batch_size, device)
 
 
 @pytest.fixture

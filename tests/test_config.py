@@ -231,3 +231,17 @@ def test_without_timm_the_model_name_is_left_to_the_first_job_with_a_note(monkey
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="model.name"):  # what every job's open_job() runs, with timm there
         config_module.check_model_name({"name": "resnet_typo"})
+
+
+def test_a_model_file_that_is_no_checkpoint_is_rejected_naming_model_file(tmp_path):
+    (tmp_path / "notes.pth").write_text("these are notes, not weights")
+    message = rejected(lambda c: c["model"].update(init="file", file=str(tmp_path / "notes.pth")))
+    assert message.startswith("config key 'model.file'") and "neither a safetensors header nor a torch" in message
+
+
+def test_model_kwargs_the_model_does_not_take_are_rejected_naming_model_kwargs(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a fresh verdict cache: timm is asked
+    message = rejected(lambda c: c["model"].update(kwargs={"channels": [16, 32, 64, 128], "wings": 2}))
+    assert message.startswith("config key 'model.kwargs'") and "wings" in message
+    again = rejected(lambda c: c["model"].update(kwargs={"channels": [16, 32, 64, 128], "wings": 2}))
+    assert again == message and list(tmp_path.glob("soupflow/kwargs-*.txt"))  # the verdict comes from the cache

@@ -22,14 +22,22 @@ SAMPLES = {
     "finetune": {"lr": 0.03, "weight_decay": 0.0002, "epochs": 1, "batch_size": 16, "label_smoothing": 0.1,
                  "augmentation": "flip", "optimizer": "adamw", "momentum": 0.8, "nesterov": False,
                  "schedule": "cosine", "warmup_fraction": 0.2, "seed": 4, "branch_epoch": 1,
-                 "perturbation": "salty2", "bn_statistics": "frozen", "data_fraction": 0.5, "mixup": 0.2},
+                 "perturbation": "salty2", "bn_statistics": "frozen", "data_fraction": 0.5, "mixup": 0.2,
+                 "cutmix": 1.0, "random_erase": 0.25, "drop_path_rate": 0.1},
     "data": {"name": "fashion_mnist", "root": SMOKE["data"]["root"], "download": True, "image_size": 16,
              "normalize": {"mean": [0.3], "std": [0.4]}, "pretrain_fraction": 0.3, "val_fraction": 0.25,
              "test_fraction": 0.1, "max_train": 500, "max_test": None},
     "analysis": {"pairs": 5, "seed": 1, "jobs": 1, "color_by": "lr",
                  "branching": {"epochs": [1], "perturbations": ["salty2"]},
                  "corruptions": {"types": ["contrast", "jpeg"], "severities": [2], "max_images": 50, "seed": 1}},
-    "training": {"precision": "fp32", "checkpoint_every_steps": 0},
+    "training": {"precision": "fp32", "checkpoint_every_steps": 0, "devices_per_run": 2, "sync_bn": True},
+}
+#: the keys only data.format files takes, sampled on a folder of images
+FILES_SAMPLES = {
+    "finetune": {"crop_scale": 0.5, "auto_augment": "rand-m9-mstd0.5-inc1", "augmentation": "flip"},
+    "data": {"name": "image_folder", "format": "files", "image_size": 16, "crop_pct": 0.9,
+             "interpolation": "bicubic", "skip_corrupt": True, "normalize": "pretrained", "pretrain_fraction": 0.3,
+             "val_fraction": 0.25},
 }
 
 
@@ -50,8 +58,41 @@ def _keys(schema: dict, sample: dict, prefix: str = "") -> tuple[set, set]:
 
 def test_the_samples_set_every_key_of_their_sections():
     for section, sample in SAMPLES.items():
-        known, given = _keys(load_schema()["properties"][section], sample)
+        known, given = _keys(load_schema()["properties"][section], {**sample, **FILES_SAMPLES.get(section, {})})
         assert known == given, f"{section}: no sample for {sorted(known - given)}"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder of 16 px PNG images of two classes."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("test", 6)):
+        for label in ("cat", "dog"):
+            (root / split / label).mkdir(parents=True)
+            for index in range(count):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / split / label / f"{index}.png")
+    return root
+
+
+@pytest.mark.parametrize("section", sorted(FILES_SAMPLES))
+def test_a_nested_config_override_of_the_files_keys_gives_what_a_config_file_gives(tmp_path, images, section):
+    base = copy.deepcopy(SMOKE)
+    base["data"] = {**FILES_SAMPLES["data"], "root": str(images)}
+    base["pretrain"] = {**base["pretrain"], "augmentation": "flip"}
+    in_file = copy.deepcopy(base)
+    in_file[section] = {**base.get(section, {}), **FILES_SAMPLES[section]}
+    from_file = _run(tmp_path / "file", in_file, "results/config.yaml")
+    override = copy.deepcopy(base)
+    if section == "data":
+        override["data"] = {"name": "image_folder", "root": str(images)}
+    from_override = _run(tmp_path / "override", override, "results/config.yaml", "--config",
+                         f"{section}={_as_flow(FILES_SAMPLES[section])}")
+    resolved = yaml.safe_load((from_file / "config.yaml").read_text())
+    assert yaml.safe_load((from_override / "config.yaml").read_text()) == resolved
 
 
 def _run(folder, config, *args):

@@ -13,7 +13,7 @@ from soupflow.core.weights import import_state
 from soupflow.jobs.init import InitPaths, make_init
 from soupflow.plan.config import merge_defaults
 from soupflow.plan.model_file import WeightsError, resolve_file
-from soupflow.store.data import PreparedData
+from soupflow.store.data import TensorData
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_a_short_fine_tune_from_the_real_weights_beats_random_init(tmp_path, fas
 
 
 def test_normalize_pretrained_uses_timms_constants_averaged_for_grey_images(fashion):
-    data = PreparedData(fashion)
+    data = TensorData(fashion)
     assert data.image_shape == (1, 32, 32)
     assert data.mean.flatten().tolist() == [0.5] and data.std.flatten().tolist() == [0.5]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from soupflow.core.resume import history_of, state_beside
-from soupflow.plan.timm_names import check_model_name
+from soupflow.plan.timm_names import check_model_kwargs, check_model_name
 from soupflow.store.io import remove_orphan_temps
 
 log = logging.getLogger("soupflow")
@@ -47,4 +47,5 @@ def open_job(snakemake: Any, resumable: bool = False) -> dict[str, Any] | None:
         return None
     config = snakemake.params.config.resolved
     check_model_name(config["model"])  # done at parse time too, unless Snakemake runs without timm
+    check_model_kwargs(config["model"])
     return config

@@ -17,7 +17,7 @@ from soupflow.plan.catalog import (
 from soupflow.plan.errors import ConfigError
 from soupflow.plan.model_file import WeightsError, resolve_file
 from soupflow.plan.params import kept_epochs, soup_base, soup_name
-from soupflow.plan.timm_names import check_model_name
+from soupflow.plan.timm_names import check_model_kwargs, check_model_name
 
 
 def _check_model_file(model: dict[str, Any]) -> None:
@@ -32,6 +32,23 @@ def _check_model_file(model: dict[str, Any]) -> None:
     if not exists:
         raise ConfigError(f"config key 'model.file' is {spec!r}; allowed: an existing .safetensors or .pth file "
                           f"(or package:NAME/path) when model.init is {model['init']!r}")
+    kind = checkpoint_kind(resolve_file(spec))
+    if kind is None:
+        raise ConfigError(f"config key 'model.file' is {spec!r}, whose first bytes are neither a safetensors header "
+                          "nor a torch checkpoint (zip or pickle); allowed: a .safetensors or torch.save file")
+
+
+def checkpoint_kind(path: str) -> str | None:
+    """What a checkpoint file is, from its first bytes: "safetensors" (an 8-byte little-endian header length,
+    then a JSON object), "zip" (torch.save since 1.6) or "pickle" (older torch.save); None for anything else."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    size = os.path.getsize(path)
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    return "pickle" if head[:1] == b"\x80" else None
 
 
 def _check_branch_epochs(config: dict[str, Any]) -> None:
@@ -225,6 +242,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
         _check_model_file(config["model"])
     if check_model:
         check_model_name(config["model"])
+        check_model_kwargs(config["model"])
     _check_soups(config["soups"])
     _check_hyperparameter_names(config)
     _check_perturbations(config)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
+import json
 import os
 import sys
 import tempfile
@@ -38,7 +40,7 @@ def known_timm_models() -> frozenset[str] | None:
         version = importlib.metadata.version("timm")
     except importlib.metadata.PackageNotFoundError:
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "soupflow" / f"timm-{version}-models.txt"
+    cache = _cache_folder() / f"timm-{version}-models.txt"
     with contextlib.suppress(OSError):
         names = cache.read_text().split()
         if names:
@@ -53,3 +55,47 @@ def known_timm_models() -> frozenset[str] | None:
             handle.write("\n".join(names))
         os.replace(tmp, cache)
     return frozenset(names)
+
+
+def _cache_folder() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "soupflow"
+
+
+def check_model_kwargs(model: dict[str, Any]) -> None:
+    """``model.kwargs`` must be arguments timm's ``model.name`` takes: the model is built once (without weights)
+    and the verdict cached per timm version, name and kwargs, so later parses cost nothing. Where timm is not
+    installed the first job checks it, as it checks ``model.name``."""
+    if not model.get("kwargs") or model["name"].startswith(("hf-hub:", "hf_hub:")):
+        return
+    try:
+        version = importlib.metadata.version("timm")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    key = hashlib.sha1(json.dumps([version, model["name"], model["kwargs"]], sort_keys=True).encode()).hexdigest()
+    verdict = _cache_folder() / f"kwargs-{key}.txt"
+    with contextlib.suppress(OSError):
+        text = verdict.read_text()
+        if text:
+            _raise_unless_ok(text)
+            return
+    import timm  # here: only for kwargs not checked before (2.6 s)
+
+    try:
+        timm.create_model(model["name"], pretrained=False, **model["kwargs"])
+        text = "ok"
+    except Exception as error:  # a model rejects an argument in many ways (TypeError, AssertionError, ...)
+        text = (f"config key 'model.kwargs' is {model['kwargs']}, which timm's {model['name']!r} does not take "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); allowed: its "
+                "create_model arguments")
+    with contextlib.suppress(OSError):
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=verdict.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, verdict)
+    _raise_unless_ok(text)
+
+
+def _raise_unless_ok(text: str) -> None:
+    if text != "ok":
+        raise ConfigError(text)
