@@ -32,16 +32,19 @@ localrules:
     summary,
     timm_configs,
     learning_curves,
+    pooled,
 
 
 rule all:
     default_target: True
     input:
-        rules.summary.output,
-        rules.plots.output,
-        rules.timm_configs.output.index,
-        rules.learning_curves.output,
-        rules.resolved_config.output,
+        # every pipeline's (one, or one per seed of `replicates`), and the pooled table over them
+        in_each(rules.summary.output),
+        in_each(rules.plots.output),
+        in_each(rules.timm_configs.output.index),
+        in_each(rules.learning_curves.output),
+        in_each(rules.resolved_config.output),
+        rules.pooled.output if REPLICATED else [],
 
 
 onsuccess:

@@ -73,21 +73,52 @@ def test_per_image_scores_match_the_mean_scores():
     assert math.isclose(loss.mean(), torch.nn.functional.cross_entropy(logits, labels).item(), rel_tol=1e-5)
 
 
-def test_pooling_seeds_averages_their_differences_per_image():
-    n = 4000
+def _constructed(n: int, wrong: int, fixed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Labels, a reference wrong on ``wrong`` images and a model that fixes ``fixed`` of them (+100·fixed/n pt)."""
     labels = torch.zeros(n, dtype=torch.long)
     reference = torch.zeros(n, dtype=torch.long)
-    reference[:800] = 1
-    better = reference.clone()
-    better[:80] = 0  # +2.00 points
-    one = compare(logits_for(better), logits_for(reference), labels)
-    twice = pooled_compare([(logits_for(better), logits_for(reference))] * 2, labels)
-    assert (twice.accuracy_pt.diff, twice.accuracy_pt.low, twice.accuracy_pt.high) == (
-        one.accuracy_pt.diff, one.accuracy_pt.low, one.accuracy_pt.high)
-    mixed = pooled_compare([(logits_for(better), logits_for(reference)),
-                            (logits_for(reference), logits_for(reference))], labels)
-    assert math.isclose(mixed.accuracy_pt.diff, 1.0, abs_tol=1e-9)  # (+2 + 0) / 2
-    assert mixed.accuracy_pt.high - mixed.accuracy_pt.low < one.accuracy_pt.high - one.accuracy_pt.low
+    reference[:wrong] = 1
+    model = reference.clone()
+    model[:fixed] = 0
+    return logits_for(model), logits_for(reference), labels
+
+
+def test_a_replicate_pooled_against_itself_is_exactly_zero():
+    generator = torch.Generator().manual_seed(3)
+    replicates = []
+    for n in (500, 800, 650):  # each replicate has its own test split, of its own size
+        logits = torch.randn(n, 10, generator=generator)
+        replicates.append((logits, logits.clone(), torch.randint(0, 10, (n,), generator=generator)))
+    pooled = pooled_compare(replicates)
+    assert (pooled.accuracy_pt.diff, pooled.accuracy_pt.low, pooled.accuracy_pt.high) == (0.0, 0.0, 0.0)
+    assert (pooled.loss.diff, pooled.loss.low, pooled.loss.high) == (0.0, 0.0, 0.0)
+    assert pooled.mcnemar_p == 1.0 and pooled.disagreements == 0 and not pooled.wins
+
+
+def test_pooling_weighs_each_image_once_and_one_replicate_is_the_plain_comparison():
+    a = _constructed(4000, 800, 80)  # +2.00 pt on 4,000 images
+    b = _constructed(2000, 400, 0)  # +0.00 pt on 2,000 images
+    one, alone = compare(*a), pooled_compare([a])
+    assert (one.accuracy_pt, one.loss, one.mcnemar_p) == (alone.accuracy_pt, alone.loss, alone.mcnemar_p)
+    mixed = pooled_compare([a, b])
+    assert math.isclose(mixed.accuracy_pt.diff, 100 * 80 / 6000, abs_tol=1e-9)  # mean over all 6,000 images
+    assert mixed.accuracy_pt.low < mixed.accuracy_pt.diff < mixed.accuracy_pt.high
+    assert mixed.disagreements == 80 and mixed.mcnemar_p < 1e-6
+    twice = pooled_compare([a, a])  # twice the images: the same difference, a narrower interval
+    assert math.isclose(twice.accuracy_pt.diff, 2.0, abs_tol=1e-9)
+    assert twice.accuracy_pt.high - twice.accuracy_pt.low < one.accuracy_pt.high - one.accuracy_pt.low
+
+
+def test_the_stratified_interval_covers_a_known_pooled_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(4)
+    covered, trials = 0, 200
+    for trial in range(trials):
+        gains = (0.0, 0.04, 0.02)  # replicates differ in their true gain; the pooled truth is their mean
+        models = [(rng.random(600) < 0.75 + g).astype(float) for g in gains]
+        references = [(rng.random(600) < 0.75).astype(float) for _ in gains]
+        interval = paired_bootstrap(models, references, resamples=400, seed=trial)
+        covered += interval.low <= np.mean(gains) <= interval.high
+    assert 0.88 <= covered / trials <= 0.99
 
 
 def test_the_summary_says_in_one_line_when_the_two_best_runs_do_not_soup():

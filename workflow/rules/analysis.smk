@@ -8,7 +8,7 @@ INITS = (
 rule corrupt_test:
     """A seeded corrupted copy of the test split (noise, blur, contrast, brightness, pixelation, JPEG)."""
     input:
-        data=rules.prepare_data.output.data,
+        data=in_main(rules.prepare_data.output.data),
     output:
         f"{RESULTS}/analysis/corrupted.safetensors",
     log:
@@ -24,9 +24,9 @@ rule corrupt_test:
 rule corrupted_outputs:
     """One run's logits on the corrupted test copy, computed once for all of its pairs."""
     input:
-        data=rules.prepare_data.output.data,
+        data=in_main(rules.prepare_data.output.data),
         corrupted=rules.corrupt_test.output[0],
-        model=rules.finetune.output.model,
+        model=in_main(rules.finetune.output.model),
     output:
         f"{RESULTS}/analysis/corrupted/{{run_id}}.safetensors",
     log:
@@ -39,7 +39,7 @@ rule corrupted_outputs:
     resources:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
-        config=RESOLVED,
+        config=RESOLVED[MAIN],
     script:
         "../scripts/corrupted_outputs.py"
 
@@ -47,17 +47,17 @@ rule corrupted_outputs:
 rule pair_soups:
     """Midpoint soups of one share of the pairs, with gains and similarity measures."""
     input:
-        data=rules.prepare_data.output.data,
+        data=in_main(rules.prepare_data.output.data),
         corrupted=rules.corrupt_test.output[0],
         inits=[INITS["final"], *INITS["epochs"].values()],
         models=lambda wildcards: expand(
-            rules.finetune.output.model, run_id=chunk_runs(wildcards)
+            rules.finetune.output.model, pipeline=MAIN, run_id=chunk_runs(wildcards)
         ),
         outputs=lambda wildcards: expand(
-            rules.finetune.output.outputs, run_id=chunk_runs(wildcards)
+            rules.finetune.output.outputs, pipeline=MAIN, run_id=chunk_runs(wildcards)
         ),
         metrics=lambda wildcards: expand(
-            rules.finetune.output.metrics, run_id=chunk_runs(wildcards)
+            rules.finetune.output.metrics, pipeline=MAIN, run_id=chunk_runs(wildcards)
         ),
         corrupted_logits=lambda wildcards: expand(
             rules.corrupted_outputs.output[0], run_id=chunk_runs(wildcards)
@@ -74,7 +74,7 @@ rule pair_soups:
     resources:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
-        config=RESOLVED,
+        config=RESOLVED[MAIN],
         pairs=pair_chunk,
         runs=chunk_runs,  # the run ids of models, outputs, metrics and corrupted_logits, in their order
         inits=INITS,
@@ -86,9 +86,9 @@ rule pair_soups:
 rule soup_sanity:
     """A model souped with itself (gain exactly 0) and two untrained models (no accuracy gain)."""
     input:
-        data=rules.prepare_data.output.data,
-        metrics=expand(rules.finetune.output.metrics, run_id=ALL_RUNS),
-        models=expand(rules.finetune.output.model, run_id=ALL_RUNS),  # in the order of metrics
+        data=in_main(rules.prepare_data.output.data),
+        metrics=expand(rules.finetune.output.metrics, pipeline=MAIN, run_id=ALL_RUNS),
+        models=expand(rules.finetune.output.model, pipeline=MAIN, run_id=ALL_RUNS),  # in the order of metrics
     output:
         f"{RESULTS}/analysis/sanity.parquet",
     log:
@@ -98,7 +98,7 @@ rule soup_sanity:
     resources:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
-        config=RESOLVED,
+        config=RESOLVED[MAIN],
     script:
         "../scripts/soup_sanity.py"
 
@@ -109,7 +109,7 @@ rule analysis:
         chunks=expand(
             f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet", chunk=range(PAIR_JOBS)
         ),
-        metrics=expand(rules.finetune.output.metrics, run_id=ALL_RUNS),
+        metrics=expand(rules.finetune.output.metrics, pipeline=MAIN, run_id=ALL_RUNS),
         sanity=rules.soup_sanity.output[0],
     output:
         pairs=f"{RESULTS}/analysis/pairs.parquet",

@@ -1,4 +1,5 @@
 # The resolved config, the expanded runs and the helpers the rules share (soupflow.plan: parse time, torch-free).
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from soupflow.plan.grid import (
 from soupflow.plan.params import (
     image_folders,
     kept_epochs,
+    pipelines,
     soup_base,
     soup_specs,
     tracked,
@@ -39,9 +41,43 @@ try:  # model name and data paths are checked once, by the main process, not aga
 except ConfigError as error:
     raise WorkflowError(f"invalid soupflow config: {error}") from None
 
-# Every job's config: the one resolved above, as a param Snakemake does not compare (soupflow.plan.params).
-# Each rule's other params are what its outputs depend on: they are the rerun triggers.
-RESOLVED = untracked(CONFIG)
+# The pipelines: one per seed of `replicates` (the config with that top-level seed), in results/ for the
+# top-level seed and results/replicates/<seed> for the others; without replicates, results/ alone. Every rule
+# of a pipeline names its files under the {pipeline} wildcard; the analysis reads the top-level seed's.
+PIPELINES = pipelines(CONFIG)  # {folder: that pipeline's config}
+MAIN = layout.RESULTS
+REPLICATED = CONFIG["replicates"] is not None
+PIPELINE = layout.Folders("{pipeline}")  # the folders of one pipeline, as rule path patterns
+
+
+wildcard_constraints:
+    pipeline="|".join(map(re.escape, PIPELINES)),
+
+
+# Every job's config: its pipeline's, resolved above, as a param Snakemake does not compare
+# (soupflow.plan.params). Each rule's other params are what its outputs depend on: they are the rerun triggers.
+RESOLVED = {folder: untracked(resolved) for folder, resolved in PIPELINES.items()}
+
+
+def resolved(wildcards):
+    """The config of the job's pipeline (the only config its job reads)."""
+    return RESOLVED[wildcards.pipeline]
+
+
+def replicate_seed(wildcards):
+    """The top-level seed of the job's pipeline."""
+    return PIPELINES[wildcards.pipeline]["seed"]
+
+
+def in_main(pattern):
+    """A pipeline's path pattern in the top-level seed's pipeline (results/), its other wildcards kept."""
+    return expand(pattern, pipeline=MAIN, allow_missing=True)[0]
+
+
+def in_each(pattern, **wildcards):
+    """A pipeline's path pattern in every pipeline (and every value of the other wildcards given)."""
+    return expand(pattern, pipeline=PIPELINES, **wildcards)
+
 RUNS = expand_runs(
     CONFIG
 )  # {run_id: hyperparameters}: the experiment's fine-tunes, the soups' ingredients
@@ -76,8 +112,8 @@ def gpus_per_run(wildcards):
     return DEVICES if GPUS or workflow.non_local_exec else 0
 
 
-RESULTS = layout.RESULTS
-RUN_FOLDER = f"{layout.RUNS}/{{run_id}}"  # one folder per run: model, outputs, metrics, config, train.log
+RESULTS = layout.RESULTS  # the top-level seed's pipeline, and the analysis' folders
+RUN_FOLDER = f"{PIPELINE.runs}/{{run_id}}"  # one folder per run: model, outputs, metrics, config, train.log
 
 
 def soup_inputs(wildcards):
@@ -90,7 +126,9 @@ def soup_inputs(wildcards):
     if RECIPES[spec["recipe"]].needs_start:
         inputs["start"] = rules.init.output.model
     if soup_base(spec) is not None:
-        inputs["base"] = expand(rules.soup.output.model, soup=soup_base(spec))[0]
+        inputs["base"] = expand(
+            rules.soup.output.model, soup=soup_base(spec), allow_missing=True
+        )[0]
     return inputs
 
 
@@ -110,9 +148,12 @@ def run_params(wildcards):
 
 
 def print_summary():
-    summary = Path(RESULTS) / "summary.txt"
-    if summary.exists():
-        print(f"\n{summary.read_text()}", file=sys.stderr)
+    texts = [Path(RESULTS) / "summary.txt"]
+    if REPLICATED:
+        texts.append(Path(layout.pooled_files()["text"]))
+    for text in texts:
+        if text.exists():
+            print(f"\n{text.read_text()}", file=sys.stderr)
 
 
 # The analysis target (workflow/rules/analysis.smk): pairs of runs, dealt to PAIR_JOBS pair_soups jobs.
@@ -134,6 +175,6 @@ def init_checkpoints():
     (plain paths: params are pickled)."""
     epochs = rules.init.output.epochs if CONFIG["model"]["init"] == "pretrain" else []
     return {
-        "final": str(rules.init.output.model),
-        "epochs": dict(zip(KEPT_EPOCHS, map(str, epochs))),
+        "final": in_main(rules.init.output.model),
+        "epochs": dict(zip(KEPT_EPOCHS, map(in_main, epochs))),
     }

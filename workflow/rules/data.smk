@@ -5,22 +5,22 @@ rule prepare_data:
         # data.format files: the folders whose listing prepare_data writes (a new image changes its folder)
         image_folders(CONFIG["data"]),
     output:
-        **layout.data_files(data_format=CONFIG["data"]["format"]),
+        **layout.data_files(PIPELINE.data, CONFIG["data"]["format"]),
     log:
-        f"{RESULTS}/logs/prepare_data.log",
+        f"{PIPELINE.logs}/prepare_data.log",
     conda:
         "../../envs/soupflow.yaml"
     params:
         # rerun triggers (the job reads the resolved config)
         data=tracked(CONFIG, "data"),
-        seed=CONFIG["seed"],
+        seed=replicate_seed,
         # normalize: pretrained reads the model's pretrained_cfg; otherwise the model is not the data's business
         model=(
             CONFIG["model"]["name"]
             if CONFIG["data"]["normalize"] == "pretrained"
             else None
         ),
-        config=RESOLVED,
+        config=resolved,
     script:
         "../scripts/prepare_data.py"
 
@@ -28,13 +28,14 @@ rule prepare_data:
 rule resolved_config:
     """The config this run resolved, every default filled in: what every job was given."""
     output:
-        f"{RESULTS}/config.yaml",
+        f"{PIPELINE.pipeline}/config.yaml",
     log:
-        f"{RESULTS}/logs/resolved_config.log",
+        f"{PIPELINE.logs}/resolved_config.log",
     conda:
         "../../envs/soupflow.yaml"
     params:
-        resolved=CONFIG,  # the rerun trigger: rewritten whenever the config changes (nothing depends on it)
-        config=RESOLVED,  # what it writes: the config every job is handed
+        # the rerun trigger: rewritten whenever the config changes (nothing depends on it)
+        resolved=lambda wildcards: PIPELINES[wildcards.pipeline],
+        config=resolved,  # what it writes: the config every job of this pipeline is handed
     script:
         "../scripts/resolved_config.py"

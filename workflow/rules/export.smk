@@ -3,8 +3,8 @@
 # file in it (measured: 0.84 s of the 2,000-point parse, quadratic).
 TIMM_CHECKPOINTS = [
     str(rules.init.output.model),
-    *expand(rules.finetune.output.model, run_id=RUNS),
-    *expand(rules.soup.output.model, soup=SOUPS),
+    *expand(rules.finetune.output.model, run_id=RUNS, allow_missing=True),
+    *expand(rules.soup.output.model, soup=SOUPS, allow_missing=True),
 ]
 
 
@@ -17,10 +17,10 @@ rule timm_configs:
         data=str(rules.prepare_data.output.data),  # a plain path, as above
         models=TIMM_CHECKPOINTS,
     output:
-        index=f"{RESULTS}/metrics/timm_configs.txt",
+        index=f"{PIPELINE.metrics}/timm_configs.txt",
         configs=[layout.timm_config(path) for path in TIMM_CHECKPOINTS],
     log:
-        f"{RESULTS}/logs/timm_configs.log",
+        f"{PIPELINE.logs}/timm_configs.log",
     conda:
         "../../envs/soupflow.yaml"
     script:

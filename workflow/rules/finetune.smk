@@ -20,6 +20,6 @@ rule finetune:
         hp=run_params,
         model=tracked(CONFIG, "model"),
         code=TRAINING_VERSION,  # soupflow.plan.versions: bumped when results change on purpose
-        config=RESOLVED,
+        config=resolved,
     script:
         "../scripts/finetune.py"

@@ -3,10 +3,10 @@ rule init:
     input:
         data=rules.prepare_data.output.data,
     output:
-        model=layout.init_file(),
-        epochs=[layout.epoch_file(layout.INIT, e) for e in KEPT_EPOCHS],
+        model=layout.init_file(PIPELINE.init),
+        epochs=[layout.epoch_file(PIPELINE.init, e) for e in KEPT_EPOCHS],
     log:
-        f"{RESULTS}/logs/init.log",
+        f"{PIPELINE.logs}/init.log",
     conda:
         "../../envs/soupflow.yaml"
     threads: max(4, DEVICES)
@@ -21,6 +21,6 @@ rule init:
             else None
         ),
         code=TRAINING_VERSION,  # soupflow.plan.versions: bumped when results change on purpose
-        config=RESOLVED,
+        config=resolved,
     script:
         "../scripts/make_init.py"

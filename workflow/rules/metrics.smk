@@ -4,17 +4,17 @@ rule run_table:
     """
     input:
         **(
-            {"epochs": expand(rules.finetune.output.epochs, run_id=RUNS)}
+            {"epochs": expand(rules.finetune.output.epochs, run_id=RUNS, allow_missing=True)}
             if KEEP_EPOCHS
             else {}
         ),
-        metrics=expand(rules.finetune.output.metrics, run_id=RUNS),
-        model=expand(rules.finetune.output.model, run_id=RUNS),
-        outputs=expand(rules.finetune.output.outputs, run_id=RUNS),
+        metrics=expand(rules.finetune.output.metrics, run_id=RUNS, allow_missing=True),
+        model=expand(rules.finetune.output.model, run_id=RUNS, allow_missing=True),
+        outputs=expand(rules.finetune.output.outputs, run_id=RUNS, allow_missing=True),
     output:
-        layout.runs_table(),
+        layout.runs_table(PIPELINE.metrics),
     log:
-        f"{RESULTS}/logs/run_table.log",
+        f"{PIPELINE.logs}/run_table.log",
     conda:
         "../../envs/soupflow.yaml"
     params:
@@ -26,11 +26,11 @@ rule run_table:
 rule soups_table:
     """Every soup's rows (one per repeat) in one table: the per-soup metrics of rule soup."""
     input:
-        parts=expand(rules.soup.output.metrics, soup=SOUPS),
+        parts=expand(rules.soup.output.metrics, soup=SOUPS, allow_missing=True),
     output:
-        f"{RESULTS}/metrics/soups.parquet",
+        f"{PIPELINE.metrics}/soups.parquet",
     log:
-        f"{RESULTS}/logs/tables/soups.log",
+        f"{PIPELINE.logs}/tables/soups.log",
     conda:
         "../../envs/soupflow.yaml"
     script:
@@ -40,11 +40,11 @@ rule soups_table:
 rule trace_table:
     """Every candidate every soup recipe scored, in one table: the per-soup traces of rule soup."""
     input:
-        parts=expand(rules.soup.output.trace, soup=SOUPS),
+        parts=expand(rules.soup.output.trace, soup=SOUPS, allow_missing=True),
     output:
-        f"{RESULTS}/metrics/soup_trace.parquet",
+        f"{PIPELINE.metrics}/soup_trace.parquet",
     log:
-        f"{RESULTS}/logs/tables/soup_trace.log",
+        f"{PIPELINE.logs}/tables/soup_trace.log",
     conda:
         "../../envs/soupflow.yaml"
     script:
@@ -57,15 +57,58 @@ rule summary:
         runs=rules.run_table.output[0],
         soups=rules.soups_table.output[0],
     output:
-        text=f"{RESULTS}/summary.txt",
+        text=f"{PIPELINE.pipeline}/summary.txt",
         table=report(
-            f"{RESULTS}/summary.csv",
+            f"{PIPELINE.pipeline}/summary.csv",
             caption="../report/summary.rst",
             category="Tables",
         ),
     log:
-        f"{RESULTS}/logs/summary.log",
+        f"{PIPELINE.logs}/summary.log",
     conda:
         "../../envs/soupflow.yaml"
     script:
         "../scripts/summary.py"
+
+
+def replicate_files():
+    """What rule pooled reads of each pipeline (plain values: params are compared and pickled)."""
+    return [
+        {
+            "seed": seed,
+            "runs": in_each(rules.run_table.output[0])[index],
+            "outputs": {
+                soup: expand(rules.soup.output.outputs, pipeline=folder, soup=soup)[0]
+                for soup in SOUPS
+            },
+        }
+        for index, (folder, seed) in enumerate(
+            (folder, pipeline["seed"]) for folder, pipeline in PIPELINES.items()
+        )
+    ]
+
+
+rule pooled:
+    """Each soup against the best individual pooled over the replicates (`replicates` in the config): the
+    table, the summary section printed at the end of a run, and the forest plot. Reads only what the
+    pipelines wrote (each soup's saved test logits, the best run's cached ones)."""
+    input:
+        runs=in_each(rules.run_table.output[0]),
+        outputs=in_each(rules.soup.output.outputs, soup=SOUPS),
+        soups=in_main(rules.soups_table.output[0]),
+    output:
+        table=layout.pooled_files()["table"],
+        text=layout.pooled_files()["text"],
+        figure=report(
+            layout.pooled_files()["figure"],
+            caption="../report/replicates.rst",
+            category="Plots",
+        ),
+    log:
+        f"{RESULTS}/logs/pooled.log",
+    conda:
+        "../../envs/soupflow.yaml"
+    params:
+        replicates=replicate_files(),
+    script:
+        "../scripts/pooled.py"

@@ -6,32 +6,32 @@ rule plots:
         trace=rules.trace_table.output[0],
     output:
         soups=report(
-            f"{RESULTS}/plots/soups_vs_ingredients.png",
+            f"{PIPELINE.plots}/soups_vs_ingredients.png",
             caption="../report/soups_vs_ingredients.rst",
             category="Plots",
         ),
         heatmap=report(
-            f"{RESULTS}/plots/val_heatmap.png",
+            f"{PIPELINE.plots}/val_heatmap.png",
             caption="../report/val_heatmap.rst",
             category="Plots",
         ),
         greedy=report(
-            f"{RESULTS}/plots/greedy_ingredients.png",
+            f"{PIPELINE.plots}/greedy_ingredients.png",
             caption="../report/greedy_ingredients.rst",
             category="Plots",
         ),
         pruned=report(
-            f"{RESULTS}/plots/pruned_passes.png",
+            f"{PIPELINE.plots}/pruned_passes.png",
             caption="../report/pruned_passes.rst",
             category="Plots",
         ),
         wise_ft=report(
-            f"{RESULTS}/plots/wise_ft.png",
+            f"{PIPELINE.plots}/wise_ft.png",
             caption="../report/wise_ft.rst",
             category="Plots",
         ),
     log:
-        f"{RESULTS}/logs/plots.log",
+        f"{PIPELINE.logs}/plots.log",
     conda:
         "../../envs/soupflow.yaml"
     params:
@@ -43,15 +43,15 @@ rule plots:
 rule learning_curves:
     """Train loss and learning rate per epoch of every fine-tune, from the runs' history tables."""
     input:
-        histories=expand(rules.finetune.output.history, run_id=RUNS),
+        histories=expand(rules.finetune.output.history, run_id=RUNS, allow_missing=True),
     output:
         report(
-            f"{RESULTS}/plots/learning_curves.png",
+            f"{PIPELINE.plots}/learning_curves.png",
             caption="../report/learning_curves.rst",
             category="Plots",
         ),
     log:
-        f"{RESULTS}/logs/learning_curves.log",
+        f"{PIPELINE.logs}/learning_curves.log",
     conda:
         "../../envs/soupflow.yaml"
     script:

@@ -7,9 +7,9 @@ rule soup:
     input:
         unpack(soup_inputs),
     output:
-        **layout.soup_files(f"{layout.SOUPS}/{{soup}}"),
+        **layout.soup_files(f"{PIPELINE.soups}/{{soup}}"),
     log:
-        f"{RESULTS}/logs/soups/{{soup}}.log",
+        f"{PIPELINE.logs}/soups/{{soup}}.log",
     wildcard_constraints:
         soup="|".join(SOUPS),
     conda:
@@ -19,6 +19,6 @@ rule soup:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         spec=lambda wildcards: SOUPS[wildcards.soup],
-        config=RESOLVED,
+        config=resolved,
     script:
         "../scripts/make_soup.py"

@@ -22,7 +22,7 @@ from soupflow.core.stats import compare
 from soupflow.jobs.context import JobContext
 from soupflow.plan.catalog import soup_options
 from soupflow.plan.seeds import pipeline_seed
-from soupflow.store.io import atomic_write_parquet, open_safetensors
+from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet, open_safetensors
 from soupflow.store.tables import SOUP_SCHEMA, TRACE_SCHEMA, best_run, typed_table
 
 log = logging.getLogger("soupflow")
@@ -142,6 +142,7 @@ class SoupPaths:
     model: str
     metrics: str
     trace: str
+    outputs: str  # the saved soup's test logits and labels
     init: str | None = None
     base: str | None = None
 
@@ -238,7 +239,7 @@ def _precheck(kitchen: Kitchen, num_classes: int):
 
 def _served(name: str, inputs: SoupInputs, soups: list, finish, check) -> tuple[list[dict], list[dict], tuple]:
     """Each cooked soup (one per repeat) scored on test with its comparisons: its row, its trace rows; and the
-    soup (with its final state) that the job saves: the best on val."""
+    soup that the job saves, the best on val: (soup, final state, its test logits)."""
     rows, traces, chosen = [], [], None
     test, labels = inputs.evaluators["test"], inputs.labels
     for soup in soups:
@@ -252,7 +253,7 @@ def _served(name: str, inputs: SoupInputs, soups: list, finish, check) -> tuple[
         rows.append(row | _check_columns(check))
         traces += [{"soup": name, "recipe": inputs.options["recipe"], **r.columns()} for r in soup.trace]
         if chosen is None or soup.val.value(row["metric"]) > chosen[0].val.value(row["metric"]):
-            chosen = (soup, state)
+            chosen = (soup, state, test_logits["soup"])
     return rows, traces, chosen
 
 
@@ -277,7 +278,7 @@ def make_soup(config: dict[str, Any], name: str, entry: dict[str, Any], paths: S
     log.info("soup %s (%s, bn %s): %d candidate ingredients", name, options["recipe"], options["bn"],
              len(inputs.ingredients))
     check = _precheck(kitchen, inputs.context.data.num_classes)
-    rows, traces, (soup, state) = _served(name, inputs, cook(options["recipe"], kitchen, options), finish, check)
+    rows, traces, (soup, state, test_logits) = _served(name, inputs, cook(options["recipe"], kitchen, options), finish, check)
     seconds = time.perf_counter() - began
     for row in rows:
         row["seconds"] = seconds / len(rows)
@@ -287,6 +288,9 @@ def make_soup(config: dict[str, Any], name: str, entry: dict[str, Any], paths: S
     meta = checkpoint_metadata(config["model"], inputs.context.data, soup=name, recipe=options["recipe"],
                                bn=options["bn"], ingredients=json.dumps(soup.ingredients))
     save_checkpoint(state, paths.model, meta)
+    # the saved soup's test predictions: what pooling over replicates compares (rule pooled), no model rerun
+    atomic_save_safetensors({"test_logits": test_logits.float().cpu(), "test_labels": inputs.labels["test"].cpu()},
+                            paths.outputs, {"soup": name, "recipe": options["recipe"]})
     atomic_write_parquet(table, paths.metrics)
     atomic_write_parquet(typed_table(traces, TRACE_SCHEMA), paths.trace)
     _log_rows(name, rows, seconds)

@@ -228,11 +228,19 @@ def _check_devices(config: dict[str, Any]) -> None:
                               f"allowed: a multiple of {devices} (each process takes an equal share of the batch)")
 
 
+def _check_replicates(config: dict[str, Any]) -> None:
+    replicates = config["replicates"]
+    if replicates is not None and config["seed"] not in replicates:
+        raise ConfigError(f"config key 'replicates' is {replicates}; allowed: a list of seeds that holds the top-level "
+                          f"seed {config['seed']} (its pipeline stays in results/)")
+
+
 def check_semantics(config: dict[str, Any], check_model: bool = True, check_paths: bool = True) -> None:
     """Checks beyond the schema on a config with defaults filled in. ``check_paths`` looks at the data and
     model files, ``check_model`` asks timm for ``model.name``: the main Snakemake process does both once."""
     _check_normalize(config["data"])
     _check_fractions(config)
+    _check_replicates(config)
     _check_format(config)
     _check_augmentations(config)
     _check_devices(config)

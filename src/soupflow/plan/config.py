@@ -34,6 +34,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
+    "replicates": None,
     "data": {
         "name": "fashion_mnist",
         "root": "/usr/share/datasets/fashion-mnist",
@@ -113,6 +114,8 @@ def _describe(error) -> str:
         return f"config key '{key}' is {error.instance!r}; allowed: a number {op} {error.validator_value}"
     if validator == "minItems":
         return f"config key '{key}' is empty; allowed: a list of at least {error.validator_value} value(s)"
+    if validator == "uniqueItems":
+        return f"config key '{key}' is {error.instance!r}; allowed: a list without repeated values"
     if validator == "type":
         return f"config key '{key}' is {error.instance!r}; allowed type: {error.validator_value}"
     return f"config key '{key}': {error.message}"

@@ -6,12 +6,57 @@ own with the same functions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 RESULTS = "results"
-#: a run's folder under ``results/runs``: ``soupflow.plan.grid.run_id`` makes the ids
-RUNS = f"{RESULTS}/runs"
-SOUPS = f"{RESULTS}/soups"
-INIT = f"{RESULTS}/init"
-DATA = f"{RESULTS}/data"
+
+
+@dataclass(frozen=True)
+class Folders:
+    """The folders of one pipeline (``results/``, or a replicate's folder; the rules pass ``{pipeline}``)."""
+
+    pipeline: str
+
+    @property
+    def data(self) -> str:
+        return f"{self.pipeline}/data"
+
+    @property
+    def init(self) -> str:
+        return f"{self.pipeline}/init"
+
+    @property
+    def runs(self) -> str:
+        """Each run's folder under it is named by its id (``soupflow.plan.grid.run_id``)."""
+        return f"{self.pipeline}/runs"
+
+    @property
+    def soups(self) -> str:
+        return f"{self.pipeline}/soups"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.pipeline}/metrics"
+
+    @property
+    def plots(self) -> str:
+        return f"{self.pipeline}/plots"
+
+    @property
+    def logs(self) -> str:
+        return f"{self.pipeline}/logs"
+
+
+MAIN = Folders(RESULTS)
+RUNS, SOUPS, INIT, DATA = MAIN.runs, MAIN.soups, MAIN.init, MAIN.data
+#: the pipelines of ``replicates`` other than the top-level seed's (which stays in ``results/``)
+REPLICATES = f"{RESULTS}/replicates"
+
+
+def pipeline_folder(seed: int, main_seed: int) -> str:
+    """Where one replicate's whole pipeline (data, init, runs, soups, metrics) lives: ``results/`` for the
+    top-level seed — the same paths as without ``replicates`` — and ``results/replicates/<seed>`` otherwise."""
+    return RESULTS if seed == main_seed else f"{REPLICATES}/{seed}"
 
 
 def data_files(folder: str = DATA, data_format: str = "tensors") -> dict[str, str]:
@@ -47,7 +92,7 @@ def run_log(folder: str) -> str:
 def soup_files(folder: str) -> dict[str, str]:
     """Every file one soup job writes (rule soup; ``soupflow.jobs.soup.SoupPaths``)."""
     return {"model": f"{folder}/model.safetensors", "metrics": f"{folder}/metrics.parquet",
-            "trace": f"{folder}/trace.parquet"}
+            "trace": f"{folder}/trace.parquet", "outputs": f"{folder}/outputs.safetensors"}
 
 
 def runs_table(folder: str = f"{RESULTS}/metrics") -> str:
@@ -58,3 +103,9 @@ def runs_table(folder: str = f"{RESULTS}/metrics") -> str:
 def timm_config(checkpoint: str) -> str:
     """timm's ``config.json`` beside a checkpoint (``local-dir:`` loads the folder)."""
     return f"{checkpoint.rsplit('/', 1)[0]}/config.json"
+
+
+def pooled_files(folder: str = RESULTS) -> dict[str, str]:
+    """Each soup against the best individual pooled over the replicates (rule pooled): table, text, figure."""
+    return {"table": f"{folder}/metrics/pooled.parquet", "text": f"{folder}/pooled.txt",
+            "figure": f"{folder}/plots/replicates.png"}

@@ -19,6 +19,7 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+from soupflow.plan import layout
 from soupflow.plan.catalog import RECIPES, soup_options
 
 #: keys added to a config section after results folders existed, at the value that changes nothing; a tracked
@@ -41,6 +42,14 @@ def untracked(config: dict[str, Any]) -> SimpleNamespace:
     """The resolved config as a param Snakemake does not compare (not a builtin type): every job gets it, and
     editing a setting no output depends on reruns nothing."""
     return SimpleNamespace(resolved=config)
+
+
+def pipelines(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{folder: that pipeline's config}: one per seed of ``replicates`` (the config with that top-level seed),
+    the top-level seed's first; without ``replicates``, the one pipeline in ``results/``."""
+    seeds = config["replicates"] or [config["seed"]]
+    ordered = [config["seed"], *(seed for seed in seeds if seed != config["seed"])]
+    return {layout.pipeline_folder(seed, config["seed"]): {**config, "seed": seed} for seed in ordered}
 
 
 def kept_epochs(config: dict[str, Any]) -> list[int]:

@@ -132,6 +132,37 @@ def plot_wise_ft(runs: pd.DataFrame, trace: pd.DataFrame, path: str) -> None:
     save_figure(fig, path)
 
 
+def plot_replicates(table: pd.DataFrame, path: str) -> None:
+    """Forest plot: per soup, each replicate's paired 95 % interval against its best individual and the pooled
+    one (black, bold), in accuracy points; a soup wins where the pooled bar and at least two others clear 0."""
+    soups = list(dict.fromkeys(table.soup))
+    seeds = sorted(table[table.scope == "replicate"].seed.unique())
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(soups) * (len(seeds) + 1) + 1.2))
+    palette = sns.color_palette("tab10", max(1, len(seeds)))
+    step = 1.0 / (len(seeds) + 2)
+    for index, soup in enumerate(soups):
+        rows = table[table.soup == soup]
+        for offset, (seed, color) in enumerate(zip(seeds, palette)):
+            row = rows[(rows.scope == "replicate") & (rows.seed == seed)].iloc[0]
+            _interval_bar(ax, row, index + offset * step, dict(color=color, lw=1.2, ms=4),
+                          f"replicate seed {seed}" if index == 0 else None)
+        row = rows[rows.scope == "pooled"].iloc[0]
+        _interval_bar(ax, row, index + len(seeds) * step, dict(color="black", lw=2.5, ms=6),
+                      "pooled" if index == 0 else None)
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set_yticks([i + len(seeds) * step / 2 for i in range(len(soups))], soups)
+    ax.invert_yaxis()
+    ax.set(xlabel="test accuracy − best individual's (points), 95 % paired interval",
+           title=f"Soups over {len(seeds)} replicates")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    save_figure(fig, path)
+
+
+def _interval_bar(ax: plt.Axes, row, y: float, style: dict, label: str | None) -> None:
+    ax.errorbar(row.acc_diff_pt, y, xerr=[[row.acc_diff_pt - row.acc_diff_pt_low], [row.acc_diff_pt_high - row.acc_diff_pt]],
+                fmt="o", capsize=3, color=style["color"], lw=style["lw"], ms=style["ms"], label=label)
+
+
 def plot_soup_figures(runs_path: str, soups_path: str, trace_path: str, outputs: dict[str, str], heatmap_axes: list[str]) -> None:
     runs, soups, trace = (pd.read_parquet(p) for p in (runs_path, soups_path, trace_path))
     sns.set_theme(style="whitegrid")

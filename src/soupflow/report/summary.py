@@ -114,6 +114,34 @@ def format_retry(runs: pd.DataFrame) -> str:
             f"  snakemake --cores N --forcerun {targets}\n")
 
 
+POOLED_LEGEND = """\
+pooled: each soup minus its replicate's best individual (by val) on test, averaged over every test image of
+every replicate, 95 % bootstrap interval stratified by replicate, McNemar exact p over the pooled pairs. wins:
+replicates whose own interval is above zero. WINS / LOSES: pooled interval above / below zero and at least two
+replicates agreeing alone."""
+
+
+def _interval(row: pd.Series) -> str:
+    return f"{row.acc_diff_pt:+.2f} [{row.acc_diff_pt_low:+.2f}, {row.acc_diff_pt_high:+.2f}]"
+
+
+def format_pooled(table: pd.DataFrame) -> str:
+    """The pooled section of the summary: one line per soup (pooled row of ``POOLED_SCHEMA``)."""
+    pooled, alone = table[table.scope == "pooled"], table[table.scope == "replicate"]
+    seeds = sorted(alone.seed.unique())
+    shown = pd.DataFrame({
+        "soup": pooled.soup,
+        "test acc": pooled.test_accuracy.map(_pct),
+        "pooled vs best, pt [95 %]": [_interval(row) for _, row in pooled.iterrows()],
+        "p": pooled.acc_p_mcnemar.map(format_p),
+        "wins": [f"{row.wins_k}/{row.replicates_n}" for _, row in pooled.iterrows()],
+        "per replicate": [" ".join(f"{d:+.2f}" for d in alone[alone.soup == name].acc_diff_pt) for name in pooled.soup],
+        "verdict": pooled.verdict,
+    })
+    return (f"soupflow pooled over {len(seeds)} replicates (seeds {', '.join(map(str, seeds))}): "
+            f"selection on val, reported on test\n" + shown.to_string(index=False) + "\n" + POOLED_LEGEND)
+
+
 def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
     """The summary table as text (printed at the end of a run) and as numbers."""
     runs, soups = pd.read_parquet(runs_path), pd.read_parquet(soups_path)

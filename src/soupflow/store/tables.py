@@ -90,6 +90,17 @@ TRACE_SCHEMA = pa.schema(
 )
 
 
+#: Each soup against each replicate's best individual (``scope`` replicate, its ``seed``) and pooled over the
+#: replicates (``scope`` pooled: mean test accuracy, the stratified interval, ``wins_k`` of ``replicates_n``
+#: replicates won alone, the ``verdict``): ``metrics/pooled.parquet`` (rule pooled).
+POOLED_SCHEMA = pa.schema(
+    [("soup", pa.string()), ("recipe", pa.string()), ("scope", pa.string()), ("seed", pa.int64()),
+     ("test_accuracy", pa.float64()), ("best_test_accuracy", pa.float64())]
+    + _paired("") + [("wins_k", pa.int64()), ("loses_k", pa.int64()), ("replicates_n", pa.int64()),
+                     ("test_images", pa.int64()), ("verdict", pa.string())]
+)
+
+
 def typed_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Rows as a table of ``schema``: absent columns are null; a column the schema lacks is a bug."""
     for row in rows:

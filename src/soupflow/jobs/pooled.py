@@ -1,0 +1,118 @@
+"""Pooling over replicates (rule pooled): each soup against each replicate's best individual, and pooled over
+the replicates — the question "does this recipe win over seeds?" that one pipeline cannot answer.
+
+Each replicate is the whole pipeline under its own top-level seed (its own splits, init, fine-tunes and soups),
+so its test images are its own: the pooled interval is a paired bootstrap stratified by replicate
+(``soupflow.core.stats.pooled_compare``). A recipe **WINS** when the pooled interval is above zero *and* it
+wins alone on at least two replicates; it **LOSES** in the mirrored case. Everything is read from what the
+pipelines wrote: each soup's saved test logits and the best individual's cached ones; no model runs here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from soupflow.core.stats import Comparison, pooled_compare
+from soupflow.report.figures import plot_replicates
+from soupflow.report.summary import format_pooled
+from soupflow.store.io import atomic_write_parquet, atomic_write_text, open_safetensors
+from soupflow.store.tables import POOLED_SCHEMA, best_run, typed_table
+
+log = logging.getLogger("soupflow")
+
+#: replicates a recipe must win (or lose) alone, besides the pooled interval, for the verdict
+MIN_REPLICATES = 2
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """One replicate pipeline's files: its runs table and each soup's saved test outputs."""
+
+    seed: int
+    runs: str
+    outputs: dict[str, str]  # soup name → outputs.safetensors
+
+
+@dataclass(frozen=True)
+class PooledPaths:
+    table: str
+    text: str
+    figure: str
+
+
+Scored = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # soup logits, best individual's logits, labels
+
+
+def _read(path: str, *names: str) -> list[torch.Tensor]:
+    with open_safetensors(path) as handle:
+        return [handle.get_tensor(name) for name in names]
+
+
+def _scored(replicate: Replicate) -> dict[str, Scored]:
+    """{soup: (its test logits, the best individual's, the labels)} of one replicate."""
+    best = best_run(pd.read_parquet(replicate.runs))
+    if best is None:
+        raise ValueError(f"replicate {replicate.seed}: no usable run in {replicate.runs}")
+    (reference,) = _read(best.outputs_file, "test_logits")
+    out = {}
+    for soup, path in replicate.outputs.items():
+        logits, labels = _read(path, "test_logits", "test_labels")
+        if logits.shape != reference.shape:
+            raise ValueError(f"replicate {replicate.seed}: {path} and {best.outputs_file} score different test images")
+        out[soup] = (logits, reference, labels)
+    return out
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).double().mean())
+
+
+def _row(soup: str, comparison: Comparison, scored: list[Scored], **columns) -> dict:
+    return {"soup": soup, **columns, **comparison.columns(""), "wins": comparison.wins,
+            "test_accuracy": sum(_accuracy(s[0], s[2]) for s in scored) / len(scored),
+            "best_test_accuracy": sum(_accuracy(s[1], s[2]) for s in scored) / len(scored),
+            "test_images": sum(len(s[2]) for s in scored)}
+
+
+def verdict(pooled: Comparison, wins_k: int, loses_k: int) -> str:
+    if pooled.accuracy_pt.low > 0 and wins_k >= MIN_REPLICATES:
+        return "WINS"
+    if pooled.accuracy_pt.high < 0 and loses_k >= MIN_REPLICATES:
+        return "LOSES"
+    return ""
+
+
+def pooled_rows(replicates: list[Replicate], recipes: dict[str, str]) -> list[dict]:
+    """Per soup: one row per replicate and the pooled row (``POOLED_SCHEMA``)."""
+    scored = {replicate.seed: _scored(replicate) for replicate in replicates}
+    rows = []
+    for soup, recipe in recipes.items():
+        alone = []
+        for seed, soups in scored.items():
+            comparison = pooled_compare([soups[soup]])
+            alone.append(comparison)
+            rows.append(_row(soup, comparison, [soups[soup]], recipe=recipe, scope="replicate", seed=seed))
+        pooled = pooled_compare([soups[soup] for soups in scored.values()])
+        wins_k = sum(c.accuracy_pt.low > 0 for c in alone)
+        loses_k = sum(c.accuracy_pt.high < 0 for c in alone)
+        rows.append(_row(soup, pooled, [soups[soup] for soups in scored.values()], recipe=recipe, scope="pooled",
+                         wins_k=wins_k, loses_k=loses_k, replicates_n=len(alone),
+                         verdict=verdict(pooled, wins_k, loses_k)))
+    return rows
+
+
+def pool_replicates(replicates: list[Replicate], soups_table: str, paths: PooledPaths) -> pd.DataFrame:
+    """Pool every soup of the top-level seed's soups table over the replicates; write table, text and figure."""
+    soups = pd.read_parquet(soups_table)
+    recipes = dict(zip(soups.soup, soups.recipe))
+    table = typed_table(pooled_rows(replicates, recipes), POOLED_SCHEMA).to_pandas()
+    atomic_write_parquet(table, paths.table)
+    text = format_pooled(table)
+    atomic_write_text(text + "\n", paths.text)
+    plot_replicates(table, paths.figure)
+    log.info("%s", text)
+    return table
