@@ -245,3 +245,50 @@ def test_model_kwargs_the_model_does_not_take_are_rejected_naming_model_kwargs(t
     assert message.startswith("config key 'model.kwargs'") and "wings" in message
     again = rejected(lambda c: c["model"].update(kwargs={"channels": [16, 32, 64, 128], "wings": 2}))
     assert again == message and list(tmp_path.glob("soupflow/kwargs-*.txt"))  # the verdict comes from the cache
+
+
+@pytest.mark.parametrize("replicates, says", [
+    ([1, 2], "holds the top-level seed 0"),
+    ([0, 0], "without repeated values"),
+    ([], "at least 1"),
+    ([0, -1], ">= 0"),
+])
+def test_bad_replicates_name_the_key(replicates, says):
+    message = rejected(lambda c: c.update(replicates=replicates))
+    assert "'replicates" in message and says in message
+
+
+def test_replicates_give_one_pipeline_per_seed_the_top_level_one_in_results():
+    from soupflow.plan.params import pipelines
+
+    config = resolve_config({**copy.deepcopy(DEFAULT), "seed": 1, "replicates": [2, 1, 0]}, check_paths=False)
+    folders = pipelines(config)
+    assert list(folders) == ["results", "results/replicates/2", "results/replicates/0"]
+    assert [c["seed"] for c in folders.values()] == [1, 2, 0]
+    assert all(c["grid"] == config["grid"] for c in folders.values())  # the same experiment under each seed
+    assert list(pipelines(resolve_config(copy.deepcopy(DEFAULT), check_paths=False))) == ["results"]
+
+
+TRANSFER = {"pretrain_classes": [1, 3, 5, 7, 9], "finetune_classes": [0, 2, 4, 6, 8], "labels_per_class": 100,
+            "pretrain_fraction": 0.0}
+
+
+@pytest.mark.parametrize("change, key, says", [
+    ({"finetune_classes": [0, 2, 3]}, "data.finetune_classes", "shares [3]"),
+    ({"finetune_classes": [0, 12]}, "data.finetune_classes", "0 to 9"),
+    ({"pretrain_classes": [1, 10]}, "data.pretrain_classes", "0 to 9"),
+    ({"labels_per_class": 5900}, "data.labels_per_class", "at most"),
+    ({"pretrain_classes": None}, "data.pretrain_classes", "model.init is 'pretrain'"),
+    ({"pretrain_fraction": 0.5}, "data.pretrain_fraction", "allowed: 0"),
+    ({"finetune_classes": None}, "data.pretrain_classes", "without data.finetune_classes"),
+    ({"max_train": 1000}, "data.labels_per_class", "at most 83"),  # ~100 per class, val takes 17
+])
+def test_bad_class_splits_name_the_key(change, key, says):
+    message = rejected(lambda c: c["data"].update({**TRANSFER, **change}))
+    assert f"'{key}'" in message and says in message
+
+
+def test_a_class_split_is_valid():
+    config = copy.deepcopy(DEFAULT)
+    config["data"].update(TRANSFER)
+    assert resolve_config(config, check_paths=False)["data"]["labels_per_class"] == 100

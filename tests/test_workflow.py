@@ -42,7 +42,7 @@ def test_every_output_exists(finished, runs):
             assert (results / "runs" / run_id / name).stat().st_size > 0
     names = [s.get("name", s["recipe"]) for s in SMOKE["soups"]]
     for name in names:
-        for file in ("model.safetensors", "metrics.parquet", "trace.parquet"):
+        for file in ("model.safetensors", "metrics.parquet", "trace.parquet", "outputs.safetensors"):
             assert (results / "soups" / name / file).exists()
     for table in ("runs", "soups", "soup_trace"):
         assert (results / "metrics" / f"{table}.parquet").exists()
@@ -326,3 +326,42 @@ def test_soups_over_epoch_checkpoints_take_every_kept_epoch_as_a_candidate(tmp_p
     without = {**config, "soups": [{"recipe": "best_individual"}, {"recipe": "greedy"}]}
     plan = snakemake(tmp_path, without, "-n")
     assert plan.returncode == 0 and "rule finetune" not in plan.stdout, plan.stdout[-2000:]
+
+
+def test_replicates_are_pooled_from_each_pipeline_and_a_new_one_plans_only_its_jobs(tmp_path):
+    """replicates: the whole pipeline once per seed (the top-level seed's in results/, as without replicates),
+    each soup pooled over them; adding a seed plans its own pipeline and the pooled table, nothing else."""
+    from soupflow.core.stats import compare, pooled_compare
+
+    config = {**SMOKE, "grid": {"lr": [0.01, 0.03]}, "runs": [], "replicates": [0, 1],
+              "soups": [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy"}]}
+    result = snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results"
+    folders = {0: results, 1: results / "replicates" / "1"}
+    pooled = pd.read_parquet(results / "metrics/pooled.parquet")
+    assert set(pooled.soup) == {"best_individual", "uniform", "greedy"}
+    replicates = {}
+    for seed, folder in folders.items():
+        runs = pd.read_parquet(folder / "metrics/runs.parquet")
+        assert len(runs) == 2 and all(str(folder) in path for path in runs.model_file)
+        best = runs.sort_values("val_accuracy", ascending=False).iloc[0]
+        outputs = load_file(folder / "soups/uniform/outputs.safetensors")
+        replicates[seed] = (outputs["test_logits"], load_file(best.outputs_file)["test_logits"], outputs["test_labels"])
+        row = pooled[(pooled.soup == "uniform") & (pooled.seed == seed)].iloc[0]
+        assert row.acc_diff_pt == compare(*replicates[seed]).accuracy_pt.diff
+    splits = [json.loads((folder / "data/splits.json").read_text())["train"] for folder in folders.values()]
+    assert splits[0] != splits[1]  # each replicate draws its own split
+    row = pooled[(pooled.soup == "uniform") & (pooled.scope == "pooled")].iloc[0]
+    assert row.acc_diff_pt == pooled_compare(list(replicates.values())).accuracy_pt.diff
+    assert row.replicates_n == 2 and row.test_images == sum(len(r[2]) for r in replicates.values())
+    assert "pooled over 2 replicates" in (results / "pooled.txt").read_text()
+    assert (results / "plots/replicates.png").read_bytes()[:4] == b"\x89PNG"
+    single = {key: value for key, value in config.items() if key != "replicates"}
+    plan = snakemake(tmp_path, single, "-n")  # the top-level seed's pipeline is the single pipeline
+    assert plan.returncode == 0 and not job_counts(plan.stdout + plan.stderr).keys() - {"all"}, plan.stdout[-2000:]
+    plan = snakemake(tmp_path, {**config, "replicates": [0, 1, 2]}, "-n")
+    counts = job_counts(plan.stdout + plan.stderr)
+    assert counts.get("prepare_data") == 1 and counts.get("init") == 1 and counts.get("finetune") == 2
+    assert counts.get("soup") == 3 and counts.get("pooled") == 1
+    assert "results/replicates/2/" in plan.stdout and "wildcards: pipeline=results," not in plan.stdout

@@ -3,6 +3,7 @@ own pretrained weights — and the kept epochs of pretraining (branch points of 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -80,15 +81,32 @@ def _pretrain(context: JobContext, model: torch.nn.Module, paths: InitPaths, kee
     if head:
         log.info("pretraining on the %s pretext task (%d images); fine-tunes get a fresh head: %s",
                  task, source.size, ", ".join(head))
-    result = train(model, source, data, hp, context.device, name="pretrain",
+    learner = model
+    if getattr(data, "pretrain_classes", None):  # few-label transfer: pretrain with a head of its own classes
+        learner, head = _pretraining_twin(model, config["model"], data)
+        log.info("pretraining on %d images of the classes %s; fine-tunes get the seeded head of %s",
+                 source.size, ", ".join(data.pretrain_classes), ", ".join(data.classes))
+    result = train(learner, source, data, hp, context.device, name="pretrain",
                    on_epoch_end=lambda epoch, trained: keep(epoch, trained, head),
                    resume=job_resume(config, state_beside(paths.model), paths.data),
                    precision=config["training"]["precision"])
     if result.status != "ok":
         raise RuntimeError("pretraining diverged; lower pretrain.lr")
-    model.load_state_dict({**model.state_dict(), **head})
+    model.load_state_dict({**learner.state_dict(), **head})
     scores = context.evaluator("val", model=model).scores()
     log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
+
+
+def _pretraining_twin(model: torch.nn.Module, model_config: dict[str, Any], data) -> tuple[torch.nn.Module, dict]:
+    """The model to pretrain on other classes than the fine-tunes': ``model``'s weights with a head sized to
+    the pretraining classes (timm's ``reset_classifier``), and ``model``'s own seeded head of the fine-tuning
+    classes, which every kept epoch and the init carry instead (as a pretext task's fresh head)."""
+    classifier = model.get_classifier()
+    prefix = next(name for name, module in model.named_modules() if module is classifier)
+    head = {f"{prefix}.{key}": value.clone() for key, value in classifier.state_dict().items()}
+    twin = copy.deepcopy(model)
+    twin.reset_classifier(len(data.pretrain_classes))
+    return twin, head
 
 
 def _started(context: JobContext, meta: dict[str, str]) -> torch.nn.Module:

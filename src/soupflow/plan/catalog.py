@@ -121,14 +121,16 @@ class Dataset:
     name: str
     channels: int
     needs: tuple[str, ...]
+    classes: int | None = None  # how many (None: the class folders say)
+    train_per_class: int | None = None  # official training images of the smallest class
 
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
-    Dataset("fashion_mnist", 1, IDX_FILES),
-    Dataset("mnist", 1, IDX_FILES),
-    Dataset("cifar10", 3, ("cifar-10-batches-py",)),
-    Dataset("cifar100", 3, ("cifar-100-python",)),
+    Dataset("fashion_mnist", 1, IDX_FILES, 10, 6000),
+    Dataset("mnist", 1, IDX_FILES, 10, 5421),
+    Dataset("cifar10", 3, ("cifar-10-batches-py",), 10, 5000),
+    Dataset("cifar100", 3, ("cifar-100-python",), 100, 500),
     Dataset("image_folder", 3, ("train", "test")),  # decoded to RGB
     Dataset("image_shards", 3, ("train", "test")),  # WebDataset tar shards: train/*.tar, test/*.tar
 )}

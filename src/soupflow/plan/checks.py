@@ -116,7 +116,7 @@ def _check_fractions(config: dict[str, Any]) -> None:
     if data["pretrain_fraction"] + data["val_fraction"] + data["test_fraction"] >= 1:
         raise ConfigError("config keys 'data.pretrain_fraction' + 'data.val_fraction' + 'data.test_fraction' must be "
                           "< 1 so that images remain to fine-tune on")
-    if config["model"]["init"] == "pretrain" and data["pretrain_fraction"] <= 0:
+    if config["model"]["init"] == "pretrain" and data["pretrain_fraction"] <= 0 and not data["pretrain_classes"]:
         raise ConfigError("config key 'data.pretrain_fraction' must be > 0 when model.init is 'pretrain'")
 
 
@@ -228,6 +228,47 @@ def _check_devices(config: dict[str, Any]) -> None:
                               f"allowed: a multiple of {devices} (each process takes an equal share of the batch)")
 
 
+def _check_class_split(config: dict[str, Any]) -> None:
+    """Few-label transfer (``data.finetune_classes``): disjoint known classes, enough images, no other split."""
+    data = config["data"]
+    pretrain, finetune = data["pretrain_classes"], data["finetune_classes"]
+    if finetune is None:
+        for key in ("pretrain_classes", "labels_per_class"):
+            if data[key] is not None:
+                raise ConfigError(f"config key 'data.{key}' is {data[key]!r} without data.finetune_classes; allowed: "
+                                  "null, or set data.finetune_classes too (few-label transfer to new classes)")
+        return
+    if data["format"] != "tensors":
+        raise ConfigError(f"config key 'data.finetune_classes' is {finetune}; allowed only with data.format tensors")
+    known = DATASETS[data["name"]].classes
+    for key, classes in (("pretrain_classes", pretrain or []), ("finetune_classes", finetune)):
+        unknown = [c for c in classes if known is not None and c >= known]
+        if unknown:
+            raise ConfigError(f"config key 'data.{key}' has {unknown}, not classes of {data['name']}; allowed: "
+                              f"0 to {known - 1}")
+    shared = sorted(set(pretrain or []) & set(finetune))
+    if shared:
+        raise ConfigError(f"config key 'data.finetune_classes' shares {shared} with data.pretrain_classes; allowed: "
+                          "classes the pretraining never saw")
+    if config["model"]["init"] == "pretrain" and not pretrain:
+        raise ConfigError("config key 'data.pretrain_classes' is missing; allowed: the classes that pretrain the init "
+                          "(model.init is 'pretrain' and data.finetune_classes is set)")
+    for key in ("pretrain_fraction", "test_fraction"):
+        if data[key]:
+            raise ConfigError(f"config key 'data.{key}' is {data[key]}; allowed: 0 with data.finetune_classes (the "
+                              "classes split the images: pretraining takes every image of its classes, test every "
+                              "unused image of the fine-tuning classes)")
+    per_class = DATASETS[data["name"]].train_per_class
+    labels = data["labels_per_class"]
+    if per_class is not None and labels is not None:
+        if data["max_train"] is not None:  # a seeded subsample of all classes: about as many of each
+            per_class = min(per_class, data["max_train"] // known)
+        room = per_class - int(round(per_class * data["val_fraction"]))
+        if labels > room:
+            raise ConfigError(f"config key 'data.labels_per_class' is {labels}; allowed: at most {room} ({data['name']} "
+                              f"has about {per_class} training images per class, data.val_fraction takes the rest)")
+
+
 def _check_replicates(config: dict[str, Any]) -> None:
     replicates = config["replicates"]
     if replicates is not None and config["seed"] not in replicates:
@@ -239,6 +280,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     """Checks beyond the schema on a config with defaults filled in. ``check_paths`` looks at the data and
     model files, ``check_model`` asks timm for ``model.name``: the main Snakemake process does both once."""
     _check_normalize(config["data"])
+    _check_class_split(config)
     _check_fractions(config)
     _check_replicates(config)
     _check_format(config)

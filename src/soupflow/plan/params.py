@@ -26,7 +26,8 @@ from soupflow.plan.catalog import RECIPES, soup_options
 #: param leaves them out at that value (upgrading does not re-trigger finished jobs)
 LATE_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"test_fraction": 0.0, "normalize": "dataset", "format": "tensors", "crop_pct": None,
-             "interpolation": None, "skip_corrupt": False},
+             "interpolation": None, "skip_corrupt": False, "pretrain_classes": None, "finetune_classes": None,
+             "labels_per_class": None},
     "model": {"match": "name", "init_bn": "keep", "linear_probe": False},
     "pretrain": {"task": "labels"},
 }

@@ -128,13 +128,13 @@ def _interval(row: pd.Series) -> str:
 def format_pooled(table: pd.DataFrame) -> str:
     """The pooled section of the summary: one line per soup (pooled row of ``POOLED_SCHEMA``)."""
     pooled, alone = table[table.scope == "pooled"], table[table.scope == "replicate"]
-    seeds = sorted(alone.seed.unique())
+    seeds = sorted(int(seed) for seed in alone.seed.unique())
     shown = pd.DataFrame({
         "soup": pooled.soup,
         "test acc": pooled.test_accuracy.map(_pct),
         "pooled vs best, pt [95 %]": [_interval(row) for _, row in pooled.iterrows()],
         "p": pooled.acc_p_mcnemar.map(format_p),
-        "wins": [f"{row.wins_k}/{row.replicates_n}" for _, row in pooled.iterrows()],
+        "wins": [f"{int(row.wins_k)}/{int(row.replicates_n)}" for _, row in pooled.iterrows()],
         "per replicate": [" ".join(f"{d:+.2f}" for d in alone[alone.soup == name].acc_diff_pt) for name in pooled.soup],
         "verdict": pooled.verdict,
     })

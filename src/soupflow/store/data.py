@@ -23,7 +23,9 @@ from soupflow.store.prepared import (
     Batches,
     DataError,
     PreparedData,
+    class_split,
     normalisation,
+    relabelled,
     split_indices,
     subsample,
     written_split,
@@ -149,21 +151,37 @@ def prepare_tensors(data_config: dict[str, Any], seed: int, out_tensors: str, ou
     (train_x, train_y), (test_x, test_y) = ((x[kept], y[kept]) for (x, y), kept in
                                             ((raw["train"], kept_train), (raw["test"], kept_test)))
     train_x, test_x = resize(train_x, data_config["image_size"]), resize(test_x, data_config["image_size"])
-    parts = split_indices(len(train_y), data_config["pretrain_fraction"], data_config["val_fraction"], seed,
-                          data_config["test_fraction"])
+    transfer = data_config["finetune_classes"]
+    if transfer is None:
+        parts = split_indices(len(train_y), data_config["pretrain_fraction"], data_config["val_fraction"], seed,
+                              data_config["test_fraction"])
+        labels = {split: train_y for split in ("pretrain", "train", "val", "test_extra")} | {"test": test_y}
+    else:  # few-label transfer: the fine-tuning classes' test images only, every head's labels 0..n-1
+        parts = class_split(train_y, data_config, seed)
+        targets = np.isin(test_y, transfer)
+        kept_test, test_x, test_y = kept_test[targets], test_x[targets], test_y[targets]
+        labels = {split: relabelled(train_y, transfer) for split in ("train", "val", "test_extra")}
+        labels |= {"pretrain": relabelled(train_y, data_config["pretrain_classes"] or []),
+                   "test": relabelled(test_y, transfer)}
     extra = parts["test_extra"]
     tensors = {"test_x": torch.from_numpy(np.concatenate([test_x, train_x[extra]])),
-               "test_y": torch.from_numpy(np.concatenate([test_y, train_y[extra]]))}
+               "test_y": torch.from_numpy(np.concatenate([labels["test"], labels["test_extra"][extra]]))}
     for split in ("pretrain", "train", "val"):
         tensors[f"{split}_x"] = torch.from_numpy(np.ascontiguousarray(train_x[parts[split]]))
-        tensors[f"{split}_y"] = torch.from_numpy(np.ascontiguousarray(train_y[parts[split]]))
+        tensors[f"{split}_y"] = torch.from_numpy(np.ascontiguousarray(labels[split][parts[split]]))
     norm = normalisation(data_config, train_x.shape[1], model_name,
                          lambda: torch.cat([tensors["pretrain_x"], tensors["train_x"]]))
-    metadata = {"classes": json.dumps(raw["classes"]), "mean": json.dumps(norm["mean"]),
+    classes = raw["classes"] if transfer is None else [raw["classes"][c] for c in transfer]
+    if transfer is not None:  # the pretraining's own classes: the init's pretraining head has as many outputs
+        norm["pretrain_classes"] = [raw["classes"][c] for c in data_config["pretrain_classes"] or []]
+    metadata = {"classes": json.dumps(classes), "mean": json.dumps(norm["mean"]),
                 "std": json.dumps(norm["std"]), "normalize": json.dumps(data_config["normalize"]),
-                "name": data_config["name"]}
+                "name": data_config["name"], "pretrain_classes": json.dumps(norm.get("pretrain_classes"))}
     atomic_save_safetensors(tensors, out_tensors, metadata)
-    atomic_write_text(json.dumps(written_split(parts, kept_train, kept_test)), out_splits)
+    split = written_split(parts, kept_train, kept_test)
+    if transfer is not None:
+        split |= {"pretrain_classes": data_config["pretrain_classes"], "finetune_classes": transfer}
+    atomic_write_text(json.dumps(split), out_splits)
     return {split: int(tensors[f"{split}_y"].numel()) for split in SPLITS}
 
 
@@ -174,6 +192,8 @@ class TensorData(PreparedData):
         with open_safetensors(path) as handle:
             meta = handle.metadata()
         super().__init__(str(path), json.loads(meta["classes"]), json.loads(meta["mean"]), json.loads(meta["std"]))
+        #: few-label transfer: the pretraining classes' names (its head's size); None when the classes are shared
+        self.pretrain_classes = json.loads(meta.get("pretrain_classes", "null"))
         self._loaded: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod

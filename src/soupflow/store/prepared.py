@@ -46,6 +46,35 @@ def split_indices(n: int, pretrain_fraction: float, val_fraction: float, seed: i
     }
 
 
+def class_split(train_y: np.ndarray, data_config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Few-label transfer to new classes (``data.finetune_classes``): the same parts as ``split_indices``, cut by
+    class. ``pretrain``: every image of the pretraining classes. Per fine-tuning class, in a seeded order:
+    ``val`` its first ``val_fraction``, ``train`` the next ``labels_per_class`` (all the rest when null), and
+    ``test_extra`` what is left, which joins that class's official test images (the target test split)."""
+    rng = np.random.default_rng(seed)
+    labelled = data_config["labels_per_class"]
+    parts: dict[str, list[np.ndarray]] = {"pretrain": [], "val": [], "test_extra": [], "train": []}
+    parts["pretrain"].append(np.flatnonzero(np.isin(train_y, data_config["pretrain_classes"] or [])))
+    for label in data_config["finetune_classes"]:
+        order = rng.permutation(np.flatnonzero(train_y == label))
+        n_val = max(1, int(round(len(order) * data_config["val_fraction"])))
+        end = len(order) if labelled is None else n_val + labelled
+        if end > len(order):
+            raise DataError(f"class {label} has {len(order)} training images: too few for data.labels_per_class "
+                            f"{labelled} after data.val_fraction's {n_val}")
+        parts["val"].append(order[:n_val])
+        parts["train"].append(order[n_val:end])
+        parts["test_extra"].append(order[end:])
+    return {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
+
+
+def relabelled(labels: np.ndarray, classes: list[int]) -> np.ndarray:
+    """Labels of the listed classes as their positions in ``classes`` (0..n-1): what the heads predict."""
+    lookup = np.full(max([int(labels.max()), *classes]) + 1, -1, dtype=np.int64)
+    lookup[list(classes)] = np.arange(len(classes))
+    return lookup[labels]  # -1 for the other classes, which no split of them holds
+
+
 def subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
     """Indices of at most ``limit`` of ``n`` items (``data.max_train`` / ``max_test``), seeded, in order."""
     if limit is None or limit >= n:
