@@ -145,3 +145,34 @@ def test_every_data_set_name_has_one_loader_and_one_reader():
     from soupflow.store.files import LISTERS
 
     assert set(LOADERS) == set(DATASETS) - {"image_shards"} and set(LISTERS) == {"image_folder", "image_shards"}
+
+
+def test_a_class_split_holds_each_class_where_the_config_puts_it(tiny_idx, tmp_path):
+    """Few-label transfer: pretraining classes only in pretrain; per fine-tuning class val, then exactly
+    labels_per_class in train, and every other image of it in test with its official test images; labels are
+    positions in each list; splits.json records it all."""
+    config = {"name": "fashion_mnist", "root": str(tiny_idx), "pretrain_fraction": 0.0, "val_fraction": 0.25,
+              "pretrain_classes": [1, 3], "finetune_classes": [8, 0, 4], "labels_per_class": 6}
+    sizes = prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))
+    raw_y = read_idx(tiny_idx / "train-labels-idx1-ubyte.gz")  # 20 training and 5 test images per class
+    assert sizes == {"pretrain": 40, "train": 18, "val": 15, "test": 3 * 5 + 3 * (20 - 5 - 6)}
+    split, data = json.loads((tmp_path / "s.json").read_text()), TensorData(tmp_path / "d.safetensors")
+    assert set(raw_y[split["pretrain"]]) == {1, 3} and data.pretrain_classes == ["1", "3"]
+    assert data.num_classes == 3 and data.classes == ["8", "0", "4"]
+    for name in ("train", "val", "test_extra"):
+        assert set(raw_y[split[name]]) == {8, 0, 4}
+    assert np.bincount(raw_y[split["train"]], minlength=10)[[8, 0, 4]].tolist() == [6, 6, 6]
+    used = [i for name in ("pretrain", "train", "val", "test_extra") for i in split[name]]
+    assert len(used) == len(set(used))  # disjoint
+    assert sorted(split["test_extra"]) == sorted(i for i in range(200) if raw_y[i] in (8, 0, 4)
+                                                 and i not in split["train"] + split["val"])
+    assert torch.equal(data.labels("train"), torch.from_numpy(np.array([[8, 0, 4].index(c) for c in raw_y[split["train"]]])))
+    assert data.labels("test").tolist()[:3] == [[8, 0, 4].index(c) for c in np.arange(50)[split["test"]][:3] % 10]
+    assert split["finetune_classes"] == [8, 0, 4]
+
+
+def test_too_few_images_for_labels_per_class_is_a_data_error_naming_the_key(tiny_idx, tmp_path):
+    config = {"name": "fashion_mnist", "root": str(tiny_idx), "pretrain_fraction": 0.0, "val_fraction": 0.25,
+              "pretrain_classes": [1], "finetune_classes": [0, 2], "labels_per_class": 16}
+    with pytest.raises(DataError, match="data.labels_per_class 16"):
+        prepare(config, 0, str(tmp_path / "d.safetensors"), str(tmp_path / "s.json"))

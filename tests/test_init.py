@@ -71,3 +71,24 @@ def test_rotation_pretraining_hands_fine_tunes_a_fresh_seeded_head(tmp_path, dat
 def test_model_kwargs_timm_rejects_fail_naming_the_key():
     with pytest.raises(TypeError, match=r"config key 'model.kwargs' \{'bogus_width': 3\} does not fit timm's 'resnet10t'"):
         create_model({"name": "resnet10t", "kwargs": {"bogus_width": 3}}, num_classes=10, in_chans=1)
+
+
+def test_pretraining_on_other_classes_hands_fine_tunes_a_seeded_head_of_the_target_classes(tmp_path):
+    from test_data import write_tiny_idx_dataset
+
+    write_tiny_idx_dataset(tmp_path, n_train=120, n_test=20)
+    data = {"name": "fashion_mnist", "root": str(tmp_path), "pretrain_fraction": 0.0, "val_fraction": 0.25,
+            "pretrain_classes": [1, 3, 5, 7], "finetune_classes": [0, 2, 4], "labels_per_class": 4}
+    config = merge_defaults({"data": data, "model": {"name": "test_resnet", "head_seed": 3},
+                             "pretrain": {"epochs": 1, "batch_size": 16}})
+    prepare(config["data"], 0, str(tmp_path / "data.safetensors"), str(tmp_path / "splits.json"))
+    paths = {0: str(tmp_path / "e0.safetensors"), 1: str(tmp_path / "e1.safetensors")}
+    make_init(config, InitPaths(str(tmp_path / "data.safetensors"), str(tmp_path / "init.safetensors"), paths))
+    init, before, first = (load_file(str(tmp_path / "init.safetensors")), load_file(paths[0]), load_file(paths[1]))
+    torch.manual_seed(3)
+    fresh = create_model({"name": "test_resnet"}, num_classes=3, in_chans=1).state_dict()
+    head = [k for k in init if k.startswith(("fc.", "head.")) or init[k].shape[:1] == (3,)]
+    assert head and all(init[k].shape[0] == 3 and torch.equal(init[k], fresh[k]) for k in head)
+    assert all(torch.equal(first[k], init[k]) for k in head)  # kept epochs carry the same head
+    body = next(k for k in init if k.endswith("conv1.weight"))
+    assert not torch.equal(init[body], before[body])  # the body did pretrain (on 4 classes, with a 4-class head)

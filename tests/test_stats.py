@@ -89,10 +89,11 @@ def test_a_replicate_pooled_against_itself_is_exactly_zero():
     for n in (500, 800, 650):  # each replicate has its own test split, of its own size
         logits = torch.randn(n, 10, generator=generator)
         replicates.append((logits, logits.clone(), torch.randint(0, 10, (n,), generator=generator)))
-    pooled = pooled_compare(replicates)
-    assert (pooled.accuracy_pt.diff, pooled.accuracy_pt.low, pooled.accuracy_pt.high) == (0.0, 0.0, 0.0)
-    assert (pooled.loss.diff, pooled.loss.low, pooled.loss.high) == (0.0, 0.0, 0.0)
-    assert pooled.mcnemar_p == 1.0 and pooled.disagreements == 0 and not pooled.wins
+    for images in (None, [[(i,) for i in range(len(r[2]))] for r in replicates]):
+        pooled = pooled_compare(replicates, images)
+        assert (pooled.accuracy_pt.diff, pooled.accuracy_pt.low, pooled.accuracy_pt.high) == (0.0, 0.0, 0.0)
+        assert (pooled.loss.diff, pooled.loss.low, pooled.loss.high) == (0.0, 0.0, 0.0)
+        assert pooled.mcnemar_p == 1.0 and pooled.disagreements == 0 and not pooled.wins
 
 
 def test_pooling_weighs_each_image_once_and_one_replicate_is_the_plain_comparison():
@@ -104,19 +105,33 @@ def test_pooling_weighs_each_image_once_and_one_replicate_is_the_plain_compariso
     assert math.isclose(mixed.accuracy_pt.diff, 100 * 80 / 6000, abs_tol=1e-9)  # mean over all 6,000 images
     assert mixed.accuracy_pt.low < mixed.accuracy_pt.diff < mixed.accuracy_pt.high
     assert mixed.disagreements == 80 and mixed.mcnemar_p < 1e-6
-    twice = pooled_compare([a, a])  # twice the images: the same difference, a narrower interval
-    assert math.isclose(twice.accuracy_pt.diff, 2.0, abs_tol=1e-9)
-    assert twice.accuracy_pt.high - twice.accuracy_pt.low < one.accuracy_pt.high - one.accuracy_pt.low
 
 
-def test_the_stratified_interval_covers_a_known_pooled_mean_about_95_percent_of_the_time():
+def test_replicates_that_test_the_same_images_are_resampled_together():
+    """The same gain on the same images twice is no more evidence than once: with the images named, the
+    interval of a replicate pooled with its copy is the single interval; treated as other images, it narrows."""
+    a = _constructed(4000, 800, 80)
+    keys = [("test", i) for i in range(4000)]
+    one = compare(*a)
+    shared = pooled_compare([a, a], [keys, keys])
+    assert (shared.accuracy_pt.diff, shared.accuracy_pt.low, shared.accuracy_pt.high) == (
+        one.accuracy_pt.diff, one.accuracy_pt.low, one.accuracy_pt.high)
+    apart = pooled_compare([a, a])
+    assert apart.accuracy_pt.high - apart.accuracy_pt.low < 0.8 * (one.accuracy_pt.high - one.accuracy_pt.low)
+
+
+def test_the_clustered_interval_covers_a_known_pooled_mean_about_95_percent_of_the_time():
+    """Three replicates on one shared set of images whose difficulty they share: the truth is the mean gain."""
     rng = np.random.default_rng(4)
-    covered, trials = 0, 200
+    covered, trials, n = 0, 200, 600
     for trial in range(trials):
-        gains = (0.0, 0.04, 0.02)  # replicates differ in their true gain; the pooled truth is their mean
-        models = [(rng.random(600) < 0.75 + g).astype(float) for g in gains]
-        references = [(rng.random(600) < 0.75).astype(float) for _ in gains]
-        interval = paired_bootstrap(models, references, resamples=400, seed=trial)
+        hard = rng.random(n) < 0.3  # images every replicate finds hard
+        gains = (0.0, 0.06, 0.03)
+        base = np.where(hard, 0.4, 0.9)
+        models = [(rng.random(n) < base + g).astype(float) for g in gains]
+        references = [(rng.random(n) < base).astype(float) for _ in gains]
+        interval = paired_bootstrap(np.concatenate(models), np.concatenate(references), resamples=400, seed=trial,
+                                    clusters=np.tile(np.arange(n), len(gains)))
         covered += interval.low <= np.mean(gains) <= interval.high
     assert 0.88 <= covered / trials <= 0.99
 

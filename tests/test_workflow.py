@@ -353,7 +353,11 @@ def test_replicates_are_pooled_from_each_pipeline_and_a_new_one_plans_only_its_j
     splits = [json.loads((folder / "data/splits.json").read_text())["train"] for folder in folders.values()]
     assert splits[0] != splits[1]  # each replicate draws its own split
     row = pooled[(pooled.soup == "uniform") & (pooled.scope == "pooled")].iloc[0]
-    assert row.acc_diff_pt == pooled_compare(list(replicates.values())).accuracy_pt.diff
+    from soupflow.store.prepared import test_rows
+
+    images = [test_rows(json.loads((folder / "data/splits.json").read_text())) for folder in folders.values()]
+    expected = pooled_compare(list(replicates.values()), images).accuracy_pt
+    assert (row.acc_diff_pt, row.acc_diff_pt_low, row.acc_diff_pt_high) == (expected.diff, expected.low, expected.high)
     assert row.replicates_n == 2 and row.test_images == sum(len(r[2]) for r in replicates.values())
     assert "pooled over 2 replicates" in (results / "pooled.txt").read_text()
     assert (results / "plots/replicates.png").read_bytes()[:4] == b"\x89PNG"

@@ -47,7 +47,9 @@ except ConfigError as error:
 PIPELINES = pipelines(CONFIG)  # {folder: that pipeline's config}
 MAIN = layout.RESULTS
 REPLICATED = CONFIG["replicates"] is not None
-PIPELINE = layout.Folders("{pipeline}")  # the folders of one pipeline, as rule path patterns
+PIPELINE = layout.Folders(
+    "{pipeline}"
+)  # the folders of one pipeline, as rule path patterns
 
 
 wildcard_constraints:
@@ -77,6 +79,7 @@ def in_main(pattern):
 def in_each(pattern, **wildcards):
     """A pipeline's path pattern in every pipeline (and every value of the other wildcards given)."""
     return expand(pattern, pipeline=PIPELINES, **wildcards)
+
 
 RUNS = expand_runs(
     CONFIG

@@ -4,7 +4,11 @@ rule run_table:
     """
     input:
         **(
-            {"epochs": expand(rules.finetune.output.epochs, run_id=RUNS, allow_missing=True)}
+            {
+                "epochs": expand(
+                    rules.finetune.output.epochs, run_id=RUNS, allow_missing=True
+                )
+            }
             if KEEP_EPOCHS
             else {}
         ),
@@ -73,18 +77,20 @@ rule summary:
 
 def replicate_files():
     """What rule pooled reads of each pipeline (plain values: params are compared and pickled)."""
+
+    def of(pattern, folder, **wildcards):
+        return expand(pattern, pipeline=folder, **wildcards)[0]
+
     return [
         {
-            "seed": seed,
-            "runs": in_each(rules.run_table.output[0])[index],
+            "seed": pipeline["seed"],
+            "runs": of(rules.run_table.output[0], folder),
+            "splits": of(rules.prepare_data.output.splits, folder),
             "outputs": {
-                soup: expand(rules.soup.output.outputs, pipeline=folder, soup=soup)[0]
-                for soup in SOUPS
+                soup: of(rules.soup.output.outputs, folder, soup=soup) for soup in SOUPS
             },
         }
-        for index, (folder, seed) in enumerate(
-            (folder, pipeline["seed"]) for folder, pipeline in PIPELINES.items()
-        )
+        for folder, pipeline in PIPELINES.items()
     ]
 
 
@@ -94,6 +100,7 @@ rule pooled:
     pipelines wrote (each soup's saved test logits, the best run's cached ones)."""
     input:
         runs=in_each(rules.run_table.output[0]),
+        splits=in_each(rules.prepare_data.output.splits),
         outputs=in_each(rules.soup.output.outputs, soup=SOUPS),
         soups=in_main(rules.soups_table.output[0]),
     output:

@@ -76,30 +76,33 @@ def per_image(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, n
     return correct, loss
 
 
-def paired_bootstrap(model: np.ndarray | list[np.ndarray], reference: np.ndarray | list[np.ndarray],
-                     resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL, chunk: int = 250) -> Interval:
+def paired_bootstrap(model: np.ndarray, reference: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED,
+                     level: float = LEVEL, chunk: int = 250, clusters: np.ndarray | None = None) -> Interval:
     """Mean of ``model − reference`` over images, with a percentile interval from ``resamples`` resamples of
     the images (with replacement; the same images for both models, which is what makes it paired).
 
-    Lists of arrays are strata — e.g. the test images of several replicates, each with its own split: each
-    stratum is resampled within itself (its size kept), and the statistic is the mean over every image of
-    every stratum. One stratum is exactly the plain bootstrap (same draws, same interval)."""
-    strata = [np.asarray(m, dtype=np.float64) - np.asarray(r, dtype=np.float64)
-              for m, r in (zip(model, reference) if isinstance(model, list) else [(model, reference)])]
-    total = sum(diff.shape[0] for diff in strata)
-    if total == 0:
+    ``clusters`` (an id per value) resamples groups of values together: the differences of one test image
+    under several replicates move together, so a gain that comes from the same images in every replicate is
+    not mistaken for independent evidence. Without it every value is its own cluster (the plain bootstrap)."""
+    diff = np.asarray(model, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    if diff.shape[0] == 0:
         return Interval(math.nan, math.nan, math.nan)
+    if clusters is None:
+        sums, counts = diff, None
+    else:
+        ids = np.unique(np.asarray(clusters), return_inverse=True)[1]
+        sums, counts = np.bincount(ids, weights=diff), np.bincount(ids).astype(np.float64)
+    n = sums.shape[0]
     rng = np.random.default_rng(seed)
-    sums = np.zeros(resamples)
-    for diff in strata:
-        n = diff.shape[0]
-        for start in range(0, resamples, chunk):
-            size = min(chunk, resamples - start)
-            sums[start:start + size] += diff[rng.integers(0, n, size=(size, n))].sum(axis=1)
-    means = sums / total
+    means = np.empty(resamples)
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        drawn = rng.integers(0, n, size=(size, n))
+        means[start:start + size] = sums[drawn].mean(axis=1) if counts is None \
+            else sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return Interval(float(np.concatenate(strata).mean()), float(low), float(high))
+    return Interval(float(diff.mean()), float(low), float(high))
 
 
 def mcnemar_exact(model_correct: np.ndarray, reference_correct: np.ndarray) -> float:
@@ -120,22 +123,27 @@ def mcnemar_exact(model_correct: np.ndarray, reference_correct: np.ndarray) -> f
 def compare(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor,
             resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
     """A model's test logits against the reference's (the best individual's) on the same labelled images."""
-    return pooled_compare([(logits, reference_logits, labels)], resamples, seed)
+    return pooled_compare([(logits, reference_logits, labels)], resamples=resamples, seed=seed)
 
 
-def pooled_compare(replicates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+def pooled_compare(replicates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], images: list[list] | None = None,
                    resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
-    """(model logits, reference logits, labels) of several replicates — the whole pipeline under several
-    seeds, each with its own test split — pooled: the mean difference over every test image of every
-    replicate, its interval from a paired bootstrap stratified by replicate (each replicate's images resampled
-    within it), McNemar over every discordant (image, replicate). The interval says whether the mean gain over
-    these replicates is larger than test-set noise; how far replicates disagree is read from each one's own
-    interval. One replicate is the plain comparison."""
+    """(model logits, reference logits, labels) of several replicates — the whole pipeline under several seeds —
+    pooled: the mean difference over every (replicate, test image), its interval from a paired bootstrap that
+    resamples test images, each with its differences in every replicate that tests it (``images``: each
+    replicate's image keys, e.g. ``store.prepared.test_rows``; None: no image is shared), and McNemar over every
+    discordant (replicate, image). The interval says whether the mean gain over these replicates is larger than
+    test-set noise; how far replicates disagree is read from each one's own interval. One replicate is the
+    plain comparison."""
     scored = [(per_image(model, labels), per_image(reference, labels)) for model, reference, labels in replicates]
-    correct, ref_correct = [100 * m[0] for m, _ in scored], [100 * r[0] for _, r in scored]
+    clusters = None
+    if images is not None and len(replicates) > 1:
+        ids: dict = {}
+        clusters = np.array([ids.setdefault(key, len(ids)) for keys in images for key in map(tuple, keys)])
+    correct, ref_correct = (np.concatenate([m[0] for m, _ in scored]), np.concatenate([r[0] for _, r in scored]))
+    loss, ref_loss = np.concatenate([m[1] for m, _ in scored]), np.concatenate([r[1] for _, r in scored])
     # one set of resamples for accuracy and loss (same seed): the two intervals describe the same draws
-    accuracy = paired_bootstrap(correct, ref_correct, resamples, seed)
-    loss = paired_bootstrap([m[1] for m, _ in scored], [r[1] for _, r in scored], resamples, seed)
-    right = np.concatenate([m[0] for m, _ in scored]).astype(bool)
-    ref_right = np.concatenate([r[0] for _, r in scored]).astype(bool)
-    return Comparison(accuracy, loss, mcnemar_exact(right, ref_right), int(np.sum(right != ref_right)))
+    accuracy = paired_bootstrap(100 * correct, 100 * ref_correct, resamples, seed, clusters=clusters)
+    loss_interval = paired_bootstrap(loss, ref_loss, resamples, seed, clusters=clusters)
+    right, ref_right = correct.astype(bool), ref_correct.astype(bool)
+    return Comparison(accuracy, loss_interval, mcnemar_exact(right, ref_right), int(np.sum(right != ref_right)))

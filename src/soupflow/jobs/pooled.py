@@ -1,17 +1,21 @@
 """Pooling over replicates (rule pooled): each soup against each replicate's best individual, and pooled over
 the replicates — the question "does this recipe win over seeds?" that one pipeline cannot answer.
 
-Each replicate is the whole pipeline under its own top-level seed (its own splits, init, fine-tunes and soups),
-so its test images are its own: the pooled interval is a paired bootstrap stratified by replicate
-(``soupflow.core.stats.pooled_compare``). A recipe **WINS** when the pooled interval is above zero *and* it
+Each replicate is the whole pipeline under its own top-level seed (its own splits, init, fine-tunes and soups).
+Their test splits mostly hold the same images (the official test split): the pooled interval resamples test
+images, each with its differences in every replicate that tests it (``soupflow.core.stats.pooled_compare``,
+images named by each replicate's ``splits.json``), so the same hard images in every replicate do not count as
+independent evidence. A recipe **WINS** when the pooled interval is above zero *and* it
 wins alone on at least two replicates; it **LOSES** in the mirrored case. Everything is read from what the
 pipelines wrote: each soup's saved test logits and the best individual's cached ones; no model runs here.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -20,6 +24,7 @@ from soupflow.core.stats import Comparison, pooled_compare
 from soupflow.report.figures import plot_replicates
 from soupflow.report.summary import format_pooled
 from soupflow.store.io import atomic_write_parquet, atomic_write_text, open_safetensors
+from soupflow.store.prepared import test_rows
 from soupflow.store.tables import POOLED_SCHEMA, best_run, typed_table
 
 log = logging.getLogger("soupflow")
@@ -34,6 +39,7 @@ class Replicate:
 
     seed: int
     runs: str
+    splits: str  # which image each test row is
     outputs: dict[str, str]  # soup name → outputs.safetensors
 
 
@@ -89,6 +95,7 @@ def verdict(pooled: Comparison, wins_k: int, loses_k: int) -> str:
 def pooled_rows(replicates: list[Replicate], recipes: dict[str, str]) -> list[dict]:
     """Per soup: one row per replicate and the pooled row (``POOLED_SCHEMA``)."""
     scored = {replicate.seed: _scored(replicate) for replicate in replicates}
+    images = [test_rows(json.loads(Path(replicate.splits).read_text())) for replicate in replicates]
     rows = []
     for soup, recipe in recipes.items():
         alone = []
@@ -96,7 +103,7 @@ def pooled_rows(replicates: list[Replicate], recipes: dict[str, str]) -> list[di
             comparison = pooled_compare([soups[soup]])
             alone.append(comparison)
             rows.append(_row(soup, comparison, [soups[soup]], recipe=recipe, scope="replicate", seed=seed))
-        pooled = pooled_compare([soups[soup] for soups in scored.values()])
+        pooled = pooled_compare([soups[soup] for soups in scored.values()], images)
         wins_k = sum(c.accuracy_pt.low > 0 for c in alone)
         loses_k = sum(c.accuracy_pt.high < 0 for c in alone)
         rows.append(_row(soup, pooled, [soups[soup] for soups in scored.values()], recipe=recipe, scope="pooled",

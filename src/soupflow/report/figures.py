@@ -136,8 +136,8 @@ def plot_replicates(table: pd.DataFrame, path: str) -> None:
     """Forest plot: per soup, each replicate's paired 95 % interval against its best individual and the pooled
     one (black, bold), in accuracy points; a soup wins where the pooled bar and at least two others clear 0."""
     soups = list(dict.fromkeys(table.soup))
-    seeds = sorted(table[table.scope == "replicate"].seed.unique())
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(soups) * (len(seeds) + 1) + 1.2))
+    seeds = sorted(int(seed) for seed in table[table.scope == "replicate"].seed.unique())
+    fig, ax = plt.subplots(figsize=(9, min(0.16 * len(soups) * (len(seeds) + 2) + 1.5, 30)))
     palette = sns.color_palette("tab10", max(1, len(seeds)))
     step = 1.0 / (len(seeds) + 2)
     for index, soup in enumerate(soups):

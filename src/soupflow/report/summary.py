@@ -116,9 +116,10 @@ def format_retry(runs: pd.DataFrame) -> str:
 
 POOLED_LEGEND = """\
 pooled: each soup minus its replicate's best individual (by val) on test, averaged over every test image of
-every replicate, 95 % bootstrap interval stratified by replicate, McNemar exact p over the pooled pairs. wins:
-replicates whose own interval is above zero. WINS / LOSES: pooled interval above / below zero and at least two
-replicates agreeing alone."""
+every replicate; 95 % bootstrap interval over test images (an image several replicates test is resampled
+with all its differences); McNemar exact p over the pooled pairs. won / lost: replicates whose own interval
+is above / below zero. WINS / LOSES: the pooled interval above / below zero and at least two replicates
+agreeing alone."""
 
 
 def _interval(row: pd.Series) -> str:
@@ -134,7 +135,8 @@ def format_pooled(table: pd.DataFrame) -> str:
         "test acc": pooled.test_accuracy.map(_pct),
         "pooled vs best, pt [95 %]": [_interval(row) for _, row in pooled.iterrows()],
         "p": pooled.acc_p_mcnemar.map(format_p),
-        "wins": [f"{int(row.wins_k)}/{int(row.replicates_n)}" for _, row in pooled.iterrows()],
+        "won": [f"{int(row.wins_k)}/{int(row.replicates_n)}" for _, row in pooled.iterrows()],
+        "lost": [f"{int(row.loses_k)}/{int(row.replicates_n)}" for _, row in pooled.iterrows()],
         "per replicate": [" ".join(f"{d:+.2f}" for d in alone[alone.soup == name].acc_diff_pt) for name in pooled.soup],
         "verdict": pooled.verdict,
     })
