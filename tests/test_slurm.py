@@ -25,11 +25,11 @@ SMALL_JOBS = [
     "--slurm-status-command", "squeue",  # accounting is off in the test cluster: sacct cannot answer
     "--slurm-init-seconds-before-status-checks", "1",
     "--seconds-between-status-checks", "3",
-    "--set-threads", "init=2", "finetune=1", "soup=1",
+    "--set-threads", "init=2", "finetune=1", "soups=1",
     # one --set-resources list (a second flag would replace it): the test cluster has no GPU
-    "--set-resources", "init:gpu=0", "finetune:gpu=0", "soup:gpu=0",
-    "init:cpus_per_task=2", "finetune:cpus_per_task=1", "soup:cpus_per_task=1",
-    "init:mem_mb=2000", "finetune:mem_mb=2000", "soup:mem_mb=2000", "plots:mem_mb=2000",
+    "--set-resources", "init:gpu=0", "finetune:gpu=0", "soups:gpu=0",
+    "init:cpus_per_task=2", "finetune:cpus_per_task=1", "soups:cpus_per_task=1",
+    "init:mem_mb=2000", "finetune:mem_mb=2000", "soups:mem_mb=2000", "plots:mem_mb=2000",
 ]
 PROFILE = ("--profile", str(ROOT / "profiles" / "slurm"))
 

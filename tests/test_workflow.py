@@ -193,7 +193,7 @@ def test_adding_a_grid_point_schedules_exactly_one_fine_tune(finished):
     counts = job_counts(result.stdout + result.stderr)
     assert counts.get("finetune") == 1
     assert "init" not in counts and "prepare_data" not in counts
-    assert counts.get("soup") == len(SMOKE["soups"]) and counts.get("plots") == 1
+    assert counts.get("soups") == 1 and counts.get("plots") == 1
 
 
 def test_changing_only_a_soup_setting_trains_nothing(finished):
@@ -203,7 +203,7 @@ def test_changing_only_a_soup_setting_trains_nothing(finished):
     result = snakemake(work, changed, "-n")
     counts = job_counts(result.stdout + result.stderr)
     assert "finetune" not in counts and "init" not in counts
-    assert counts.get("soup") == 1
+    assert counts.get("soups") == 1
 
 
 def test_a_run_missing_its_checkpoint_is_made_again_before_the_soups(finished):
@@ -224,7 +224,7 @@ def test_a_run_missing_its_checkpoint_is_made_again_before_the_soups(finished):
         aside.rename(model)
     counts = job_counts(result.stdout + result.stderr)
     assert counts.get("finetune") == 2 and counts.get("run_table") == 1
-    assert counts.get("soup") == len(SMOKE["soups"])
+    assert counts.get("soups") == 1
 
 
 def test_invalid_config_is_rejected_before_any_job(tmp_path):
@@ -367,5 +367,16 @@ def test_replicates_are_pooled_from_each_pipeline_and_a_new_one_plans_only_its_j
     plan = snakemake(tmp_path, {**config, "replicates": [0, 1, 2]}, "-n")
     counts = job_counts(plan.stdout + plan.stderr)
     assert counts.get("prepare_data") == 1 and counts.get("init") == 1 and counts.get("finetune") == 2
-    assert counts.get("soup") == 3 and counts.get("pooled") == 1
+    assert counts.get("soups") == 1 and counts.get("pooled") == 1
     assert "results/replicates/2/" in plan.stdout and "wildcards: pipeline=results," not in plan.stdout
+
+    # editing one soup entry reruns the soups job, which restores the other soups instead of cooking them
+    uniform = results / "soups/uniform/model.safetensors"
+    before = uniform.read_bytes()
+    edited = {**config, "soups": [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy", "tie": "gt"}]}
+    result = snakemake(tmp_path, edited)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (results / "logs/soups.log").read_text()
+    assert "soup uniform: unchanged" in log and "soup best_individual: unchanged" in log
+    assert "soup greedy (greedy" in log and "soup uniform (uniform" not in log
+    assert uniform.read_bytes() == before

@@ -119,19 +119,23 @@ RESULTS = layout.RESULTS  # the top-level seed's pipeline, and the analysis' fol
 RUN_FOLDER = f"{PIPELINE.runs}/{{run_id}}"  # one folder per run: model, outputs, metrics, config, train.log
 
 
-def soup_inputs(wildcards):
-    """A soup's inputs: the data, the runs table, and for some recipes the init and a base soup."""
-    spec = SOUPS[wildcards.soup]
+# One soup's files (soupflow.jobs.soup.SoupPaths), as a pattern; rule soups writes them for every soup.
+SOUP_FILES = layout.soup_files(f"{PIPELINE.soups}/{{soup}}")
+
+
+def each_soup(name, **wildcards):
+    """One of a soup's files (model, metrics, trace, outputs) for every soup of the config, in its order."""
+    return expand(SOUP_FILES[name], soup=SOUPS, allow_missing=True, **wildcards)
+
+
+def soups_inputs(wildcards):
+    """The soups' inputs: the data, the runs table, and the init when a recipe starts from it."""
     inputs = {
         "data": rules.prepare_data.output.data,
         "runs": rules.run_table.output[0],
     }
-    if RECIPES[spec["recipe"]].needs_start:
+    if any(RECIPES[spec["recipe"]].needs_start for spec in SOUPS.values()):
         inputs["start"] = rules.init.output.model
-    if soup_base(spec) is not None:
-        inputs["base"] = expand(
-            rules.soup.output.model, soup=soup_base(spec), allow_missing=True
-        )[0]
     return inputs
 
 

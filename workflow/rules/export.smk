@@ -4,7 +4,7 @@
 TIMM_CHECKPOINTS = [
     str(rules.init.output.model),
     *expand(rules.finetune.output.model, run_id=RUNS, allow_missing=True),
-    *expand(rules.soup.output.model, soup=SOUPS, allow_missing=True),
+    *each_soup("model"),
 ]
 
 

@@ -30,7 +30,7 @@ rule run_table:
 rule soups_table:
     """Every soup's rows (one per repeat) in one table: the per-soup metrics of rule soup."""
     input:
-        parts=expand(rules.soup.output.metrics, soup=SOUPS, allow_missing=True),
+        parts=rules.soups.output.metrics,
     output:
         f"{PIPELINE.metrics}/soups.parquet",
     log:
@@ -44,7 +44,7 @@ rule soups_table:
 rule trace_table:
     """Every candidate every soup recipe scored, in one table: the per-soup traces of rule soup."""
     input:
-        parts=expand(rules.soup.output.trace, soup=SOUPS, allow_missing=True),
+        parts=rules.soups.output.trace,
     output:
         f"{PIPELINE.metrics}/soup_trace.parquet",
     log:
@@ -87,7 +87,7 @@ def replicate_files():
             "runs": of(rules.run_table.output[0], folder),
             "splits": of(rules.prepare_data.output.splits, folder),
             "outputs": {
-                soup: of(rules.soup.output.outputs, folder, soup=soup) for soup in SOUPS
+                soup: of(SOUP_FILES["outputs"], folder, soup=soup) for soup in SOUPS
             },
         }
         for folder, pipeline in PIPELINES.items()
@@ -101,7 +101,7 @@ rule pooled:
     input:
         runs=in_each(rules.run_table.output[0]),
         splits=in_each(rules.prepare_data.output.splits),
-        outputs=in_each(rules.soup.output.outputs, soup=SOUPS),
+        outputs=in_each(SOUP_FILES["outputs"], soup=SOUPS),
         soups=in_main(rules.soups_table.output[0]),
     output:
         table=layout.pooled_files()["table"],

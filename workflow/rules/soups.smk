@@ -1,24 +1,29 @@
-rule soup:
-    """One soup recipe over every fine-tuned run (failed or diverged runs are left out inside). Its input is
-    the runs table, which names every run's checkpoint and cached outputs (rule run_table, which depends on
-    them): one input per soup, not three per run and soup, keeps the DAG of a 10,000-point grid small.
-    model_stock and wise_ft also read the init (start), wise_ft the soup it interpolates toward (base).
+rule soups:
+    """Every soup recipe of the config over every fine-tuned run (failed or diverged runs are left out inside),
+    in one job per pipeline: it loads the data, the runs' cached logits and the evaluators once, and scores an
+    ingredient set two recipes try once. Its input is the runs table, which names every run's checkpoint and
+    cached outputs (rule run_table, which depends on them): one input, not three per run, keeps the DAG of a
+    10,000-point grid small. model_stock and wise_ft also read the init; wise_ft the soup it interpolates
+    toward, cooked first in the same job. Editing one soup entry reruns the job, which restores every other
+    soup from its cache (soupflow.jobs.soup_cache) and cooks only what changed.
     """
     input:
-        unpack(soup_inputs),
+        unpack(soups_inputs),
     output:
-        **layout.soup_files(f"{PIPELINE.soups}/{{soup}}"),
+        model=each_soup("model"),
+        metrics=each_soup("metrics"),
+        trace=each_soup("trace"),
+        outputs=each_soup("outputs"),
     log:
-        f"{PIPELINE.logs}/soups/{{soup}}.log",
-    wildcard_constraints:
-        soup="|".join(SOUPS),
+        f"{PIPELINE.logs}/soups.log",
     conda:
         "../../envs/soupflow.yaml"
-    threads: 1
+    threads: 2  # one process: torch's threads (capped by --cores)
     resources:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
-        spec=lambda wildcards: SOUPS[wildcards.soup],
+        specs=SOUPS,  # the entries as written: editing one reruns the job, which cooks only that soup
+        cache=f"{PIPELINE.soups}/.cache",  # each soup's files under the hash of what they depend on
         config=resolved,
     script:
-        "../scripts/make_soup.py"
+        "../scripts/make_soups.py"

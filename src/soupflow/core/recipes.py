@@ -223,10 +223,10 @@ def _uniform_of(kitchen: Kitchen, chosen: list[Ingredient], metric: str, label: 
     for ingredient in chosen:
         total.add(ingredient.load())
     state = total.mean()
-    scores = kitchen.select(state)
+    scores, evaluated = kitchen.score([i.name for i in chosen], state)  # a set another recipe scored: no pass
     row = TraceRow.scored(len(chosen), label, True, total.count, scores, metric, kind="soup")
     kitchen.observe(row, state)
-    return Soup([i.name for i in chosen], total, scores, [row], selection_passes=1)
+    return Soup([i.name for i in chosen], total, scores, [row], selection_passes=int(evaluated))
 
 
 @register("uniform")

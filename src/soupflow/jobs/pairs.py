@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,7 +27,12 @@ from soupflow.core.similarity import flatten, output_similarity, parameter_simil
 from soupflow.jobs.context import JobContext
 from soupflow.plan.catalog import CORRUPTED_SPLIT
 from soupflow.store.data import TensorData
-from soupflow.store.io import atomic_write_parquet, atomic_write_text, open_safetensors, read_safetensors
+from soupflow.store.io import (
+    atomic_write_parquet,
+    atomic_write_text,
+    read_safetensors,
+    recorded_digest,
+)
 
 log = logging.getLogger("soupflow")
 
@@ -77,13 +81,6 @@ def _branch(row: dict[str, Any]) -> int | None:
 
 #: Bumped when a pair row's definition changes, so that cached pair results are not reused across it.
 PAIR_ROW_VERSION = "1"
-
-
-def recorded_digest(path: str) -> str:
-    """The sha256 soupflow records in a safetensors header (the path and size where there is none)."""
-    with open_safetensors(path) as handle:
-        recorded = (handle.metadata() or {}).get("sha256")
-    return recorded or f"{path}:{os.path.getsize(path)}"
 
 
 def content_key(*paths: str, digest_of: Callable[[str], str] = recorded_digest) -> str:

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -20,7 +20,9 @@ from soupflow.core.models import checkpoint_metadata, load_checkpoint, save_chec
 from soupflow.core.recipes import Ingredient, Kitchen, TraceRow, cook, soupability
 from soupflow.core.stats import compare
 from soupflow.jobs.context import JobContext
+from soupflow.jobs.soup_cache import forget_others, keep, restore, soup_key
 from soupflow.plan.catalog import soup_options
+from soupflow.plan.params import soup_base
 from soupflow.plan.seeds import pipeline_seed
 from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet, open_safetensors
 from soupflow.store.tables import SOUP_SCHEMA, TRACE_SCHEMA, best_run, typed_table
@@ -159,34 +161,87 @@ def _base_soup(path: str | None):
     return load
 
 
+class Pantry:
+    """What every soup of one pipeline shares in its job: the data and device, the runs table, the runs'
+    cached logits, val and test evaluators (val walked hardest first), the best individual's test logits, and
+    per BatchNorm option its state transform and its memo of scored ingredient sets. One job cooks every soup
+    of the config on it: each pays for what only it computes, and a set of ingredients two recipes try (the
+    best two: the pre-check, greedy's second step, top-2; all: uniform, pruned's start) is scored once."""
+
+    def __init__(self, config: dict[str, Any], data: str, runs: str, threads: int = 1) -> None:
+        self.context = JobContext.open(config, data, threads)
+        self.runs = pd.read_parquet(runs)
+        self.logits = CachedLogits(dict(zip(self.runs.run_id, self.runs.outputs_file)))
+        self.evaluators = {split: self.context.evaluator(split) for split in ("val", "test")}
+        self.final = usable_ingredients(self.runs)
+        # Selection walks val hardest first (a candidate's errors come first: early rejection stops sooner).
+        self.evaluators["val"].order_hardest_first([self.logits.of(i.name, "val") for i in self.final])
+        best = best_run(self.runs)  # every soup is compared with it on test
+        self.reference = self.logits.of(best.run_id, "test") if best is not None else None
+        self._finishers: dict[tuple, Callable] = {}
+        self._memos: dict[tuple, tuple[dict, dict]] = {}
+        self._checks: dict[tuple, Any] = {}
+
+    @staticmethod
+    def _finishing(options: dict[str, Any]) -> tuple:
+        return (options["bn"], int(options["bn_images"])) if options["bn"] == "recompute" else ("keep",)
+
+    def finish(self, options: dict[str, Any]) -> Callable:
+        """The state transform soups of this BatchNorm option are scored and saved with (built once)."""
+        key = self._finishing(options)
+        if key not in self._finishers:
+            self._finishers[key] = _refresher(self.context, options)
+        return self._finishers[key]
+
+    def memo(self, options: dict[str, Any]) -> dict[str, dict]:
+        """The val scores (and stopped passes) of ingredient sets under this BatchNorm option, shared by the
+        kitchens of every recipe that scores with it."""
+        scored, missed = self._memos.setdefault(self._finishing(options), ({}, {}))
+        return {"scored": scored, "missed": missed}
+
+    def ingredients(self, options: dict[str, Any]) -> list[Ingredient]:
+        if options["ingredients"] == "epochs":
+            return _epoch_ingredients(self.final, self.runs)
+        return self.final
+
+    def precheck(self, kitchen: Kitchen, options: dict[str, Any]):
+        """The soupability pre-check, once per BatchNorm option and candidate pool."""
+        key = (self._finishing(options), options["ingredients"])
+        if key not in self._checks:
+            self._checks[key] = _precheck(kitchen, self.context.data.num_classes)
+        return self._checks[key]
+
+
 @dataclass(frozen=True)
 class SoupInputs:
-    """What one soup job works with: the job's context, its soup entry as written (``entry``) and with every
-    option at its default (``options``), evaluators of val and test, the candidate ingredients, their cached
-    logits, and the best individual's test logits (the reference)."""
+    """What one soup entry is cooked with: the pantry its job shares, its entry as written (``entry``) and
+    with every option at its default (``options``), and its candidate ingredients."""
 
-    context: JobContext
+    pantry: Pantry
     entry: dict[str, Any]
     options: dict[str, Any]
-    evaluators: dict[str, Evaluator]
     ingredients: list[Ingredient]
-    logits: CachedLogits
-    reference: torch.Tensor | None
 
     @classmethod
-    def load(cls, config: dict[str, Any], entry: dict[str, Any], paths: SoupPaths, threads: int = 1) -> "SoupInputs":
-        context = JobContext.open(config, paths.data, threads)
-        runs, options = pd.read_parquet(paths.runs), soup_options(entry)
-        ingredients = usable_ingredients(runs)
-        if options["ingredients"] == "epochs":
-            ingredients = _epoch_ingredients(ingredients, runs)
-        logits = CachedLogits(dict(zip(runs.run_id, runs.outputs_file)))
-        evaluators = {split: context.evaluator(split) for split in ("val", "test")}
-        best = best_run(runs)  # every soup is compared with it on test
-        # Selection walks val hardest first (a candidate's errors come first: early rejection stops sooner).
-        evaluators["val"].order_hardest_first([logits.of(i.name, "val") for i in ingredients if i.name in logits.outputs])
-        return cls(context, entry, options, evaluators, ingredients, logits,
-                   logits.of(best.run_id, "test") if best is not None else None)
+    def of(cls, pantry: Pantry, entry: dict[str, Any]) -> "SoupInputs":
+        options = soup_options(entry)
+        return cls(pantry, entry, options, pantry.ingredients(options))
+
+    @property
+    def context(self) -> JobContext:
+        return self.pantry.context
+
+    @property
+    def evaluators(self) -> dict[str, Evaluator]:
+        return self.pantry.evaluators
+
+    @property
+    def logits(self) -> CachedLogits:
+        return self.pantry.logits
+
+    @property
+    def reference(self) -> torch.Tensor | None:
+        return self.pantry.reference
 
     @property
     def labels(self) -> dict[str, torch.Tensor]:
@@ -197,7 +252,7 @@ def _kitchen(inputs: SoupInputs, paths: SoupPaths):
     """What a recipe works with: ingredients, val scoring (after the soup's BatchNorm option), test reporting."""
 
     context, options, evaluators = inputs.context, inputs.options, inputs.evaluators
-    finish = _refresher(context, options)
+    finish = inputs.pantry.finish(options)
 
     def observe(row: TraceRow, state: dict[str, torch.Tensor]) -> None:
         scores = evaluators["test"].scores(finish(state))  # reporting only: the recipe never reads these
@@ -215,7 +270,7 @@ def _kitchen(inputs: SoupInputs, paths: SoupPaths):
                    lambda seed: untrained_state(context.data, context.config["model"], seed), observe,
                    init=(lambda: load_checkpoint(paths.init)) if paths.init else None,
                    base=_base_soup(paths.base), buffers=frozenset(name for name, _ in val.model.named_buffers()),
-                   bounded=bounded, learn=learn), finish
+                   bounded=bounded, learn=learn, **inputs.pantry.memo(options)), finish
 
 
 def _check_columns(check) -> dict[str, Any]:
@@ -266,26 +321,24 @@ def _log_rows(name: str, rows: list[dict[str, Any]], seconds: float) -> None:
                  row["test_accuracy"], versus, seconds)
 
 
-def make_soup(config: dict[str, Any], name: str, entry: dict[str, Any], paths: SoupPaths, threads: int = 1) -> pd.DataFrame:
-    """Cook one soup entry of the config from the fine-tuned runs listed in the runs table; select on val,
-    report on test with a paired comparison to the best individual; write the chosen soup, its rows, its trace."""
-
-    set_threads(threads)
-    began = time.perf_counter()
-    inputs = SoupInputs.load(config, entry, paths, threads)
-    options = inputs.options
+def _cook_entry(pantry: Pantry, name: str, entry: dict[str, Any], paths: SoupPaths) -> pd.DataFrame:
+    """Cook one soup entry on the pantry: select on val, report on test with a paired comparison to the best
+    individual; write the chosen soup, its test outputs, its rows and its trace."""
+    began, scored_before = time.perf_counter(), pantry.evaluators["val"].images_scored
+    inputs = SoupInputs.of(pantry, entry)
+    options, config = inputs.options, pantry.context.config
     kitchen, finish = _kitchen(inputs, paths)
     log.info("soup %s (%s, bn %s): %d candidate ingredients", name, options["recipe"], options["bn"],
              len(inputs.ingredients))
-    check = _precheck(kitchen, inputs.context.data.num_classes)
+    check = pantry.precheck(kitchen, options)
     rows, traces, (soup, state, test_logits) = _served(name, inputs, cook(options["recipe"], kitchen, options), finish, check)
     seconds = time.perf_counter() - began
     for row in rows:
         row["seconds"] = seconds / len(rows)
-        row["val_images_scored"] = inputs.evaluators["val"].images_scored  # the whole job's selection work
+        row["val_images_scored"] = pantry.evaluators["val"].images_scored - scored_before  # this soup's selection work
         row["val_images_per_pass"] = len(inputs.labels["val"])
     table = typed_table(rows, SOUP_SCHEMA)
-    meta = checkpoint_metadata(config["model"], inputs.context.data, soup=name, recipe=options["recipe"],
+    meta = checkpoint_metadata(config["model"], pantry.context.data, soup=name, recipe=options["recipe"],
                                bn=options["bn"], ingredients=json.dumps(soup.ingredients))
     save_checkpoint(state, paths.model, meta)
     # the saved soup's test predictions: what pooling over replicates compares (rule pooled), no model rerun
@@ -295,3 +348,38 @@ def make_soup(config: dict[str, Any], name: str, entry: dict[str, Any], paths: S
     atomic_write_parquet(typed_table(traces, TRACE_SCHEMA), paths.trace)
     _log_rows(name, rows, seconds)
     return table.to_pandas()
+
+
+def make_soup(config: dict[str, Any], name: str, entry: dict[str, Any], paths: SoupPaths, threads: int = 1) -> pd.DataFrame:
+    """Cook one soup entry of the config, alone in its process (the calibration harness, the benchmarks)."""
+    set_threads(threads)
+    return _cook_entry(Pantry(config, paths.data, paths.runs, threads), name, entry, paths)
+
+
+def cooking_order(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """Soups that take no base first (in the config's order), then those that interpolate toward one."""
+    return sorted(entries, key=lambda name: soup_base(entries[name]) is not None)
+
+
+def make_soups(config: dict[str, Any], entries: dict[str, dict[str, Any]], paths: dict[str, SoupPaths],
+               threads: int = 1, cache: str | None = None) -> pd.DataFrame:
+    """Cook every soup entry of one pipeline in one process, on one pantry (the soup rule's job). With
+    ``cache`` (a folder), a soup whose entry and inputs are those of an earlier job is restored from it instead
+    of cooked again: editing one entry recooks that soup and the soups built on it, nothing else."""
+    set_threads(threads)
+    began = time.perf_counter()
+    pantry, keys, frames = None, {}, []
+    for name in cooking_order(entries):
+        keys[name] = soup_key(config, entries[name], paths[name], keys.get(soup_base(entries[name]) or ""))
+        if cache and restore(cache, keys[name], paths[name]):
+            log.info("soup %s: unchanged since an earlier job, restored from %s", name, cache)
+        else:
+            pantry = pantry or Pantry(config, paths[name].data, paths[name].runs, threads)
+            _cook_entry(pantry, name, entries[name], paths[name])
+            if cache:
+                keep(cache, keys[name], paths[name])
+        frames.append(pd.read_parquet(paths[name].metrics))
+    if cache:
+        forget_others(cache, set(keys.values()))
+    log.info("%d soups in %.0f s", len(entries), time.perf_counter() - began)
+    return pd.concat(frames, ignore_index=True)

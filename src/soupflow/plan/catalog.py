@@ -150,4 +150,4 @@ CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "pix
 CORRUPTED_SPLIT = "corrupted"
 
 #: rules whose jobs run a model: each takes one GPU where the machine has any (common.smk, both profiles)
-GPU_RULES = ("init", "finetune", "soup", "pair_soups", "corrupted_outputs", "soup_sanity")
+GPU_RULES = ("init", "finetune", "soups", "pair_soups", "corrupted_outputs", "soup_sanity")

@@ -8,3 +8,6 @@ next run retrains what it affects, and says why ("params changed").
 
 #: bump when the init or fine-tune jobs' results change on purpose
 TRAINING = 1
+
+#: bump when what a soup job computes changes on purpose: soups kept by earlier jobs are cooked again
+SOUPS = 1

@@ -130,3 +130,11 @@ def atomic_write_parquet(table: Any, path: str | os.PathLike) -> None:
 
 def atomic_write_yaml(data: Any, path: str | os.PathLike) -> None:
     atomic_write_text(yaml.safe_dump(data, sort_keys=False), path)
+
+
+def recorded_digest(path: str | os.PathLike) -> str:
+    """The sha256 soupflow records in a safetensors header (the path and size where there is none): a content
+    key read from the header alone."""
+    with open_safetensors(path) as handle:
+        recorded = (handle.metadata() or {}).get("sha256")
+    return recorded or f"{path}:{os.path.getsize(path)}"
