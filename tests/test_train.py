@@ -119,7 +119,10 @@ def test_the_history_has_one_row_per_epoch_with_the_schedules_learning_rate():
 
 def test_what_on_epoch_end_returns_is_the_epochs_val_accuracy_and_scoring_changes_no_weight():
     """The fine-tune's ``on_epoch_end`` scores the model (eval mode, RNG draws of a DataLoader): the history
-    records the number, and training goes on in training mode with the RNG as it was."""
+    records the number, and training goes on in training mode with the RNG as it was; its time is not
+    training time."""
+    import time
+
     images = torch.randint(0, 255, (64, 1, 4, 4), dtype=torch.uint8)
     labels = torch.randint(0, 4, (64,))
     hp = {"lr": 0.2, "weight_decay": 0.0, "epochs": 3, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
@@ -128,6 +131,7 @@ def test_what_on_epoch_end_returns_is_the_epochs_val_accuracy_and_scoring_change
     def score(epoch, model):
         model.eval()
         torch.rand(5)  # as a DataLoader iterator drawing its seed
+        time.sleep(0.5)
         return None if epoch == 3 else epoch / 10
 
     weights, histories = [], []
@@ -139,6 +143,7 @@ def test_what_on_epoch_end_returns_is_the_epochs_val_accuracy_and_scoring_change
         weights.append(model.state_dict())
         histories.append([row["val_accuracy"] for row in result.history])
         assert model.training
+        assert result.seconds < 0.5 and result.history[-1]["seconds"] < 0.5
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert histories[1][:2] == [0.1, 0.2] and histories[1][2] != histories[1][2]  # None: nan
     assert all(v != v for v in histories[0])

@@ -371,7 +371,7 @@ def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
             progress.epoch_losses.append(progress.running / loop.steps_per_epoch)
             progress.epoch_ends.append(clock.seconds())
             progress.epoch, progress.index, progress.order, progress.running = epoch + 1, 0, None, 0.0
-            progress.epoch_scores.append(_epoch_end(loop, on_epoch_end, epoch + 1))
+            progress.epoch_scores.append(_epoch_end(loop, on_epoch_end, epoch + 1, clock))
             progress.seconds = clock.seconds()
             saver.save(progress)
             if stopping(stop, loop):
@@ -379,15 +379,19 @@ def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
     return _result(loop, progress, clock, "ok", loop.epochs, progress.epoch_losses[-1])
 
 
-def _epoch_end(loop: Loop, on_epoch_end: Callable[[int, torch.nn.Module], float | None] | None, epoch: int) -> float:
+def _epoch_end(loop: Loop, on_epoch_end: Callable[[int, torch.nn.Module], float | None] | None, epoch: int,
+               clock: Clock) -> float:
     """Call ``on_epoch_end`` (process 0 only) and return what it returned as the epoch's score (nan for None).
     It may evaluate the model: the global RNG states are forked around it (a DataLoader's iterator draws its
-    seed from them) and the model goes back to training mode, so training goes on as if it had not run."""
+    seed from them), the model goes back to training mode, and its time is left out of the training seconds
+    (and so of img/s), so training goes on, and is measured, as if it had not run."""
     if on_epoch_end is None or not world().main:
         return math.nan
     devices = [torch.cuda.current_device()] if loop.device.type == "cuda" else []
+    started = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
         value = on_epoch_end(epoch, loop.model)
+    clock.start += time.perf_counter() - started
     loop.model.train()
     if loop.hp.get("bn_statistics") == "frozen":
         freeze_batchnorm_statistics(loop.model)
