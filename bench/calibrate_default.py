@@ -206,7 +206,7 @@ VARIANTS: dict[str, dict] = {
     "lite0_seeds_val5k": deep(LPFT_ADAMW, {"data": {"max_train": 8000, "val_fraction": 0.625},
                                            "finetune": {"epochs": 4}, "grid": ONE_LR_LS}),
     # for a GPU (not run yet): 64 px, all 60k training images (45k fine-tune, 15k val), 12 AdamW LP-FT runs at
-    # one learning rate (runs of equal quality souped best on a CPU, README's Lite0 table)
+    # one learning rate (runs of equal quality souped best on a CPU, docs/lite0.md's table)
     "gpu_lite0_64": deep(LPFT_ADAMW, {"data": {"image_size": 64, "max_train": None},
                                       "finetune": {"epochs": 6, "batch_size": 128},
                                       "grid": {"lr": [0.0004], "seed": [0, 1, 2, 3, 4, 5],

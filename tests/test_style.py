@@ -88,13 +88,13 @@ def test_no_module_under_src_but_the_layout_spells_an_output_file_name():
         assert not spelt, f"{module.name} spells {spelt}: take the path from the rule"
 
 
-def test_readme_names_the_rule_that_writes_each_result_file():
-    """README's results table: each row's rule exists and its text holds the row's file names, so that
+def test_the_results_page_names_the_rule_that_writes_each_result_file():
+    """docs/results.md's table: each row's rule exists and its text holds the row's file names, so that
     `grep -n <file name> workflow/rules` lands in that rule."""
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| path | rule | what |"):].split("\n\n", 1)[0]
+    page = (ROOT / "docs" / "results.md").read_text()
+    table = page[page.index("| path | rule | what |"):].split("\n\n", 1)[0]
     bodies = _rule_bodies()
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
     assert len(rows) >= 10

@@ -117,6 +117,38 @@ def test_the_history_has_one_row_per_epoch_with_the_schedules_learning_rate():
     assert all(b["seconds"] >= a["seconds"] for a, b in zip(result.history, result.history[1:]))
 
 
+def test_what_on_epoch_end_returns_is_the_epochs_val_accuracy_and_scoring_changes_no_weight():
+    """The fine-tune's ``on_epoch_end`` scores the model (eval mode, RNG draws of a DataLoader): the history
+    records the number, and training goes on in training mode with the RNG as it was; its time is not
+    training time."""
+    import time
+
+    images = torch.randint(0, 255, (64, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.randint(0, 4, (64,))
+    hp = {"lr": 0.2, "weight_decay": 0.0, "epochs": 3, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
+          "seed": 0, "schedule": "onecycle", "warmup_fraction": 0.3}
+
+    def score(epoch, model):
+        model.eval()
+        torch.rand(5)  # as a DataLoader iterator drawing its seed
+        time.sleep(0.5)
+        return None if epoch == 3 else epoch / 10
+
+    weights, histories = [], []
+    for on_epoch_end in (None, score):
+        torch.manual_seed(0)
+        model = Tiny()
+        result = train(model, TensorSource.of(images, labels, hp), FakeData(), hp, torch.device("cpu"),
+                       on_epoch_end=on_epoch_end)
+        weights.append(model.state_dict())
+        histories.append([row["val_accuracy"] for row in result.history])
+        assert model.training
+        assert result.seconds < 0.5 and result.history[-1]["seconds"] < 0.5
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert histories[1][:2] == [0.1, 0.2] and histories[1][2] != histories[1][2]  # None: nan
+    assert all(v != v for v in histories[0])
+
+
 def test_batch_mixing_trains_on_mixed_batches_and_zero_is_off():
     """mixup / cutmix α = 0 and random_erase 0 are the plain loop exactly; each one on trains on something else
     (other weights), reproducibly (their draws are seeded by the step)."""

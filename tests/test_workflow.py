@@ -265,6 +265,7 @@ def test_every_run_has_a_learning_curve_and_the_report_a_figure(finished, runs):
             assert history.epoch.tolist() == list(range(1, SMOKE["finetune"]["epochs"] + 1))
             assert history.train_loss.iloc[-1] == pytest.approx(row.train_loss)
             assert (history.lr >= 0).all() and (history.images_per_second > 0).all()
+            assert history.val_accuracy.iloc[-1] == row.val_accuracy  # the last epoch's weights are the run's
         else:
             assert history.run_id.isin([row.run_id]).all()  # a diverged run: what it finished, maybe nothing
     assert (results / "plots" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -41,9 +41,11 @@ rule plots:
 
 
 rule learning_curves:
-    """Train loss and learning rate per epoch of every fine-tune, from the runs' history tables."""
+    """Train loss, val accuracy and learning rate per epoch of every fine-tune, from the runs' history tables;
+    each run named by its hyperparameters from the runs table."""
     input:
         histories=expand(rules.finetune.output.history, run_id=RUNS, allow_missing=True),
+        runs=rules.run_table.output[0],
     output:
         report(
             f"{PIPELINE.plots}/learning_curves.png",

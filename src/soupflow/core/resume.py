@@ -74,6 +74,7 @@ class Progress:
     running: float = 0.0  # sum of the epoch's losses so far
     epoch_losses: list[float] = field(default_factory=list)
     epoch_ends: list[float] = field(default_factory=list)  # seconds since the start at each epoch's end
+    epoch_scores: list[float] = field(default_factory=list)  # what ``on_epoch_end`` returned (val accuracy), or nan
     seconds: float = 0.0
 
 

@@ -348,12 +348,13 @@ class Clock:
 
 def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
           hp: dict[str, Any], device: torch.device, name: str = "train",
-          on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
+          on_epoch_end: Callable[[int, torch.nn.Module], float | None] | None = None,
           log_every: int = 50, resume: Resume | None = None, precision: str = "auto") -> TrainResult:
     """Train ``model`` in place on the batches of ``source`` (``train_source``) with hyperparameters ``hp``.
 
     Stops early with status ``diverged`` as soon as the loss is not finite. ``on_epoch_end(epoch, model)``
-    is called after each finished epoch. With ``resume``, the full state is saved at epoch ends (and every
+    is called after each finished epoch (on process 0); a number it returns is the epoch's val accuracy in
+    ``TrainResult.history``. With ``resume``, the full state is saved at epoch ends (and every
     ``resume.every_steps`` steps, and on SIGTERM/SIGUSR1), and a rerun continues from it: with the same seed
     the final weights equal those of an uninterrupted run (on CPU).
     (Ten parameters: the five of the task, then five options that callers name or leave out.)
@@ -370,13 +371,31 @@ def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
             progress.epoch_losses.append(progress.running / loop.steps_per_epoch)
             progress.epoch_ends.append(clock.seconds())
             progress.epoch, progress.index, progress.order, progress.running = epoch + 1, 0, None, 0.0
-            if on_epoch_end is not None and world().main:
-                on_epoch_end(epoch + 1, model)
+            progress.epoch_scores.append(_epoch_end(loop, on_epoch_end, epoch + 1, clock))
             progress.seconds = clock.seconds()
             saver.save(progress)
             if stopping(stop, loop):
                 raise preempted(name, stop, progress.step, resume)
     return _result(loop, progress, clock, "ok", loop.epochs, progress.epoch_losses[-1])
+
+
+def _epoch_end(loop: Loop, on_epoch_end: Callable[[int, torch.nn.Module], float | None] | None, epoch: int,
+               clock: Clock) -> float:
+    """Call ``on_epoch_end`` (process 0 only) and return what it returned as the epoch's score (nan for None).
+    It may evaluate the model: the global RNG states are forked around it (a DataLoader's iterator draws its
+    seed from them), the model goes back to training mode, and its time is left out of the training seconds
+    (and so of img/s), so training goes on, and is measured, as if it had not run."""
+    if on_epoch_end is None or not world().main:
+        return math.nan
+    devices = [torch.cuda.current_device()] if loop.device.type == "cuda" else []
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=devices):
+        value = on_epoch_end(epoch, loop.model)
+    clock.start += time.perf_counter() - started
+    loop.model.train()
+    if loop.hp.get("bn_statistics") == "frozen":
+        freeze_batchnorm_statistics(loop.model)
+    return math.nan if value is None else float(value)
 
 
 def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop: StopRequests) -> float | None:
@@ -432,17 +451,23 @@ def _result(loop: Loop, progress: Progress, clock: Clock, status: str, epochs_do
     result = TrainResult(status, epochs_done, progress.step, seconds,
                          progress.step * loop.batch_size / max(seconds, 1e-9), loss, progress.epoch_losses,
                          clock.resumed_from)
-    result.history = epoch_history(progress.epoch_losses, progress.epoch_ends, loop.hp, loop.steps_per_epoch)
+    result.history = epoch_history(progress.epoch_losses, progress.epoch_ends, loop.hp, loop.steps_per_epoch,
+                                   progress.epoch_scores)
     return result
 
 
-def epoch_history(losses: list[float], ends: list[float], hp: dict[str, Any], steps_per_epoch: int) -> list[dict]:
-    """One row per epoch: mean train loss, the learning rate at the epoch's last step, wall seconds, img/s."""
+def epoch_history(losses: list[float], ends: list[float], hp: dict[str, Any], steps_per_epoch: int,
+                  scores: list[float] = ()) -> list[dict]:
+    """One row per epoch: mean train loss, the learning rate at the epoch's last step, wall seconds, img/s, and
+    the epoch's val accuracy (``scores``, what ``on_epoch_end`` returned; nan where there is none, e.g. the
+    epochs a state saved by an older soupflow had done before it was resumed)."""
     total, rows, previous = steps_per_epoch * int(hp["epochs"]), [], 0.0
-    for epoch, (loss, end) in enumerate(zip(losses, ends), start=1):
+    scores = [math.nan] * (len(losses) - len(scores)) + list(scores)[-len(losses):] if losses else []
+    for epoch, (loss, end, score) in enumerate(zip(losses, ends, scores), start=1):
         factor = lr_factor(epoch * steps_per_epoch - 1, total, hp.get("schedule", "onecycle"),
                            float(hp.get("warmup_fraction", 0.3)))
         rows.append({"epoch": epoch, "train_loss": loss, "lr": hp["lr"] * factor, "seconds": end,
-                     "images_per_second": steps_per_epoch * int(hp["batch_size"]) / max(end - previous, 1e-9)})
+                     "images_per_second": steps_per_epoch * int(hp["batch_size"]) / max(end - previous, 1e-9),
+                     "val_accuracy": score})
         previous = end
     return rows

@@ -72,13 +72,18 @@ class RunSpec:
     hp: dict[str, Any]
 
 
-def _epoch_keeper(context: JobContext, folder: Path, epochs: int):
-    """An ``on_epoch_end`` that saves every epoch's weights but the last (the run's own checkpoint)."""
-    def keep(epoch: int, model: torch.nn.Module) -> None:
-        if epoch < epochs:
+def _epoch_end(context: JobContext, folder: Path | None, epochs: int):
+    """The fine-tune's ``on_epoch_end``: for every epoch but the last (whose weights are the run's own, scored
+    after training), the val accuracy of the learning curve, one pass over the val split alone; with
+    ``folder`` (``ingredients: epochs``) the epoch's weights saved there too."""
+    def end(epoch: int, model: torch.nn.Module) -> float | None:
+        if epoch >= epochs:
+            return None
+        if folder is not None:
             meta = checkpoint_metadata(context.config["model"], context.data, epoch=str(epoch))
             save_checkpoint(model.state_dict(), epoch_file(str(folder), epoch), meta)
-    return keep
+        return context.evaluator("val", model=model).scores().accuracy
+    return end
 
 
 def _epoch_table(run: RunSpec, paths: RunPaths, evaluator: Evaluator, ok: bool) -> pa.Table:
@@ -100,9 +105,9 @@ def _train_run(context: JobContext, run: RunSpec, model: torch.nn.Module, paths:
               "sync_bn": config["training"]["sync_bn"]}
     source = fine_tuning_source(data, seeded)
     log.info("fine-tune %s on %d images, %s: %s", run.run_id, source.size, context.device, json.dumps(run.hp))
-    keep = _epoch_keeper(context, paths.epochs_folder, int(run.hp["epochs"])) if paths.epochs else None
+    end = _epoch_end(context, paths.epochs_folder, int(run.hp["epochs"]))
     try:
-        return train(model, source, data, seeded, context.device, name=run.run_id, on_epoch_end=keep,
+        return train(model, source, data, seeded, context.device, name=run.run_id, on_epoch_end=end,
                      resume=job_resume(config, state_beside(paths.model), run.init),
                      precision=config["training"]["precision"]), ""
     except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
@@ -179,7 +184,10 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     atomic_save_safetensors(outputs, paths.outputs)
     atomic_write_yaml({"run_id": run.run_id, "hyperparameters": hp, "model": config["model"],
                        "data": config["data"]["name"], "init": run.init}, paths.config)
-    atomic_write_parquet(history_table(run.run_id, result.history), paths.history)
+    history = result.history
+    if history and history[-1]["epoch"] == int(hp["epochs"]):  # the last epoch's weights are the run's: scored above
+        history[-1]["val_accuracy"] = row["val_accuracy"]
+    atomic_write_parquet(history_table(run.run_id, history), paths.history)
     if paths.epochs:
         table = _epoch_table(run, paths, context.evaluator("val", model=model), row["status"] == "ok")
         atomic_write_parquet(table, paths.epochs)

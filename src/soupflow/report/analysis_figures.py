@@ -9,7 +9,7 @@ import seaborn as sns
 
 from soupflow.core.analysis import spearman
 from soupflow.core.similarity import MEASURES
-from soupflow.report.figures import empty_axes, plt, save_figure
+from soupflow.report.figures import empty_axes, legend_outside, plt, save_figure
 
 
 def plot_gain_vs_similarity(pairs: pd.DataFrame, path: str, positive_only: bool = False) -> None:
@@ -53,7 +53,7 @@ def plot_transitivity(triples: pd.DataFrame, path: str) -> None:
 
 def plot_embedding(embedded: pd.DataFrame, pairs: pd.DataFrame, color_by: str, path: str) -> None:
     """Runs placed by MDS of d = −sign(gain) − 0.1·gain; edges are positive soups (Figure 6)."""
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     if embedded.empty:
         empty_axes(ax, "no runs")
         save_figure(fig, path)
@@ -69,7 +69,7 @@ def plot_embedding(embedded: pd.DataFrame, pairs: pd.DataFrame, color_by: str, p
         hue = values.where(values.notna(), "default").map(lambda v: f"{v:g}" if isinstance(v, float) else str(v))
     sns.scatterplot(data=embedded, x="x", y="y", hue=hue, ax=ax, s=40, zorder=2)
     if hue is not None:
-        ax.legend(title=color_by, fontsize=8)
+        legend_outside(ax, title=color_by)
     ax.set_xlabel("MDS 1")
     ax.set_ylabel("MDS 2")
     save_figure(fig, path)

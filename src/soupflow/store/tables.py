@@ -40,8 +40,11 @@ def metrics_row_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RUN_SCHEMA)
 
 
+#: A run's learning curve, one row per epoch. ``val_accuracy`` (the epoch's weights on the val split) is absent
+#: from histories written before it was added: readers take it as missing (``read_history``).
 HISTORY_SCHEMA = pa.schema([("run_id", pa.string()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
-                            ("lr", pa.float64()), ("seconds", pa.float64()), ("images_per_second", pa.float64())])
+                            ("lr", pa.float64()), ("seconds", pa.float64()), ("images_per_second", pa.float64()),
+                            ("val_accuracy", pa.float64())])
 
 
 #: A run's kept epoch checkpoints (``ingredients: epochs``): ``runs/<run_id>/epochs.parquet``; ``path`` is
@@ -53,6 +56,16 @@ EPOCH_SCHEMA = pa.schema([("run_id", pa.string()), ("epoch", pa.int64()), ("path
 def history_table(run_id: str, rows: list[dict[str, float]]) -> pa.Table:
     """A run's learning curve (``train.TrainResult.history``) as a table of ``HISTORY_SCHEMA``."""
     return pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=HISTORY_SCHEMA)
+
+
+def read_history(path: str) -> pd.DataFrame:
+    """A run's ``history.parquet`` with every column of ``HISTORY_SCHEMA``; those an older file lacks
+    (``val_accuracy``) are missing values."""
+    frame = pd.read_parquet(path)
+    for name in HISTORY_SCHEMA.names:
+        if name not in frame:
+            frame[name] = float("nan")
+    return frame[HISTORY_SCHEMA.names + [c for c in frame if c not in HISTORY_SCHEMA.names]]
 
 
 def _paired(prefix: str) -> list[tuple[str, pa.DataType]]:

@@ -1,0 +1,49 @@
+"""The figures' styles and labels: one style per soup, fixed by the catalog; learning curves named by what varies."""
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from soupflow.plan.catalog import RECIPES
+from soupflow.report.figures import plot_learning_curves, soup_styles, varying_labels
+from soupflow.store.tables import history_table, read_history
+
+
+def test_every_recipe_and_named_variant_gets_a_style_of_its_own():
+    names = [*RECIPES, "uniform_bn", "top2_loss", "greedy_gt"]
+    recipe_of = {"uniform_bn": "uniform", "top2_loss": "topk", "greedy_gt": "greedy"}
+    styles = soup_styles(names, recipe_of)
+    assert len({style.color for style in styles.values()}) == len(names)  # no two soups share a colour
+    assert len(set(styles.values())) == len(names)
+    assert styles["uniform_bn"].marker == styles["uniform"].marker  # a variant: its recipe's marker, lighter hue
+
+
+def test_a_recipes_style_does_not_depend_on_which_soups_a_config_has():
+    everything = soup_styles(RECIPES)
+    for chosen in (["learned", "uniform"], ["wise_ft"], ["pruned", "greedy", "uniform"]):
+        assert soup_styles(chosen) == {name: everything[name] for name in chosen}
+    assert soup_styles(["uniform", "uniform_bn"], {"uniform_bn": "uniform"})["uniform_bn"] == soup_styles(
+        ["uniform_bn", "wise_ft"], {"uniform_bn": "uniform"})["uniform_bn"]
+
+
+def test_runs_are_named_by_the_hyperparameters_that_vary():
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "hp_lr": [0.05, 0.05, 0.01], "hp_label_smoothing": [0.1, 0.0, 0.0],
+                         "hp_seed": [1, 1, 1], "hp_mixup": [None, None, None]})
+    assert varying_labels(runs) == {"a": "lr=0.05, ls=0.1", "b": "lr=0.05, ls=0", "c": "lr=0.01, ls=0"}
+    assert varying_labels(runs.iloc[:1]) == {"a": "a"}  # nothing varies: the run id
+
+
+def test_histories_without_val_accuracy_still_read_and_draw(tmp_path):
+    """A history.parquet written before val_accuracy was recorded reads with it missing; the figure draws."""
+    new = tmp_path / "new.parquet"
+    pq.write_table(history_table("run-new", [{"epoch": e, "train_loss": 1.0 / e, "lr": 0.1, "seconds": e,
+                                              "images_per_second": 100.0, "val_accuracy": 0.5 + e / 10}
+                                             for e in (1, 2)]), new)
+    old = tmp_path / "old.parquet"
+    pd.DataFrame({"run_id": "run-old", "epoch": [1, 2], "train_loss": [2.0, 1.5], "lr": [0.2, 0.0],
+                  "seconds": [1.0, 2.0], "images_per_second": [100.0, 100.0]}).to_parquet(old)
+    assert read_history(str(old)).val_accuracy.isna().all()
+    runs = tmp_path / "runs.parquet"
+    pd.DataFrame({"run_id": ["run-new", "run-old"], "hp_lr": [0.1, 0.2]}).to_parquet(runs)
+    figure = tmp_path / "learning_curves.png"
+    plot_learning_curves([str(new), str(old)], str(figure), str(runs))
+    assert figure.read_bytes()[:4] == b"\x89PNG"
