@@ -6,6 +6,7 @@ results/bench/<section>.parquet.
     .venv/bin/python bench/run.py --only data   # the files data path on 2,000 vs 20,000 224 px JPEGs
     .venv/bin/python bench/run.py --only ddp    # a fine-tune on 1 and 2 processes through torch.distributed
     .venv/bin/python bench/run.py --only selection --results results   # after `snakemake --cores 2`
+    .venv/bin/python bench/run.py --only phase --results results       # the soups phase, per soup vs one job
 
 Ratios are taken side by side in one run on one machine; nothing here is a pass/fail test.
 """
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from data_path import bench_data  # noqa: E402  (bench/ is on sys.path: this file's folder)
 from ddp import bench_ddp  # noqa: E402
+from soups_phase import bench_soups_phase  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 DEFAULT_MODEL = {"name": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}}
@@ -511,8 +513,8 @@ def bench_selection(work: Path, results: Path) -> pd.DataFrame:
 def main() -> None:
     global FASHION
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data", "ddp"], action="append")
-    parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection)")
+    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data", "ddp", "phase"], action="append")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection, phase)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     parser.add_argument("--root", default=FASHION, help="Fashion-MNIST IDX folder")
@@ -534,7 +536,8 @@ def main() -> None:
         for section in sections:
             table = {"soups": lambda: bench_soups(work), "train": lambda: bench_train(work, args.steps),
                      "dag": lambda: bench_dag(work), "data": lambda: bench_data(work), "ddp": lambda: bench_ddp(work),
-                     "selection": lambda: bench_selection(work, Path(args.results))}[section]()
+                     "selection": lambda: bench_selection(work, Path(args.results)),
+                     "phase": lambda: bench_soups_phase(out, Path(args.results))}[section]()
             table["machine"] = machine()
             atomic_write_parquet(table, out / f"{section}.parquet")
     print(f"\nwritten: {', '.join(str(out / f'{s}.parquet') for s in sections)}")

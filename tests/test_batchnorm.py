@@ -66,3 +66,22 @@ def test_only_train_images_are_read_and_the_sample_is_seeded(data):
     assert torch.equal(sample_images(data, 50, seed=3), sample_images(data, 50, seed=3))
     assert not torch.equal(sample_images(data, 50, seed=3), sample_images(data, 50, seed=4))
     assert sample_images(data, 10_000, seed=0).shape[0] == data.split("train")[0].shape[0]  # capped at the split
+
+
+@pytest.mark.parametrize("name, folds", [("resnet10t", True), ("test_resnet", True),
+                                         ("tf_efficientnet_lite0", False)])  # timm's BatchNormAct2d: fx cannot trace it
+def test_scoring_folds_batchnorm_into_convolutions_and_gives_the_same_logits(name, folds):
+    from soupflow.core.models import create_model, inference_model
+
+    torch.manual_seed(0)
+    model = create_model({"name": name}, num_classes=5, in_chans=3).eval()
+    for module in model.modules():  # statistics of a trained model, not the fresh 0 / 1
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    folded = inference_model(model)
+    assert (folded is not model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())) == folds
+    images = torch.randn(8, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(folded(images), model(images), atol=1e-4, rtol=1e-4)
+    assert inference_model(model.train()) is model  # training mode: batch statistics, nothing to fold

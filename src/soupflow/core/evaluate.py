@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from soupflow.core.models import channels_last, channels_last_input
+from soupflow.core.models import channels_last, channels_last_input, inference_model
 from soupflow.store.prepared import PreparedData
 
 
@@ -74,6 +74,7 @@ class Evaluator:
     def __init__(self, model: torch.nn.Module, data: PreparedData, split: str, device: torch.device,
                  batch_size: int = 1000):
         self.model = channels_last(model.to(device)).eval()
+        self._inference: torch.nn.Module | None = None  # the loaded weights with BatchNorm folded in
         self.data, self.split, self.device, self.batch_size = data, split, device, batch_size
         self.labels = data.labels(split).to(device)
         self.order: torch.Tensor | None = None  # the split in select()'s order
@@ -89,10 +90,11 @@ class Evaluator:
         scores of the same pass without a bar, so early rejection never changes a decision."""
         order = self._selection_order()
         self.load(state_dict)
+        forward = self._forward()
         n = order.shape[0]
         correct, loss_sum, seen = (resume.correct, resume.loss_sum, resume.seen) if resume else (0, 0.0, 0)
         for images, target in self.data.batches(self.split, order[seen:], self.batch_size, self.device):
-            logits = self.model(self._input(images)).float()
+            logits = forward(self._input(images)).float()
             correct += int((logits.argmax(dim=1) == target).sum())
             loss_sum += float(F.cross_entropy(logits, target, reduction="none").double().sum())
             self.images_scored += target.shape[0]
@@ -131,6 +133,15 @@ class Evaluator:
 
     def load(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)
+        self._inference = None
+
+    def _forward(self) -> torch.nn.Module:
+        """The model as scored: the loaded weights in eval mode with each BatchNorm folded into its convolution
+        (``models.inference_model``: about half the time of a pass on CPU). Built once per loaded state; a pass
+        without a state (the model's own current weights) builds it anew."""
+        if self._inference is None:
+            self._inference = inference_model(self.model.eval())
+        return self._inference
 
     @torch.inference_mode()
     def outputs(self, state_dict: dict[str, torch.Tensor] | None = None,
@@ -138,6 +149,9 @@ class Evaluator:
         """Logits (and penultimate features when asked) of the whole split, on the CPU."""
         if state_dict is not None:
             self.load(state_dict)
+        else:
+            self._inference = None  # the model's weights may have changed since the last pass
+        forward = self._forward()
         logits, feats = [], []
         for images, _ in self.data.batches(self.split, None, self.batch_size, self.device):
             inputs = self._input(images)
@@ -146,7 +160,7 @@ class Evaluator:
                 feats.append(pre.float().cpu())
                 logits.append(self.model.get_classifier()(pre).float().cpu())
             else:
-                logits.append(self.model(inputs).float().cpu())
+                logits.append(forward(inputs).float().cpu())
         return torch.cat(logits), (torch.cat(feats) if features else None)
 
     def logits(self, state_dict: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

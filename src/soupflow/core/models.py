@@ -52,6 +52,20 @@ def channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (in eval mode) as scored: a copy with each BatchNorm folded into the convolution before it
+    (``torch.fx``'s ``fuse``), which halves a CPU pass of a narrow ResNet; logits agree to ~1e-5. The model
+    itself where it has no BatchNorm or ``torch.fx`` cannot trace it."""
+    if model.training or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        return channels_last(fuse(model))
+    except Exception:  # a model torch.fx cannot trace is scored as it is
+        return model
+
+
 def channels_last_input(images: torch.Tensor) -> torch.Tensor:
     """A batch in the layout of a ``channels_last`` model (a no-op for one channel)."""
     return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
