@@ -181,6 +181,7 @@ class Pantry:
         self._finishers: dict[tuple, Callable] = {}
         self._memos: dict[tuple, tuple[dict, dict]] = {}
         self._checks: dict[tuple, Any] = {}
+        self._tested: list[tuple[dict, torch.Tensor]] = []  # the last states scored on test, with their logits
 
     @staticmethod
     def _finishing(options: dict[str, Any]) -> tuple:
@@ -203,6 +204,16 @@ class Pantry:
         if options["ingredients"] == "epochs":
             return _epoch_ingredients(self.final, self.runs)
         return self.final
+
+    def test_logits(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Test logits of ``state``, reusing those of the last two states scored when it equals one (a recipe's
+        final trace row and the served soup are the same weights: one test pass, not two)."""
+        for kept, logits in self._tested:
+            if kept is state or (kept.keys() == state.keys() and all(torch.equal(kept[k], state[k]) for k in state)):
+                return logits
+        logits = self.evaluators["test"].logits(state)
+        self._tested = [(state, logits), *self._tested[:1]]
+        return logits
 
     def precheck(self, kitchen: Kitchen, options: dict[str, Any]):
         """The soupability pre-check, once per BatchNorm option and candidate pool."""
@@ -255,7 +266,7 @@ def _kitchen(inputs: SoupInputs, paths: SoupPaths):
     finish = inputs.pantry.finish(options)
 
     def observe(row: TraceRow, state: dict[str, torch.Tensor]) -> None:
-        scores = evaluators["test"].scores(finish(state))  # reporting only: the recipe never reads these
+        scores = scores_from_logits(inputs.pantry.test_logits(finish(state)), evaluators["test"].labels)  # reporting only
         row.test_accuracy, row.test_loss = scores.accuracy, scores.loss
 
     val = evaluators["val"]
@@ -296,13 +307,13 @@ def _served(name: str, inputs: SoupInputs, soups: list, finish, check) -> tuple[
     """Each cooked soup (one per repeat) scored on test with its comparisons: its row, its trace rows; and the
     soup that the job saves, the best on val: (soup, final state, its test logits)."""
     rows, traces, chosen = [], [], None
-    test, labels = inputs.evaluators["test"], inputs.labels
+    labels = inputs.labels
     for soup in soups:
         averaged = soup.state()
         state = finish(averaged)
-        test_logits = {"soup": test.logits(state), "reference": inputs.reference}
+        test_logits = {"soup": inputs.pantry.test_logits(state), "reference": inputs.reference}
         if state is not averaged:  # bn: recompute — the same weights with averaged statistics, for comparison
-            test_logits["bn_kept"] = test.logits(averaged)
+            test_logits["bn_kept"] = inputs.pantry.test_logits(averaged)
         ensemble = {s: inputs.logits.mean(soup.ingredients, s) for s in labels}
         row = _soup_row(name, inputs, soup, test_logits, ensemble)
         rows.append(row | _check_columns(check))
