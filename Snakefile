@@ -12,6 +12,13 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+# {pipeline}: results/, or a replicate's folder (common.PIPELINES)
+wildcard_constraints:
+    pipeline="|".join(map(re.escape, PIPELINES)),
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/init.smk"
 include: "workflow/rules/finetune.smk"

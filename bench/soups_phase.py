@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file

@@ -52,10 +52,6 @@ PIPELINE = layout.Folders(
 )  # the folders of one pipeline, as rule path patterns
 
 
-wildcard_constraints:
-    pipeline="|".join(map(re.escape, PIPELINES)),
-
-
 # Every job's config: its pipeline's, resolved above, as a param Snakemake does not compare
 # (soupflow.plan.params). Each rule's other params are what its outputs depend on: they are the rerun triggers.
 RESOLVED = {folder: untracked(resolved) for folder, resolved in PIPELINES.items()}
@@ -185,3 +181,22 @@ def init_checkpoints():
         "final": in_main(rules.init.output.model),
         "epochs": dict(zip(KEPT_EPOCHS, map(in_main, epochs))),
     }
+
+
+def replicate_files():
+    """What the pooled rule reads of each pipeline (plain values, since params are compared and pickled)."""
+
+    def of(pattern, folder, **wildcards):
+        return expand(pattern, pipeline=folder, **wildcards)[0]
+
+    return [
+        {
+            "seed": pipeline["seed"],
+            "runs": of(rules.run_table.output[0], folder),
+            "splits": of(rules.prepare_data.output.splits, folder),
+            "outputs": {
+                soup: of(SOUP_FILES["outputs"], folder, soup=soup) for soup in SOUPS
+            },
+        }
+        for folder, pipeline in PIPELINES.items()
+    ]

@@ -75,25 +75,6 @@ rule summary:
         "../scripts/summary.py"
 
 
-def replicate_files():
-    """What rule pooled reads of each pipeline (plain values: params are compared and pickled)."""
-
-    def of(pattern, folder, **wildcards):
-        return expand(pattern, pipeline=folder, **wildcards)[0]
-
-    return [
-        {
-            "seed": pipeline["seed"],
-            "runs": of(rules.run_table.output[0], folder),
-            "splits": of(rules.prepare_data.output.splits, folder),
-            "outputs": {
-                soup: of(SOUP_FILES["outputs"], folder, soup=soup) for soup in SOUPS
-            },
-        }
-        for folder, pipeline in PIPELINES.items()
-    ]
-
-
 rule pooled:
     """Each soup against the best individual pooled over the replicates (`replicates` in the config): the
     table, the summary section printed at the end of a run, and the forest plot. Reads only what the
