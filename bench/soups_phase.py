@@ -1,13 +1,15 @@
 """The soups phase of a finished workflow, cooked twice side by side: as the workflow did until the soups job
 (one process per soup entry, two at a time, as `snakemake --cores 2` ran the soup jobs: each starts Python,
-imports torch and timm, opens the data, reads every run's cached logits and scores the sets it tries), and as
-the soups job does now (one process, two torch threads, one pantry and one memo of scored ingredient sets).
+imports torch and timm, opens the data, reads every run's cached logits and scores the sets it tries, with
+BatchNorm as separate layers), and as the soups job does now (one process, two torch threads, one pantry, one
+memo of scored ingredient sets, BatchNorm folded into the convolutions).
 Both cook every entry of the folder's resolved config from its runs table; the soups must come out the same.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -49,11 +51,12 @@ def _one_process_per_soup(config: dict, entries: dict, results: Path, out: Path)
     def run(name: str) -> None:
         args = {"config": config, "name": name, "entry": entries[name], "paths": _paths(results, out, entries, name)}
         done = subprocess.run([sys.executable, "-c", CHILD.format(src=str(ROOT / "src")), json.dumps(args)],
-                              capture_output=True, text=True, cwd=results.parent)
+                              capture_output=True, text=True, cwd=results.parent, env=env)
         if done.returncode:
             raise SystemExit(f"soup {name} failed:\n{done.stderr[-3000:]}")
 
     order = cooking_order(entries)
+    env = {**os.environ, "SOUPFLOW_UNFOLDED_SCORING": "1"}  # as before BatchNorm folding
     start = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(run, [n for n in order if soup_base(entries[n]) is None]))

@@ -58,6 +58,8 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     itself where it has no BatchNorm or ``torch.fx`` cannot trace it."""
     if model.training or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return model
+    if os.environ.get("SOUPFLOW_UNFOLDED_SCORING"):  # bench/run.py --only phase: the path before folding
+        return model
     try:
         from torch.fx.experimental.optimization import fuse
 
