@@ -40,6 +40,10 @@ FILES_SAMPLES = {
              "val_fraction": 0.25},
 }
 
+#: the few-label transfer keys, which take the class split instead of the fractions
+CLASS_SAMPLES = {"data": {"pretrain_classes": [1, 3], "finetune_classes": [0, 2, 4], "labels_per_class": 20,
+                          "pretrain_fraction": 0.0, "test_fraction": 0.0}}
+
 
 def _keys(schema: dict, sample: dict, prefix: str = "") -> tuple[set, set]:
     """(every key the schema has, every key the sample sets) below a section, nested objects included."""
@@ -58,7 +62,8 @@ def _keys(schema: dict, sample: dict, prefix: str = "") -> tuple[set, set]:
 
 def test_the_samples_set_every_key_of_their_sections():
     for section, sample in SAMPLES.items():
-        known, given = _keys(load_schema()["properties"][section], {**sample, **FILES_SAMPLES.get(section, {})})
+        extra = {**FILES_SAMPLES.get(section, {}), **CLASS_SAMPLES.get(section, {})}
+        known, given = _keys(load_schema()["properties"][section], {**sample, **extra})
         assert known == given, f"{section}: no sample for {sorted(known - given)}"
 
 
@@ -94,6 +99,17 @@ def test_a_nested_config_override_of_the_files_keys_gives_what_a_config_file_giv
     resolved = yaml.safe_load((from_file / "config.yaml").read_text())
     assert yaml.safe_load((from_override / "config.yaml").read_text()) == resolved
 
+
+
+def test_a_nested_config_override_of_the_class_split_keys_gives_what_a_config_file_gives(tmp_path):
+    in_file = copy.deepcopy(SMOKE)
+    in_file["data"] = {**SMOKE["data"], **CLASS_SAMPLES["data"]}
+    from_file = _run(tmp_path / "file", in_file, "results/config.yaml")
+    from_override = _run(tmp_path / "override", copy.deepcopy(SMOKE), "results/config.yaml", "--config",
+                         f"data={_as_flow(in_file['data'])}")
+    resolved = yaml.safe_load((from_file / "config.yaml").read_text())
+    assert resolved["data"]["finetune_classes"] == [0, 2, 4]
+    assert yaml.safe_load((from_override / "config.yaml").read_text()) == resolved
 
 def _run(folder, config, *args):
     folder.mkdir()

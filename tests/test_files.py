@@ -235,7 +235,9 @@ def test_a_files_run_stopped_mid_epoch_resumes_to_the_weights_of_an_uninterrupte
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0 and "rerun to resume" in stderr
     resumed = int(run(state, out, files).split("resumed_from_step=")[1])
-    assert resumed in (4, 5)  # mid-epoch: 3 steps an epoch (48 images, batches of 16), the first save at step 3
+    # 3 steps an epoch (48 images, batches of 16), the first save at step 3, after the epoch's val-curve pass:
+    # the signal lands mid-epoch (4, 5) or, on a slow machine, while that save is being made (3)
+    assert resumed in (3, 4, 5)
     assert_same_weights(load_file(str(out)), load_file(str(tmp_path / "plain.safetensors")))
 
 

@@ -151,7 +151,7 @@ def test_forcing_one_run_retrains_it_alone_and_the_summary_says_how(finished):
     runs = pd.read_parquet(work / "results/metrics/runs.parquet")
     target = f"results/runs/{runs.run_id.iloc[0]}/metrics.parquet"
     planned = _planned(ROOT, work, "--forcerun", target)
-    assert planned["finetune"] == 1 and planned["soup"] >= 1 and "init" not in planned
+    assert planned["finetune"] == 1 and planned["soups"] == 1 and "init" not in planned
     failed = runs.assign(status=["failed"] + ["ok"] * (len(runs) - 1))
     assert f"--forcerun {target}" in format_retry(failed) and format_retry(runs) == ""
 
