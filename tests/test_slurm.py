@@ -25,10 +25,10 @@ SMALL_JOBS = [
     "--slurm-status-command", "squeue",  # accounting is off in the test cluster: sacct cannot answer
     "--slurm-init-seconds-before-status-checks", "1",
     "--seconds-between-status-checks", "3",
-    "--set-threads", "init=2", "finetune=1", "soups=1",
+    "--set-threads", "init=2", "finetune=1", "soups=2",
     # one --set-resources list (a second flag would replace it): the test cluster has no GPU
     "--set-resources", "init:gpu=0", "finetune:gpu=0", "soups:gpu=0",
-    "init:cpus_per_task=2", "finetune:cpus_per_task=1", "soups:cpus_per_task=1",
+    "init:cpus_per_task=2", "finetune:cpus_per_task=1", "soups:cpus_per_task=2",
     "init:mem_mb=2000", "finetune:mem_mb=2000", "soups:mem_mb=2000", "plots:mem_mb=2000",
 ]
 PROFILE = ("--profile", str(ROOT / "profiles" / "slurm"))
@@ -88,7 +88,7 @@ def test_smoke_workflow_through_sbatch_equals_the_local_run(cluster, finished, t
 
     jobs = submitted(log)
     assert len(jobs.get("finetune", [])) == len(pd.read_parquet(local / "results/metrics/runs.parquet"))
-    assert {"prepare_data", "init", "finetune", "soup", "plots"} <= set(jobs)
+    assert {"prepare_data", "init", "finetune", "soups", "plots"} <= set(jobs)
     known = slurm_jobs(cluster).set_index("job_id")
     for rule, ids in jobs.items():
         for job_id in ids:
