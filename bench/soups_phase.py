@@ -9,7 +9,6 @@ Both cook every entry of the folder's resolved config from its runs table; the s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, sys
 sys.path.insert(0, {src!r})
+import soupflow.core.evaluate
+soupflow.core.evaluate.inference_model = lambda model: model  # scored as before: BatchNorm as separate layers
 from soupflow.jobs.soup import SoupPaths, make_soup
 args = json.loads(sys.argv[1])
 make_soup(args["config"], args["name"], args["entry"], SoupPaths(**args["paths"]), threads=1)
@@ -51,12 +52,11 @@ def _one_process_per_soup(config: dict, entries: dict, results: Path, out: Path)
     def run(name: str) -> None:
         args = {"config": config, "name": name, "entry": entries[name], "paths": _paths(results, out, entries, name)}
         done = subprocess.run([sys.executable, "-c", CHILD.format(src=str(ROOT / "src")), json.dumps(args)],
-                              capture_output=True, text=True, cwd=results.parent, env=env)
+                              capture_output=True, text=True, cwd=results.parent)
         if done.returncode:
             raise SystemExit(f"soup {name} failed:\n{done.stderr[-3000:]}")
 
     order = cooking_order(entries)
-    env = {**os.environ, "SOUPFLOW_UNFOLDED_SCORING": "1"}  # as before BatchNorm folding
     start = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(run, [n for n in order if soup_base(entries[n]) is None]))

@@ -24,10 +24,6 @@ from soupflow.store.prepared import PreparedData
 SPLIT = "train"
 
 
-def has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def sample_images(data: PreparedData, count: int, seed: int) -> torch.Tensor:
     """A seeded sample of ``count`` train images (uint8, as evaluated), the same for every state it serves:
     held in memory, so its size is ``count``'s, not the data set's."""

@@ -52,13 +52,15 @@ def channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` (in eval mode) as scored: a copy with each BatchNorm folded into the convolution before it
     (``torch.fx``'s ``fuse``), which halves a CPU pass of a narrow ResNet; logits agree to ~1e-5. The model
     itself where it has no BatchNorm or ``torch.fx`` cannot trace it."""
-    if model.training or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return model
-    if os.environ.get("SOUPFLOW_UNFOLDED_SCORING"):  # bench/run.py --only phase: the path before folding
+    if model.training or not has_batchnorm(model):
         return model
     try:
         from torch.fx.experimental.optimization import fuse

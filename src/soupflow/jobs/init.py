@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from soupflow.core.batchnorm import BatchNormRefresher, has_batchnorm
+from soupflow.core.batchnorm import BatchNormRefresher
 from soupflow.core.distributed import world
-from soupflow.core.models import checkpoint_metadata, load_checkpoint, save_checkpoint, set_threads
+from soupflow.core.models import checkpoint_metadata, has_batchnorm, load_checkpoint, save_checkpoint, set_threads
 from soupflow.core.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.core.probe import linear_probe
 from soupflow.core.resume import forget, job_resume, state_beside

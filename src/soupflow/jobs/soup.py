@@ -13,10 +13,17 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from soupflow.core.batchnorm import BatchNormRefresher, has_batchnorm
+from soupflow.core.batchnorm import BatchNormRefresher
 from soupflow.core.evaluate import Evaluator, Scores, scores_from_logits
 from soupflow.core.learned import Fit, fit_mixture
-from soupflow.core.models import checkpoint_metadata, load_checkpoint, save_checkpoint, set_threads, untrained_state
+from soupflow.core.models import (
+    checkpoint_metadata,
+    has_batchnorm,
+    load_checkpoint,
+    save_checkpoint,
+    set_threads,
+    untrained_state,
+)
 from soupflow.core.recipes import Ingredient, Kitchen, TraceRow, cook, soupability
 from soupflow.core.stats import compare
 from soupflow.jobs.context import JobContext
@@ -384,12 +391,12 @@ def make_soups(config: dict[str, Any], entries: dict[str, dict[str, Any]], paths
         keys[name] = soup_key(config, entries[name], paths[name], keys.get(soup_base(entries[name]) or ""))
         if cache and restore(cache, keys[name], paths[name]):
             log.info("soup %s: unchanged since an earlier job, restored from %s", name, cache)
-        else:
-            pantry = pantry or Pantry(config, paths[name].data, paths[name].runs, threads)
-            _cook_entry(pantry, name, entries[name], paths[name])
-            if cache:
-                keep(cache, keys[name], paths[name])
-        frames.append(pd.read_parquet(paths[name].metrics))
+            frames.append(pd.read_parquet(paths[name].metrics))
+            continue
+        pantry = pantry or Pantry(config, paths[name].data, paths[name].runs, threads)
+        frames.append(_cook_entry(pantry, name, entries[name], paths[name]))
+        if cache:
+            keep(cache, keys[name], paths[name])
     if cache:
         forget_others(cache, set(keys.values()))
     log.info("%d soups in %.0f s", len(entries), time.perf_counter() - began)

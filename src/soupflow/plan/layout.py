@@ -11,40 +11,23 @@ from dataclasses import dataclass
 RESULTS = "results"
 
 
+def _subfolder(name: str) -> property:
+    return property(lambda self: f"{self.pipeline}/{name}", doc=f"the pipeline's {name}/ folder")
+
+
 @dataclass(frozen=True)
 class Folders:
-    """The folders of one pipeline (``results/``, or a replicate's folder; the rules pass ``{pipeline}``)."""
+    """The folders of one pipeline (``results/``, or a replicate's folder; the rules pass ``{pipeline}``).
+    A run's folder under ``runs`` is named by its id (``soupflow.plan.grid.run_id``)."""
 
     pipeline: str
-
-    @property
-    def data(self) -> str:
-        return f"{self.pipeline}/data"
-
-    @property
-    def init(self) -> str:
-        return f"{self.pipeline}/init"
-
-    @property
-    def runs(self) -> str:
-        """Each run's folder under it is named by its id (``soupflow.plan.grid.run_id``)."""
-        return f"{self.pipeline}/runs"
-
-    @property
-    def soups(self) -> str:
-        return f"{self.pipeline}/soups"
-
-    @property
-    def metrics(self) -> str:
-        return f"{self.pipeline}/metrics"
-
-    @property
-    def plots(self) -> str:
-        return f"{self.pipeline}/plots"
-
-    @property
-    def logs(self) -> str:
-        return f"{self.pipeline}/logs"
+    data = _subfolder("data")
+    init = _subfolder("init")
+    runs = _subfolder("runs")
+    soups = _subfolder("soups")
+    metrics = _subfolder("metrics")
+    plots = _subfolder("plots")
+    logs = _subfolder("logs")
 
 
 MAIN = Folders(RESULTS)
