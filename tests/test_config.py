@@ -292,3 +292,17 @@ def test_a_class_split_is_valid():
     config = copy.deepcopy(DEFAULT)
     config["data"].update(TRANSFER)
     assert resolve_config(config, check_paths=False)["data"]["labels_per_class"] == 100
+
+
+@pytest.mark.parametrize("change, key, says", [
+    ({"grid": {"branch_epoch": [1, 2]}}, "grid.branch_epoch", "skip model.shared_finetune"),
+    ({"training": {"devices_per_run": 2}}, "model.shared_finetune", "devices_per_run 1"),
+    ({"model": {"shared_finetune": {"epochs": 5}}}, "model.shared_finetune", "lr"),
+])
+def test_a_shared_fine_tune_that_runs_cannot_honour_names_the_key(change, key, says):
+    def mutate(config):
+        config["model"]["shared_finetune"] = {"epochs": 5, "lr": 0.05}
+        for section, values in change.items():
+            config.setdefault(section, {}).update(values)
+    message = rejected(mutate)
+    assert f"'{key}'" in message and says in message, message

@@ -92,3 +92,28 @@ def test_pretraining_on_other_classes_hands_fine_tunes_a_seeded_head_of_the_targ
     assert all(torch.equal(first[k], init[k]) for k in head)  # kept epochs carry the same head
     body = next(k for k in init if k.endswith("conv1.weight"))
     assert not torch.equal(init[body], before[body])  # the body did pretrain (on 4 classes, with a 4-class head)
+
+
+def test_a_shared_fine_tune_is_a_fine_tune_of_the_pretrained_init_that_the_runs_start_from(tmp_path, data_path):
+    from soupflow.core.models import model_for
+    from soupflow.core.train import fine_tuning_source, train
+    from soupflow.plan.seeds import pipeline_seed
+    from soupflow.store.data import TensorData
+
+    written = {"model": {"name": "test_resnet"}, "pretrain": {"epochs": 1, "batch_size": 16},
+               "finetune": {"batch_size": 16, "label_smoothing": 0.1}}
+    plain = merge_defaults(written)
+    shared = merge_defaults({**written, "model": {"name": "test_resnet", "shared_finetune": {"epochs": 2, "lr": 0.03}}})
+    make_init(plain, InitPaths(data_path, str(tmp_path / "plain.safetensors"), {}))
+    make_init(shared, InitPaths(data_path, str(tmp_path / "shared.safetensors"), {}))
+    # by hand: the pretrained init trained 2 epochs at lr 0.03 with the finetune section's other settings
+    data = TensorData(data_path)
+    model = model_for(data, plain["model"])
+    model.load_state_dict(load_file(str(tmp_path / "plain.safetensors")))
+    hp = {**plain["finetune"], "epochs": 2, "lr": 0.03, "seed": pipeline_seed(plain, 0), "sync_bn": False}
+    assert train(model, fine_tuning_source(data, hp), data, hp, torch.device("cpu")).status == "ok"
+    expected, got = model.state_dict(), load_file(str(tmp_path / "shared.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    body = next(k for k in got if k.endswith("conv1.weight"))
+    assert not torch.equal(got[body], load_file(str(tmp_path / "plain.safetensors"))[body])
+    assert not (tmp_path / "resume_shared.pt").exists()  # the transient training state is gone

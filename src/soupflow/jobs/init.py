@@ -4,6 +4,7 @@ own pretrained weights — and the kept epochs of pretraining (branch points of 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from soupflow.core.models import checkpoint_metadata, has_batchnorm, load_checkp
 from soupflow.core.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.core.probe import linear_probe
 from soupflow.core.resume import forget, job_resume, state_beside
-from soupflow.core.train import TensorSource, train, train_source
+from soupflow.core.train import TensorSource, fine_tuning_source, train, train_source
 from soupflow.core.weights import import_state
 from soupflow.jobs.context import JobContext
 from soupflow.jobs.launch import devices_per_run, launch
@@ -139,6 +140,30 @@ def _probe(context: JobContext, model: torch.nn.Module, meta: dict[str, str]) ->
              "accuracy %.4f", result.images, result.weight_decay, result.held_out_accuracy, scores.accuracy)
 
 
+def shared_resume_state(model_file: str) -> Path:
+    """Where the shared fine-tune keeps its training state: beside pretraining's, not over it (a job preempted
+    during the shared fine-tune resumes pretraining at its end, then this)."""
+    return state_beside(model_file).with_name("resume_shared.pt")
+
+
+def _shared_finetune(context: JobContext, model: torch.nn.Module, paths: InitPaths) -> None:
+    """``model.shared_finetune``: train ``model`` in place on the fine-tuning images before the runs branch
+    ("Too Salty"'s shared training), with the finetune section's settings at the given epochs and lr."""
+    config = context.config
+    shared = config["model"]["shared_finetune"]
+    hp = {**config["finetune"], "epochs": shared["epochs"], "lr": shared["lr"],
+          "seed": pipeline_seed(config, config["finetune"]["seed"]), "sync_bn": config["training"]["sync_bn"]}
+    source = fine_tuning_source(context.data, hp)
+    log.info("shared fine-tune of the init on %d images: %d epochs at lr %g", source.size, hp["epochs"], hp["lr"])
+    result = train(model, source, context.data, hp, context.device, name="shared fine-tune",
+                   resume=job_resume(config, shared_resume_state(paths.model), paths.data),
+                   precision=config["training"]["precision"])
+    if result.status != "ok":
+        raise RuntimeError("the shared fine-tune diverged; lower model.shared_finetune.lr")
+    scores = context.evaluator("val", model=model).scores()
+    log.info("shared fine-tune: init val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
+
+
 def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> None:
     """Produce the weights every fine-tune starts from: pretrained here, read from a file, or from timm's hub.
 
@@ -171,9 +196,13 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
         return  # process 0 finishes the init and writes it
     if config["model"]["linear_probe"]:
         _probe(context, model, meta)
+    if config["model"]["shared_finetune"]:
+        _shared_finetune(context, model, paths)
+        meta["shared_finetune"] = json.dumps(config["model"]["shared_finetune"], sort_keys=True)
     for epoch, path in staged.items():
         os.replace(path, paths.epochs[epoch])
     if staging.exists() and not any(staging.iterdir()):
         staging.rmdir()
     save_checkpoint(model.state_dict(), paths.model, meta)
     forget(state_beside(paths.model))
+    forget(shared_resume_state(paths.model))

@@ -228,6 +228,20 @@ def _check_devices(config: dict[str, Any]) -> None:
                               f"allowed: a multiple of {devices} (each process takes an equal share of the batch)")
 
 
+def _check_shared_finetune(config: dict[str, Any]) -> None:
+    """The shared fine-tune runs in the init job's one process, and every run must start after it."""
+    if not config["model"]["shared_finetune"]:
+        return
+    if config["training"]["devices_per_run"] > 1:
+        raise ConfigError(f"config key 'model.shared_finetune' is set with training.devices_per_run "
+                          f"{config['training']['devices_per_run']}; allowed: devices_per_run 1 (the shared "
+                          "fine-tune runs in the init job's one process) or shared_finetune: null")
+    branching = written(config, "branch_epoch")
+    if branching:
+        raise ConfigError(f"config key '{branching[0][0]}' branches from pretraining, which would skip "
+                          "model.shared_finetune; allowed: one of the two")
+
+
 def _check_class_split(config: dict[str, Any]) -> None:
     """Few-label transfer (``data.finetune_classes``): disjoint known classes, enough images, no other split."""
     data = config["data"]
@@ -286,6 +300,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     _check_format(config)
     _check_augmentations(config)
     _check_devices(config)
+    _check_shared_finetune(config)
     if check_paths:
         _check_data_root(config["data"])
         check_class_folders(config["data"])

@@ -28,7 +28,7 @@ LATE_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"test_fraction": 0.0, "normalize": "dataset", "format": "tensors", "crop_pct": None,
              "interpolation": None, "skip_corrupt": False, "pretrain_classes": None, "finetune_classes": None,
              "labels_per_class": None},
-    "model": {"match": "name", "init_bn": "keep", "linear_probe": False},
+    "model": {"match": "name", "init_bn": "keep", "linear_probe": False, "shared_finetune": None},
     "pretrain": {"task": "labels"},
 }
 
