@@ -216,7 +216,26 @@ VARIANTS: dict[str, dict] = {
 #: experiments/lite0_fmnist.yaml's data, model and fine-tune settings (variants set the grid)
 LITE0 = {key: value for key, value in yaml.safe_load((ROOT / "experiments" / "lite0_fmnist.yaml").read_text()).items()
          if key in {"data", "model", "finetune"}}
-BASES = {"fmnist": BASE, "lite0": LITE0}
+#: experiments/transfer_fmnist.yaml's settings (issue 26: few-label transfer to new classes); variants change them
+TRANSFER = {key: value for key, value in yaml.safe_load((ROOT / "experiments" / "transfer_fmnist.yaml").read_text()).items()
+            if key in {"data", "model", "pretrain", "finetune", "grid"}}
+BASES = {"fmnist": BASE, "lite0": LITE0, "transfer": TRANSFER}
+SEEDS_LS = {"seed": [0, 1], "label_smoothing": [0.0, 0.1]}
+VARIANTS.update({
+    "transfer": {"_base": "transfer"},
+    # the same runs at a third to a tenth of the learning rates
+    "transfer_lowlr": {"_base": "transfer", "grid": {"lr": [0.01, 0.02, 0.04], **SEEDS_LS}},
+    # LP-FT: the head fitted on the pretrained features first, then 20 epochs at low learning rates
+    "transfer_lpft": {"_base": "transfer", "model": {"linear_probe": True}, "finetune": {"epochs": 20},
+                      "grid": {"lr": [0.01, 0.02, 0.04], **SEEDS_LS}},
+    # shared training ("Too Salty"): one warm fine-tune of the init, then the runs branch (transfer_warm.yaml)
+    "transfer_warm20": {"_base": "transfer", "model": {"shared_finetune": {"epochs": 20, "lr": 0.05}},
+                        "finetune": {"epochs": 10}, "grid": {"lr": [0.005, 0.01, 0.02], **SEEDS_LS}},
+    "transfer_warm10": {"_base": "transfer", "model": {"shared_finetune": {"epochs": 10, "lr": 0.05}},
+                        "finetune": {"epochs": 15}, "grid": {"lr": [0.01, 0.02, 0.04], **SEEDS_LS}},
+    # BatchNorm statistics kept at the init's (bench/frozen_bn.py measures why these runs collapse)
+    "transfer_frozen": {"_base": "transfer", "grid": {"lr": [0.05, 0.1, 0.2], "bn_statistics": ["frozen"], **SEEDS_LS}},
+})
 
 
 def key_of(*parts) -> str:
