@@ -1,8 +1,9 @@
-"""The soups phase of a finished workflow, cooked twice side by side: as the workflow did until the soups job
-(one process per soup entry, two at a time, as `snakemake --cores 2` ran the soup jobs: each starts Python,
-imports torch and timm, opens the data, reads every run's cached logits and scores the sets it tries, with
-BatchNorm as separate layers), and as the soups job does now (one process, two torch threads, one pantry, one
-memo of scored ingredient sets, BatchNorm folded into the convolutions).
+"""The soups phase of a finished workflow, cooked twice side by side: by soupflow as it was before the soups
+job (``BEFORE``, the commit issue 26 measured as "today": one process per soup entry, two at a time, as
+`snakemake --cores 2` ran its soup jobs with one thread each: each starts Python, imports torch and timm, opens
+the data, reads every run's cached logits and scores the sets it tries, BatchNorm as separate layers), and by
+the soups job of this checkout (one process, two torch threads, one pantry, one memo of scored ingredient
+sets, BatchNorm folded into the convolutions). The old code comes from ``git archive BEFORE src``.
 Both cook every entry of the folder's resolved config from its runs table; the soups must come out the same.
 """
 
@@ -22,15 +23,29 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: the last commit with one soup job per entry (issue 26's "today")
+BEFORE = "d5d528c"
+
 CHILD = """
 import json, sys
 sys.path.insert(0, {src!r})
-import soupflow.core.evaluate
-soupflow.core.evaluate.inference_model = lambda model: model  # scored as before: BatchNorm as separate layers
 from soupflow.jobs.soup import SoupPaths, make_soup
 args = json.loads(sys.argv[1])
 make_soup(args["config"], args["name"], args["entry"], SoupPaths(**args["paths"]), threads=1)
 """
+
+
+def _before_source(work: Path) -> Path:
+    """soupflow's ``src`` at ``BEFORE``, unpacked under ``work`` (from this clone's history)."""
+    folder = work / f"src-{BEFORE}"
+    if not (folder / "src" / "soupflow").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "src"], capture_output=True)
+        if archive.returncode:
+            raise SystemExit(f"--only phase runs soupflow at {BEFORE} beside this checkout; this clone lacks it "
+                             f"(a shallow clone?): {archive.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder / "src"
 
 
 def _paths(results: Path, out: Path, entries: dict, name: str) -> dict:
@@ -45,13 +60,17 @@ def _paths(results: Path, out: Path, entries: dict, name: str) -> dict:
 
 
 def _one_process_per_soup(config: dict, entries: dict, results: Path, out: Path) -> float:
-    """Each entry in a fresh process, two at a time; soups with a base after the others (as the DAG orders)."""
+    """Each entry in a fresh process of the code at ``BEFORE``, two at a time; soups with a base after the
+    others (as the DAG orders). Its soup jobs wrote no test outputs file."""
     from soupflow.jobs.soup import cooking_order
     from soupflow.plan.params import soup_base
 
+    source = _before_source(out.parent)
+
     def run(name: str) -> None:
-        args = {"config": config, "name": name, "entry": entries[name], "paths": _paths(results, out, entries, name)}
-        done = subprocess.run([sys.executable, "-c", CHILD.format(src=str(ROOT / "src")), json.dumps(args)],
+        paths = {k: v for k, v in _paths(results, out, entries, name).items() if k != "outputs"}
+        args = {"config": config, "name": name, "entry": entries[name], "paths": paths}
+        done = subprocess.run([sys.executable, "-c", CHILD.format(src=str(source)), json.dumps(args)],
                               capture_output=True, text=True, cwd=results.parent)
         if done.returncode:
             raise SystemExit(f"soup {name} failed:\n{done.stderr[-3000:]}")
@@ -88,8 +107,8 @@ def bench_soups_phase(work: Path, results: Path) -> pd.DataFrame:
     config = yaml.safe_load((results / "config.yaml").read_text())  # the resolved config its jobs were given
     entries = soup_specs(config)
     rows = []
-    for way, cook in (("one process per soup", _one_process_per_soup), ("one soups job", _one_job)):
-        seconds = cook(config, entries, results, work / "phase" / way.replace(" ", "_"))
+    for way, cook in ((f"one process per soup ({BEFORE})", _one_process_per_soup), ("one soups job", _one_job)):
+        seconds = cook(config, entries, results, work / "phase" / way.split(" (")[0].replace(" ", "_"))
         rows.append({"way": way, "seconds": seconds, "soups": len(entries)})
     table = pd.DataFrame(rows)
     before, after = table.seconds
@@ -99,7 +118,7 @@ def bench_soups_phase(work: Path, results: Path) -> pd.DataFrame:
         if not chosen or largest > 1e-4:
             print(f"  {name}: {'same' if chosen else 'OTHER'} ingredients, largest weight difference {largest:.2g}")
     print(f"\nsoups phase: {len(entries)} soups of {results} (the default's runs), wall seconds on 2 cores")
-    print(f"  one soups job {after:.1f} s vs one process per soup, two at a time {before:.1f} s -> ratio "
+    print(f"  one soups job {after:.1f} s vs one process per soup at {BEFORE}, two at a time {before:.1f} s -> ratio "
           f"{after / before:.3f} (goal <= 0.5); {'the same ingredients in every soup' if same else 'DIFFERENT INGREDIENTS'}, largest weight "
           f"difference {max(d for _, d in differences.values()):.2g}")
     table["ratio"] = after / before
