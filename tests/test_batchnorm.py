@@ -85,3 +85,28 @@ def test_scoring_folds_batchnorm_into_convolutions_and_gives_the_same_logits(nam
     with torch.inference_mode():
         assert torch.allclose(folded(images), model(images), atol=1e-4, rtol=1e-4)
     assert inference_model(model.train()) is model  # training mode: batch statistics, nothing to fold
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "test_resnet", "tf_efficientnet_lite0"])
+def test_a_model_traced_once_and_refolded_per_state_scores_as_a_fresh_fold(name):
+    from soupflow.core.models import Folded, create_model, inference_model
+
+    def trained(seed):
+        torch.manual_seed(seed)
+        model = create_model({"name": name}, num_classes=5, in_chans=3).eval()
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.data.uniform_(0.5, 1.5)
+        return model
+
+    model, other = trained(0), trained(1)
+    folded = Folded(model)
+    images = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        model.load_state_dict(other.state_dict())  # a second state into the traced model
+        refolded = folded.refresh()(images)
+        fresh = inference_model(other)(images)
+    assert torch.equal(refolded, fresh)  # the same tensors as a fresh fold, bit for bit
+    assert (folded.pairs is not None and len(folded.pairs) > 0) == (name != "tf_efficientnet_lite0")

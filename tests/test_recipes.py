@@ -114,7 +114,7 @@ def test_random_orders_are_seeded():
 
 def test_recipes_decide_without_what_observe_records():
     """Selection is blind to the test figures the job records through observe."""
-    def noisy_observe(row, state):
+    def noisy_observe(row, state, names=None):
         row.test_accuracy = random.random()
 
     for recipe in ("greedy", "pruned", "greedy_random", "wise_ft"):

@@ -70,6 +70,60 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
         return model
 
 
+def _conv_bn_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(convolution, BatchNorm) module names that torch.fx's ``fuse`` folds: a BatchNorm2d whose only input is
+    a Conv2d that feeds nothing else."""
+    from torch import fx
+
+    graph, modules = fx.symbolic_trace(model).graph, dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if (isinstance(modules.get(node.target), torch.nn.BatchNorm2d) and isinstance(source, torch.fx.Node)
+                and source.op == "call_module" and isinstance(modules.get(source.target), torch.nn.Conv2d)
+                and len(source.users) == 1):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+class Folded:
+    """A model as scored, BatchNorm folded in (``inference_model``), traced once: ``refresh`` folds the model's
+    current weights into the traced copy with the function ``fuse`` folds with (``fuse_conv_bn_weights``), so
+    a new state costs tensor arithmetic, not a trace (the soups job scores hundreds of states). The model
+    itself where ``inference_model`` returns it; a fold ``fuse`` does otherwise than expected refolds anew."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.module = model, inference_model(model)
+        self.pairs = _conv_bn_pairs(model) if self.module is not model else []
+        kept = dict(self.module.named_modules())
+        if any(bn in kept for _, bn in self.pairs) or not all(conv in kept for conv, _ in self.pairs):
+            self.pairs = None  # not the fold this class mirrors: trace and fuse per state instead
+
+    @torch.no_grad()
+    def refresh(self) -> torch.nn.Module:
+        """The scored module with the model's current weights."""
+        if self.module is self.model:
+            return self.model
+        if self.pairs is None:
+            self.module = inference_model(self.model)
+            return self.module
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+        state, target = self.model.state_dict(), self.module.state_dict()
+        folded = {f"{conv}.{kind}" for conv, _ in self.pairs for kind in ("weight", "bias")}
+        for name, tensor in target.items():
+            if name not in folded:
+                tensor.copy_(state[name])
+        for conv, bn in self.pairs:
+            weight, bias = fuse_conv_bn_weights(state[f"{conv}.weight"], state.get(f"{conv}.bias"),
+                                                state[f"{bn}.running_mean"], state[f"{bn}.running_var"],
+                                                self.model.get_submodule(bn).eps, state[f"{bn}.weight"],
+                                                state[f"{bn}.bias"])
+            target[f"{conv}.weight"].copy_(weight)
+            target[f"{conv}.bias"].copy_(bias)
+        return self.module
+
+
 def channels_last_input(images: torch.Tensor) -> torch.Tensor:
     """A batch in the layout of a ``channels_last`` model (a no-op for one channel)."""
     return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images

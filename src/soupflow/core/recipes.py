@@ -53,7 +53,8 @@ class Kitchen:
     ingredients: list[Ingredient]  # every usable ingredient, in no particular order
     select: Callable[[StateDict], Scores]  # scores a state dict on the validation split
     fresh_init: Callable[[int], StateDict] | None = None  # an untrained model, seeded
-    observe: Callable[[TraceRow, StateDict], None] = lambda row, state: None  # adds test figures to a row
+    # adds test figures to a row; ``names``: the ingredients ``state`` is the plain mean of (None: another state)
+    observe: Callable[..., None] = lambda row, state, names=None: None
     init: Callable[[], StateDict] | None = None  # θ0, the weights the fine-tunes started from
     base: Callable[[], tuple[list[str], StateDict]] | None = None  # another soup: its ingredients, its weights
     buffers: frozenset[str] = frozenset()  # names of the model's buffers (BatchNorm statistics), not weights
@@ -225,7 +226,7 @@ def _uniform_of(kitchen: Kitchen, chosen: list[Ingredient], metric: str, label: 
     state = total.mean()
     scores, evaluated = kitchen.score([i.name for i in chosen], state)  # a set another recipe scored: no pass
     row = TraceRow.scored(len(chosen), label, True, total.count, scores, metric, kind="soup")
-    kitchen.observe(row, state)
+    kitchen.observe(row, state, [i.name for i in chosen])
     return Soup([i.name for i in chosen], total, scores, [row], selection_passes=int(evaluated))
 
 
@@ -299,7 +300,7 @@ def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, options:
         if accepted:
             best = scores
             chosen.append(ingredient.name)
-            kitchen.observe(row, state)
+            kitchen.observe(row, state, chosen)
         else:
             total.subtract(weights)
         trace.append(row)
@@ -339,7 +340,7 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
     evaluations = int(evaluated)
     start = TraceRow.scored(0, "uniform start", True, total.count, best, metric, kind="start", repeat=repeat,
                             pass_number=0)
-    kitchen.observe(start, state)
+    kitchen.observe(start, state, list(inside))
     trace = [start]
     for pass_number in range(1, passes + 1):
         for ingredient in order_for_pass(pass_number, [inside[n] for n in inside]):
@@ -363,7 +364,7 @@ def pruned_passes(kitchen: Kitchen, metric: str, passes: int, max_ingredients: i
                 total.add(weights)
         end = TraceRow.scored(len(trace), f"end of pass {pass_number}", True, total.count, best, metric, kind="pass_end",
                               repeat=repeat, pass_number=pass_number)
-        kitchen.observe(end, total.mean())
+        kitchen.observe(end, total.mean(), list(inside))
         trace.append(end)
     return Soup(list(inside), total, best, trace, repeat, evaluations)
 

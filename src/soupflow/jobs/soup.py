@@ -187,6 +187,7 @@ class Pantry:
         self.reference = self.logits.of(best.run_id, "test") if best is not None else None
         self._finishers: dict[tuple, Callable] = {}
         self._memos: dict[tuple, tuple[dict, dict]] = {}
+        self._observed: dict[tuple, Scores] = {}  # test figures of trace rows, by BatchNorm option and set
         self._checks: dict[tuple, Any] = {}
         self._tested: list[tuple[dict, torch.Tensor]] = []  # the last states scored on test, with their logits
 
@@ -221,6 +222,22 @@ class Pantry:
         logits = self.evaluators["test"].logits(state)
         self._tested = [(state, logits), *self._tested[:1]]
         return logits
+
+    def observed(self, options: dict[str, Any], names: list[str] | None, state: dict[str, torch.Tensor]) -> Scores:
+        """The test figures of a trace row's ``state``, the plain mean of the ingredients ``names`` (None: any
+        other state). Reporting only, so a set is scored once per job like the val memo (the uniform start of
+        every pruned pass, a greedy prefix another order reached, a pass that removed nothing), and one run
+        under kept statistics is its own cached test logits. Other states: one test pass each."""
+        labels = self.evaluators["test"].labels
+        key = (self._finishing(options), tuple(sorted(names))) if names else None
+        if key in self._observed:
+            return self._observed[key]
+        cached = self.logits.mean(list(names), "test") if names and len(names) == 1 and key[0] == ("keep",) else None
+        scores = scores_from_logits(cached if cached is not None else self.test_logits(self.finish(options)(state)),
+                                    labels)
+        if key is not None:
+            self._observed[key] = scores
+        return scores
 
     def precheck(self, kitchen: Kitchen, options: dict[str, Any]):
         """The soupability pre-check, once per BatchNorm option and candidate pool."""
@@ -272,8 +289,8 @@ def _kitchen(inputs: SoupInputs, paths: SoupPaths):
     context, options, evaluators = inputs.context, inputs.options, inputs.evaluators
     finish = inputs.pantry.finish(options)
 
-    def observe(row: TraceRow, state: dict[str, torch.Tensor]) -> None:
-        scores = scores_from_logits(inputs.pantry.test_logits(finish(state)), evaluators["test"].labels)  # reporting only
+    def observe(row: TraceRow, state: dict[str, torch.Tensor], names: list[str] | None = None) -> None:
+        scores = inputs.pantry.observed(options, names, state)  # reporting only
         row.test_accuracy, row.test_loss = scores.accuracy, scores.loss
 
     val = evaluators["val"]
