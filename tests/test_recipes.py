@@ -35,8 +35,11 @@ def make_kitchen(n=8, seed=0, observe=None):
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("recipe", ["greedy", "greedy_random"])
 def test_greedy_never_accepts_a_candidate_that_lowers_the_val_score(recipe, seed):
-    kitchen = make_kitchen(seed=seed)
+    observed = []
+    kitchen = make_kitchen(seed=seed, observe=lambda row, state, names=None: observed.append((row.repeat, state)))
     for soup in cook(recipe, kitchen, {"repeats": 3, "seed": seed}):
+        last = [state for repeat, state in observed if repeat == soup.repeat][-1]  # the last accepted state
+        assert soup.state().keys() == last.keys() and all(torch.equal(soup.state()[k], last[k]) for k in last)
         accepted = [row.val_score for row in soup.trace if row.accepted]
         assert accepted == sorted(accepted)
         best_so_far = float("-inf")

@@ -151,7 +151,7 @@ class Soup:
     trace: list[TraceRow] = field(default_factory=list)
     repeat: int = 0
     selection_passes: int = 0
-    weights: StateDict | None = None  # the soup when it is not the plain mean of ``total`` (model_stock, wise_ft)
+    weights: StateDict | None = None  # the soup when not ``total``'s mean (model_stock, wise_ft; greedy: its last accepted state)
 
     def state(self) -> StateDict:
         """The soup's weights."""
@@ -283,6 +283,7 @@ def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, options:
     (``tie: gt``: only when it is higher); at most ``max_ingredients``."""
     max_ingredients, tie = options["max_ingredients"], options["tie"]
     total, chosen, trace, best, passes = StateSum(), [], [], None, 0
+    served = None  # the last accepted state: what val scored (taking a rejected candidate away again drifts)
     for step, ingredient in enumerate(order, start=1):
         if max_ingredients is not None and total.count >= max_ingredients:
             break
@@ -300,11 +301,12 @@ def greedy_pass(kitchen: Kitchen, order: list[Ingredient], metric: str, options:
         if accepted:
             best = scores
             chosen.append(ingredient.name)
+            served = state
             kitchen.observe(row, state, chosen)
         else:
             total.subtract(weights)
         trace.append(row)
-    return Soup(chosen, total, best, trace, repeat, passes)
+    return Soup(chosen, total, best, trace, repeat, passes, weights=served)
 
 
 @register("greedy")

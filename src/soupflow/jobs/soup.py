@@ -132,7 +132,7 @@ def _soup_row(name: str, inputs: SoupInputs, soup, test_logits: dict[str, torch.
                 "ensemble_test_accuracy": ens["test"].accuracy if ens["test"] else nan,
                 "ensemble_test_loss": ens["test"].loss if ens["test"] else nan})
     row.update(_paired_columns(test_logits["soup"], test_logits["reference"], labels["test"], ""))
-    row.update(_paired_columns(ensemble["test"], test_logits["reference"], labels["test"], "ensemble_"))
+    row.update(inputs.pantry.ensemble_columns(soup.ingredients, ensemble["test"]))
     row.update(_paired_columns(test_logits["soup"], test_logits.get("bn_kept"), labels["test"], "bn_"))
     row.update({"inference_passes_soup": 1, "inference_passes_ensemble": len(soup.ingredients),
                 "selection_passes": soup.selection_passes,
@@ -188,6 +188,7 @@ class Pantry:
         self._finishers: dict[tuple, Callable] = {}
         self._memos: dict[tuple, tuple[dict, dict]] = {}
         self._observed: dict[tuple, Scores] = {}  # test figures of trace rows, by BatchNorm option and set
+        self._ensembles: dict[tuple, dict[str, Any]] = {}  # ensemble comparison columns, by ingredient set
         self._checks: dict[tuple, Any] = {}
         self._tested: list[tuple[dict, torch.Tensor]] = []  # the last states scored on test, with their logits
 
@@ -238,6 +239,14 @@ class Pantry:
         if key is not None:
             self._observed[key] = scores
         return scores
+
+    def ensemble_columns(self, names: list[str], logits: torch.Tensor | None) -> dict[str, Any]:
+        """The logit ensemble of ``names`` (its ``logits`` on test) against the best individual, as row columns:
+        once per ingredient set (uniform, uniform_bn, model_stock and learned share all the runs)."""
+        key = tuple(sorted(names))
+        if key not in self._ensembles:
+            self._ensembles[key] = _paired_columns(logits, self.reference, self.evaluators["test"].labels, "ensemble_")
+        return self._ensembles[key]
 
     def precheck(self, kitchen: Kitchen, options: dict[str, Any]):
         """The soupability pre-check, once per BatchNorm option and candidate pool."""
