@@ -10,4 +10,4 @@ next run retrains what it affects, and says why ("params changed").
 TRAINING = 1
 
 #: bump when what a soup job computes changes on purpose: soups kept by earlier jobs are cooked again
-SOUPS = 1
+SOUPS = 2  # 2: greedy serves the state val scored last (was its drifted running sum)
