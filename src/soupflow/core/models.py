@@ -98,6 +98,7 @@ class Folded:
         kept = dict(self.module.named_modules())
         if any(bn in kept for _, bn in self.pairs) or not all(conv in kept for conv, _ in self.pairs):
             self.pairs = None  # not the fold this class mirrors: trace and fuse per state instead
+        self.folded = {f"{conv}.{kind}" for conv, _ in self.pairs or [] for kind in ("weight", "bias")}
 
     @torch.no_grad()
     def refresh(self) -> torch.nn.Module:
@@ -110,9 +111,8 @@ class Folded:
         from torch.nn.utils.fusion import fuse_conv_bn_weights
 
         state, target = self.model.state_dict(), self.module.state_dict()
-        folded = {f"{conv}.{kind}" for conv, _ in self.pairs for kind in ("weight", "bias")}
         for name, tensor in target.items():
-            if name not in folded:
+            if name not in self.folded:
                 tensor.copy_(state[name])
         for conv, bn in self.pairs:
             weight, bias = fuse_conv_bn_weights(state[f"{conv}.weight"], state.get(f"{conv}.bias"),
