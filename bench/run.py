@@ -3,6 +3,7 @@ results/bench/<section>.parquet.
 
     .venv/bin/python bench/run.py            # soups, train, dag (about 10 minutes on 2 CPU cores)
     .venv/bin/python bench/run.py --only dag # one section: soups | train | dag | selection | data
+    .venv/bin/python bench/run.py --only train --device cuda --precisions fp32,bf16   # options of train
     .venv/bin/python bench/run.py --only data   # the files data path on 2,000 vs 20,000 224 px JPEGs
     .venv/bin/python bench/run.py --only ddp    # a fine-tune on 1 and 2 processes through torch.distributed
     .venv/bin/python bench/run.py --only selection --results results   # after `snakemake --cores 2`
@@ -224,7 +225,10 @@ def _batch_data_path(images, data, batch_size, steps, device):
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def bench_train(work: Path, steps: int) -> pd.DataFrame:
+def bench_train(work: Path, steps: int, device: str = "auto", precisions: list[str] | None = None,
+                augmentations: list[str] | None = None, repeats: int = 5) -> pd.DataFrame:
+    """soupflow's ``train()`` vs a bare loop (and a per-sample DataLoader) on ``device``; ``precisions`` default
+    to fp32, and bf16 on CUDA; ``augmentations`` to all of ``AUGMENTATIONS``; medians of ``repeats`` in turns."""
     from soupflow.core.models import model_for, pick_device, set_threads
     from soupflow.core.train import AUGMENTATIONS, TensorSource, train
     from soupflow.store.data import TensorData
@@ -233,7 +237,7 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
     folder = work / "train"
     folder.mkdir(parents=True, exist_ok=True)
     data = TensorData(prepared_data(folder, max_train=20000))
-    device = pick_device("auto")
+    device = pick_device(device)
     images, labels = data.split("train", device)
     batch = 128
     n = steps * batch
@@ -245,11 +249,11 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
         torch.manual_seed(0)
         return model_for(data, DEFAULT_MODEL).to(device)
 
-    def median(measure, repeats=3):
+    def median(measure, repeats=min(3, repeats)):
         """Median images/s of a few repeats (a 2-core VM drifts by ±10 % from one run to the next)."""
         return float(np.median([measure() for _ in range(repeats)]))
 
-    def interleaved(first, second, repeats=5):
+    def interleaved(first, second, repeats=repeats):
         """Medians of two measures taken in turns, so that the VM's drift hits both alike."""
         pairs = [(first(), second()) for _ in range(repeats)]
         return float(np.median([a for a, _ in pairs])), float(np.median([b for _, b in pairs]))
@@ -262,9 +266,9 @@ def bench_train(work: Path, steps: int) -> pd.DataFrame:
     _bare_loop(fresh(), images, labels, data, batch, 5, device)  # warm-up (allocator, kernels)
     soupflow()()
     rows = []
-    for precision in ["fp32"] + (["bf16"] if device.type == "cuda" else []):
+    for precision in precisions or ["fp32"] + (["bf16"] if device.type == "cuda" else []):
         bf16 = precision == "bf16"
-        for augmentation in AUGMENTATIONS:
+        for augmentation in augmentations or AUGMENTATIONS:
 
             def bare(layout=True, augmentation=augmentation):
                 model = fresh().to(memory_format=torch.channels_last) if layout else fresh()
@@ -510,6 +514,10 @@ def bench_selection(work: Path, results: Path) -> pd.DataFrame:
     return table
 
 
+def _names(listed: str | None) -> list[str] | None:
+    return listed.split(",") if listed else None
+
+
 def main() -> None:
     global FASHION
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -517,6 +525,10 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection, phase)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="train: where to train")
+    parser.add_argument("--precisions", help="train: comma-separated, of fp32, bf16 (default fp32, + bf16 on CUDA)")
+    parser.add_argument("--augmentations", help="train: comma-separated (default: every batch augmentation)")
+    parser.add_argument("--repeats", type=int, default=5, help="train: measures of each figure, in turns")
     parser.add_argument("--root", default=FASHION, help="Fashion-MNIST IDX folder")
     parser.add_argument("--greedy-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -534,7 +546,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="soupflow-bench-") as scratch:
         work = Path(scratch)
         for section in sections:
-            table = {"soups": lambda: bench_soups(work), "train": lambda: bench_train(work, args.steps),
+            table = {"soups": lambda: bench_soups(work), "train": lambda: bench_train(work, args.steps, args.device, _names(args.precisions),
+                                                                  _names(args.augmentations), args.repeats),
                      "dag": lambda: bench_dag(work), "data": lambda: bench_data(work), "ddp": lambda: bench_ddp(work),
                      "selection": lambda: bench_selection(work, Path(args.results)),
                      "phase": lambda: bench_soups_phase(out, Path(args.results))}[section]()

@@ -1,8 +1,9 @@
 """A small training job for the resume tests: ``python resume_worker.py STATE OUT [FILES]``.
 
 Trains a conv net with BatchNorm, dropout and flip/shift augmentation (so every kind of state matters:
-optimiser momentum, running statistics, the data-order generator and torch's global RNG), saving its full
-state every 3 steps to STATE, and writes the final weights to OUT. With FILES (a files-format table), the
+optimiser momentum, running statistics, the moving average of the weights, the data-order generator and torch's
+global RNG), saving its full state every 3 steps to STATE, and writes the final weights and their moving
+average (``ema.*``) to OUT. With FILES (a files-format table), the
 images are streamed by a DataLoader worker through timm's seeded training transforms instead, with mixup.
 """
 
@@ -41,7 +42,7 @@ class SlowNet(torch.nn.Module):
 def main(state: str, out: str, files: str | None = None) -> None:
     torch.set_num_threads(1)
     hp = {"lr": 0.05, "weight_decay": 1e-4, "epochs": 4, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9,
-          "nesterov": True, "seed": 7, "schedule": "onecycle", "augmentation": "flip_shift"}
+          "nesterov": True, "seed": 7, "schedule": "onecycle", "augmentation": "flip_shift", "ema_decay": 0.9}
     if files:
         hp.update(augmentation="flip", crop_scale=0.5, auto_augment="rand-m9-mstd0.5-inc1", mixup=0.4, epochs=2)
         data = FileData.open(files, workers=1)
@@ -55,7 +56,8 @@ def main(state: str, out: str, files: str | None = None) -> None:
     model = SlowNet(shape[0], shape[1], 10 if files else 4)
     result = train(model, source, data, hp, torch.device("cpu"), log_every=10**6,
                    resume=Resume(state, every_steps=3))
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, out)
+    saved = {**model.state_dict(), **{f"ema.{name}": tensor for name, tensor in result.ema.items()}}
+    save_file({name: tensor.contiguous() for name, tensor in saved.items()}, out)
     print(f"resumed_from_step={result.resumed_from_step}")
 
 

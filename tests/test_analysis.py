@@ -112,3 +112,156 @@ def test_corrupted_split_is_seeded_and_deals_every_combination():
     assert one["corrupted_x"].shape == (30, 3, 16, 16) and one["corrupted_y"].unique().numel() == 30
     combos = set(zip(one["corrupted_type"].tolist(), one["corrupted_severity"].tolist()))
     assert combos == {(t, s) for t in range(3) for s in (1, 5)}
+
+
+def test_the_shared_training_panel_compares_clean_and_corrupted_gains_in_one_metric():
+    """P(gain > 0) on clean and on corrupted test in the same metric (the panel once set accuracy beside loss)."""
+    pairs = pd.DataFrame({"shared_epochs": [1.0, 1.0, 1.0, 1.0],
+                          "gain_accuracy": [0.01, -0.01, 0.02, -0.03], "gain_loss": [-0.1, -0.2, -0.3, -0.4],
+                          "gain_accuracy_corrupted": [0.01, 0.02, 0.03, 0.04],  # all positive in accuracy ...
+                          "gain_loss_corrupted": [-0.1, -0.2, -0.3, 0.4]})  # ... one positive in loss
+    accuracy = analysis.shared_training(pairs, "gain_accuracy").iloc[0]
+    assert accuracy.gain == "gain_accuracy"
+    assert accuracy.p_positive == 0.5 and accuracy.p_positive_corrupted == 1.0
+    loss = analysis.shared_training(pairs, "gain_loss").iloc[0]
+    assert loss.gain == "gain_loss" and loss.p_positive == 0.0 and loss.p_positive_corrupted == 0.25
+
+
+def test_every_table_is_computed_per_batchnorm_option_and_says_which():
+    keep = {("A", "B"): -0.5, ("A", "C"): -0.4, ("B", "C"): -0.3}
+    fresh = {("A", "B"): 0.1, ("A", "C"): 0.2, ("B", "C"): 0.3}
+    pairs = pd.concat([pair_table(keep).assign(bn="keep"), pair_table(fresh).assign(bn="recompute")],
+                      ignore_index=True)
+    triples = analysis.per_bn(pairs, analysis.triplets)
+    assert triples.columns[0] == "bn" and triples.groupby("bn").size().to_dict() == {"keep": 3, "recompute": 3}
+    by_k = analysis.per_bn(triples, analysis.transitivity).set_index(["bn", "positive_with_a"])
+    assert by_k.loc[("keep", 0), "n_triplets"] == 3 and by_k.loc[("recompute", 2), "p_positive_bc"] == 1.0
+    placed = analysis.per_bn(pairs, lambda rows: analysis.embedding(rows, ["A", "B", "C"]))
+    assert placed.groupby("bn").run_id.apply(sorted).to_dict() == {"keep": ["A", "B", "C"], "recompute": ["A", "B", "C"]}
+    assert [bn for bn, _ in analysis.by_bn(pairs.iloc[::-1])] == ["keep", "recompute"]  # the catalog's order
+    assert [bn for bn, _ in analysis.by_bn(pair_table(keep))] == ["keep"]  # a table without bn: averaged
+
+
+# Pair soups of two tiny timm models, scored by the pair job, against a computation by hand.
+
+def pair_job_files(folder, model_name: str, bn: list[str]):
+    """Prepared tiny MNIST-format data, its corrupted copy, two runs of ``model_name`` (different seeds, BatchNorm
+    running statistics set far from those of the data: what averaged statistics look like after drifting
+    apart) with their metrics rows, outputs and corrupted logits, and the config of a pair job."""
+    from test_data import write_tiny_idx_dataset
+
+    from soupflow.core.evaluate import Evaluator
+    from soupflow.core.models import create_model, save_checkpoint
+    from soupflow.jobs.corrupted import make_corrupted
+    from soupflow.jobs.pairs import PairPaths, RunFiles
+    from soupflow.plan.config import merge_defaults
+    from soupflow.store.data import TensorData
+    from soupflow.store.datasets import prepare
+
+    (folder / "idx").mkdir()
+    root = write_tiny_idx_dataset(folder / "idx", n_train=200, n_test=40)
+    data_path = str(folder / "data.safetensors")
+    prepare({"name": "mnist", "root": str(root), "val_fraction": 0.3}, 0, data_path, str(folder / "splits.json"))
+    corrupted = str(folder / "corrupted.safetensors")
+    make_corrupted({"types": ["contrast"], "severities": [3], "max_images": 20, "seed": 0}, data_path, corrupted)
+    config = merge_defaults({"model": {"name": model_name}, "evaluation": {"device": "cpu"},
+                             "analysis": {"bn": bn, "bn_images": 48}})
+    data = TensorData(data_path)
+
+    def model(seed):
+        torch.manual_seed(seed)
+        net = create_model(config["model"], data.num_classes, 1).eval()
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-2.0, 2.0)
+                module.running_var.uniform_(0.1, 5.0)
+        return net
+
+    runs = {}
+    for seed, run_id in ((1, "run_a"), (2, "run_b")):
+        net, files = model(seed), {k: str(folder / f"{run_id}_{k}") for k in ("model", "metrics", "outputs", "corrupted")}
+        save_checkpoint(net.state_dict(), files["model"])
+        row = {"run_id": run_id, "status": "ok"}
+        for split in ("val", "test"):
+            scores = Evaluator(model(0), data, split, torch.device("cpu")).scores(net.state_dict())
+            row[f"{split}_loss"], row[f"{split}_accuracy"] = scores.loss, scores.accuracy
+        pd.DataFrame([row]).to_parquet(files["metrics"])
+        logits, features = Evaluator(model(0), data, "test", torch.device("cpu")).outputs(net.state_dict(), features=True)
+        save_checkpoint({"test_logits": logits, "test_features": features}, files["outputs"])
+        corrupted_logits = Evaluator(model(0), TensorData(corrupted), "corrupted", torch.device("cpu")).logits(net.state_dict())
+        save_checkpoint({"logits": corrupted_logits}, files["corrupted"])
+        runs[run_id] = RunFiles(files["model"], files["metrics"], files["outputs"], files["corrupted"])
+    save_checkpoint(model(3).state_dict(), folder / "init.safetensors")
+    paths = PairPaths(data_path, corrupted, str(folder / "pairs.parquet"),
+                      {"final": str(folder / "init.safetensors"), "epochs": {}}, cache=str(folder / "cache"))
+    return config, runs, paths, data, model
+
+
+def midpoint_by_hand(runs) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    a, b = load_file(runs["run_a"].model), load_file(runs["run_b"].model)
+    return {k: ((a[k].double() + b[k].double()) / 2).to(a[k].dtype) if a[k].is_floating_point() else a[k] for k in a}
+
+
+def scores_by_hand(net, data, split):
+    from soupflow.core.evaluate import scores_from_logits
+
+    images, labels = data.split(split)
+    with torch.no_grad():
+        return scores_from_logits(net.eval()(data.normalise(images)), labels)
+
+
+def test_pair_soups_score_averaged_and_re_estimated_batchnorm_statistics_as_computed_by_hand(tmp_path):
+    from soupflow.core.batchnorm import sample_images
+    from soupflow.jobs.pairs import pair_soups
+    from soupflow.plan.seeds import pipeline_seed
+
+    config, runs, paths, data, model = pair_job_files(tmp_path, "test_resnet", ["keep", "recompute"])
+    table = pair_soups(config, [["run_a", "run_b"]], runs, paths).set_index("bn")
+    assert table.index.tolist() == ["keep", "recompute"] and (table.status == "ok").all()
+
+    averaged = model(0)
+    averaged.load_state_dict(midpoint_by_hand(runs))
+    fresh = model(0)
+    fresh.load_state_dict(midpoint_by_hand(runs))
+    for module in fresh.modules():  # a cumulative average over one batch: the train sample's own moments
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        fresh.train()(data.normalise(sample_images(data, 48, pipeline_seed(config, 0))))
+    for bn, net in (("keep", averaged), ("recompute", fresh)):
+        row = table.loc[bn]
+        for split in ("val", "test"):
+            expected = scores_by_hand(net, data, split)
+            assert row[f"soup_{split}_loss"] == pytest.approx(expected.loss, rel=1e-4), (bn, split)
+            assert row[f"soup_{split}_accuracy"] == pytest.approx(expected.accuracy), (bn, split)
+        assert row.gain_loss == pytest.approx(min(row.test_loss_a, row.test_loss_b) - row.soup_test_loss)
+    # the statistics matter here, and the runs' own figures and the similarity are the pair's, whatever the option
+    assert table.loc["keep", "soup_val_loss"] != pytest.approx(table.loc["recompute", "soup_val_loss"], rel=1e-3)
+    for column in ("test_loss_a", "val_accuracy_b", "kl_divergence", "cosine"):
+        assert table.loc["keep", column] == table.loc["recompute", column]
+
+
+def test_pair_rows_are_cached_per_batchnorm_option(tmp_path):
+    from soupflow.jobs.pairs import pair_soups
+
+    config, runs, paths, *_ = pair_job_files(tmp_path, "test_resnet", ["keep"])
+    first = pair_soups(config, [["run_a", "run_b"]], runs, paths)
+    assert first.bn.tolist() == ["keep"] and len(list((tmp_path / "cache").iterdir())) == 1
+    both = {**config, "analysis": {**config["analysis"], "bn": ["keep", "recompute"]}}
+    second = pair_soups(both, [["run_a", "run_b"]], runs, paths)
+    assert second.bn.tolist() == ["keep", "recompute"] and len(list((tmp_path / "cache").iterdir())) == 2
+    assert second.iloc[0].seconds == first.iloc[0].seconds  # the keep row came from the cache, not a new pass
+
+
+def test_a_model_without_batchnorm_gets_keep_rows_only(tmp_path):
+    from soupflow.jobs.pairs import pair_soups
+
+    config, runs, paths, data, model = pair_job_files(tmp_path, "test_efficientnet_gn", ["keep", "recompute"])
+    table = pair_soups(config, [["run_a", "run_b"]], runs, paths)
+    assert table.bn.tolist() == ["keep"] and table.status.tolist() == ["ok"]
+    averaged = model(0)
+    averaged.load_state_dict(midpoint_by_hand(runs))
+    assert table.soup_test_loss.iloc[0] == pytest.approx(scores_by_hand(averaged, data, "test").loss, rel=1e-4)

@@ -306,3 +306,15 @@ def test_a_shared_fine_tune_that_runs_cannot_honour_names_the_key(change, key, s
             config.setdefault(section, {}).update(values)
     message = rejected(mutate)
     assert f"'{key}'" in message and says in message, message
+
+
+def test_the_analysis_batchnorm_statistics_are_validated():
+    assert resolve_config(copy.deepcopy(DEFAULT), check_paths=False)["analysis"]["bn"] == ["keep", "recompute"]
+    message = rejected(lambda c: c["analysis"].update(bn=["keep", "average"]))
+    assert "analysis.bn" in message and "keep, recompute" in message
+    assert "analysis.bn" in rejected(lambda c: c["analysis"].update(bn=[]))
+    assert "analysis.bn" in rejected(lambda c: c["analysis"].update(bn=["keep", "keep"]))
+    assert "analysis.bn" in rejected(lambda c: c["analysis"].update(bn="recompute")) and "array" in \
+        rejected(lambda c: c["analysis"].update(bn="recompute"))
+    assert "analysis.bn_images" in rejected(lambda c: c["analysis"].update(bn_images=0))
+    assert resolve_config({**copy.deepcopy(DEFAULT), "analysis": {"bn": ["keep"]}}, check_paths=False)["analysis"]["bn"] == ["keep"]

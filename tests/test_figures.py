@@ -47,3 +47,46 @@ def test_histories_without_val_accuracy_still_read_and_draw(tmp_path):
     figure = tmp_path / "learning_curves.png"
     plot_learning_curves([str(new), str(old)], str(figure), str(runs))
     assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def _pooled_table() -> pd.DataFrame:
+    """A pooled table (``POOLED_SCHEMA``) over five replicates: two soups near zero, the best individual at
+    zero and an untrained baseline at about −80 points."""
+    from soupflow.store.tables import POOLED_SCHEMA, typed_table
+
+    diffs = {"uniform": [0.52, 0.50, -0.10, 0.60, 0.21], "greedy": [0.3, 0.2, 0.25, 0.35, 0.28],
+             "best_individual": [0.0] * 5, "untrained": [-80.1, -79.5, -80.4, -79.9, -80.0]}
+    rows = []
+    for soup, values in diffs.items():
+        for seed, diff in enumerate(values):
+            rows.append({"soup": soup, "recipe": soup, "scope": "replicate", "seed": seed, "acc_diff_pt": diff,
+                         "acc_diff_pt_low": diff - 0.3, "acc_diff_pt_high": diff + 0.3})
+        mean, half = sum(values) / len(values), 0.1 if soup == "greedy" else 0.3
+        rows.append({"soup": soup, "recipe": soup, "scope": "pooled", "acc_diff_pt": mean,
+                     "acc_diff_pt_low": mean - half, "acc_diff_pt_high": mean + half, "t_low": mean - half,
+                     "t_high": mean + half, "replicate_diffs": values, "verdict": "WINS" if soup == "greedy" else "",
+                     "test_accuracy": 0.9, "sign_p": 0.5, "wins_k": 0, "loses_k": 0, "replicates_n": 5})
+    return typed_table(rows, POOLED_SCHEMA).to_pandas()
+
+
+def test_the_forest_plot_draws_a_collapsed_baseline_apart_and_runs(tmp_path):
+    """untrained, 80 points below, goes to a panel of its own; the best individual (at zero) stays on the
+    soups' scale; without other soups nothing is set apart; the figure is written."""
+    from soupflow.report.figures import forest_panels, plot_replicates
+
+    table = _pooled_table()
+    assert forest_panels(table) == (["uniform", "greedy", "best_individual"], ["untrained"])
+    baselines = table[table.soup.isin(["best_individual", "untrained"])]
+    assert forest_panels(baselines) == (["best_individual", "untrained"], [])
+    for name, frame in (("replicates.png", table), ("baselines.png", baselines)):
+        plot_replicates(frame, str(tmp_path / name))
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_pooled_text_shows_each_replicates_difference():
+    from soupflow.report.summary import format_pooled
+
+    text = format_pooled(_pooled_table())
+    line = next(line for line in text.splitlines() if line.strip().startswith("uniform"))
+    assert "+0.52 +0.50 -0.10 +0.60 +0.21" in line and "+0.35 [+0.05, +0.65]" in line
+    assert "pooled over 5 replicates (seeds 0, 1, 2, 3, 4)" in text

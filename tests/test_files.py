@@ -259,3 +259,57 @@ def test_drop_path_rate_trains_with_stochastic_depth_on_the_same_architecture(bo
         weights[rate] = load_file(str(tmp_path / str(rate) / "model.safetensors"))
     assert weights[None].keys() == weights[0.3].keys()  # one architecture: they soup
     assert not all(torch.equal(weights[None][k], weights[0.3][k]) for k in weights[None])
+
+
+def test_training_workers_feed_a_fine_tunes_dataloader_while_its_compute_threads_stay_the_jobs(both, tmp_path,
+                                                                                              monkeypatch):
+    from conftest import finetune_in
+
+    from soupflow.core.models import model_for, save_checkpoint
+    from soupflow.jobs import finetune as finetune_job
+    from soupflow.jobs.context import JobContext
+    from soupflow.plan.config import merge_defaults
+
+    files = both[1]
+    config = merge_defaults({"model": {"name": "test_resnet"}, "training": {"workers": 2}})
+    opened, original = [], JobContext.open.__func__
+
+    def spy(cls, *args, **kwargs):  # the fine-tune's own context
+        opened.append(original(cls, *args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(finetune_job.JobContext, "open", classmethod(spy))
+    torch.manual_seed(0)
+    save_checkpoint(model_for(files, config["model"]).state_dict(), tmp_path / "init.safetensors")
+    hp = {**config["finetune"], "epochs": 1, "batch_size": 8}
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        finetune_in(config, "run-workers", hp, files.path, tmp_path / "init.safetensors", tmp_path / "run", threads=1)
+        assert torch.get_num_threads() == 1  # the job's threads compute, whatever its workers
+    finally:
+        torch.set_num_threads(previous)
+    assert [context.data._loader.num_workers for context in opened] == [2]
+    assert original(JobContext, config, files.path, 1).data._loader.num_workers == 1  # not training: its threads
+    unset = merge_defaults({"model": {"name": "test_resnet"}})
+    assert original(JobContext, unset, files.path, 1, training=True).data._loader.num_workers == 1  # as before
+
+
+def test_batches_are_pinned_for_a_cuda_device_only():
+    from soupflow.store.files import pin_batches
+
+    assert pin_batches(torch.device("cuda", 1)) and pin_batches(torch.device("cuda"))
+    assert not pin_batches(torch.device("cpu"))
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")
+def test_a_job_on_cuda_asks_its_dataloader_for_pinned_batches(both, monkeypatch):
+    """The decision reaches the DataLoader (which pins only where CUDA is: on this CPU it starts all the same)."""
+    from soupflow.jobs import context as job_context
+    from soupflow.plan.config import merge_defaults
+
+    config = merge_defaults({"model": {"name": "test_resnet"}})
+    for device, pinned in ((torch.device("cuda", 0), True), (torch.device("cpu"), False)):
+        monkeypatch.setattr(job_context, "pick_device", lambda preference, device=device: device)
+        opened = job_context.JobContext.open(config, both[1].path, threads=1)
+        assert opened.device == device and opened.data._loader.pin_memory is pinned

@@ -262,6 +262,28 @@ def test_soupability_flags_a_collapsing_midpoint_and_passes_a_soupable_pair():
     assert soupability(Kitchen(pair[:1], basin), chance=0.1) is None
 
 
+def test_the_pre_check_scores_both_batchnorm_statistics_and_advises_by_the_re_estimated_one():
+    """A midpoint that collapses with averaged statistics but holds re-estimated: both scores reported, the
+    advice is to re-estimate; one that collapses both ways is not sent to bn: recompute."""
+    from soupflow.core.recipes import soupability
+
+    a, b = torch.zeros(4), torch.full((4,), 2.0)
+    basin = two_basins(a, b)
+    pair = [Ingredient(n, basin({"w": w}), (lambda w=w: {"w": w.clone()})) for n, w in (("a", a), ("b", b))]
+    holds = Kitchen(pair, lambda state: Scores(loss=0.1, accuracy=0.995))  # as if re-estimated statistics fix it
+    check = soupability(Kitchen(pair, basin), chance=0.1, recomputed=holds)
+    assert check.verdict == "collapsed" and check.midpoint_accuracy < 0.15
+    assert check.recomputed_verdict == "ok" and check.recomputed_accuracy == 0.995 and check.soupable
+    assert check.advice == "soupable with re-estimated statistics: use bn: recompute"
+    hopeless = soupability(Kitchen(pair, basin), chance=0.1, recomputed=Kitchen(pair, basin))
+    assert hopeless.recomputed_verdict == "collapsed" and not hopeless.soupable
+    assert "even with re-estimated" in hopeless.advice and "use bn: recompute" not in hopeless.advice
+    plain = soupability(Kitchen(pair, basin), chance=0.1)  # no BatchNorm: nothing to re-estimate
+    assert plain.recomputed_accuracy is None and "bn: recompute" not in plain.advice and not plain.soupable
+    close = [Ingredient(n, basin({"w": w}), (lambda w=w: {"w": w.clone()})) for n, w in (("a", a), ("c", a + 0.05))]
+    assert soupability(Kitchen(close, basin), chance=0.1, recomputed=Kitchen(close, basin)).advice == ""
+
+
 def test_the_pre_check_pass_is_greedys_second_step_for_free():
     from soupflow.core.recipes import soupability
 

@@ -1,5 +1,5 @@
 """A training job killed at a random point resumes from its saved state and ends with exactly the weights
-of an uninterrupted run (CPU, same seed)."""
+(and the moving average of the weights, ``ema_decay``) of an uninterrupted run (CPU, same seed)."""
 
 import os
 import signal
@@ -40,7 +40,9 @@ def uninterrupted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plain")
     stdout = run(folder / "state.pt", folder / "final.safetensors")
     assert "resumed_from_step=0" in stdout
-    return load_file(str(folder / "final.safetensors"))
+    weights = load_file(str(folder / "final.safetensors"))
+    assert any(name.startswith("ema.") for name in weights)  # the moving average (ema_decay) is compared too
+    return weights
 
 
 def assert_same_weights(a, b):

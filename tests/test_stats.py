@@ -5,7 +5,16 @@ import math
 import numpy as np
 import torch
 
-from soupflow.core.stats import compare, mcnemar_exact, paired_bootstrap, per_image, pooled_compare
+from soupflow.core.stats import (
+    compare,
+    mcnemar_exact,
+    paired_bootstrap,
+    per_image,
+    pooled_compare,
+    seeds_interval,
+    sign_test,
+    t_quantile,
+)
 
 
 def logits_for(predictions: torch.Tensor, classes: int = 10, confidence: float = 3.0) -> torch.Tensor:
@@ -107,17 +116,73 @@ def test_pooling_weighs_each_image_once_and_one_replicate_is_the_plain_compariso
     assert mixed.disagreements == 80 and mixed.mcnemar_p < 1e-6
 
 
+def _width(interval) -> float:
+    return interval.high - interval.low
+
+
 def test_replicates_that_test_the_same_images_are_resampled_together():
-    """The same gain on the same images twice is no more evidence than once: with the images named, the
-    interval of a replicate pooled with its copy is the single interval; treated as other images, it narrows."""
+    """The same gain on the same images twice (or three times) is no more evidence than once: with the images
+    named, the interval of a replicate pooled with its copies is the single interval (the hierarchical one and
+    the images-only one); treated as other images, it narrows."""
     a = _constructed(4000, 800, 80)
     keys = [("test", i) for i in range(4000)]
     one = compare(*a)
-    shared = pooled_compare([a, a], [keys, keys])
-    assert (shared.accuracy_pt.diff, shared.accuracy_pt.low, shared.accuracy_pt.high) == (
-        one.accuracy_pt.diff, one.accuracy_pt.low, one.accuracy_pt.high)
+    for copies in (2, 3):
+        shared = pooled_compare([a] * copies, [keys] * copies)
+        for interval in (shared.accuracy_pt, shared.images_pt):
+            assert all(math.isclose(x, y, abs_tol=1e-9) for x, y in zip(
+                (interval.diff, interval.low, interval.high), (one.accuracy_pt.diff, one.accuracy_pt.low,
+                                                              one.accuracy_pt.high)))
+        assert shared.seeds_pt.low == shared.seeds_pt.high == 2.0 and shared.replicate_pt == (2.0,) * copies
     apart = pooled_compare([a, a])
-    assert apart.accuracy_pt.high - apart.accuracy_pt.low < 0.8 * (one.accuracy_pt.high - one.accuracy_pt.low)
+    assert _width(apart.images_pt) < 0.8 * _width(one.accuracy_pt)  # twice the images, held fixed
+    # resampling the replicates too gives some of it back: a resample may hold one copy's images only
+    assert _width(apart.images_pt) < _width(apart.accuracy_pt) < 0.95 * _width(one.accuracy_pt)
+
+
+def _replicate(n: int, gain: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A replicate on ``n`` images (the same images in every replicate): the reference wrong on the first 20 %,
+    the model fixing ``gain`` of them (gain > 0) or breaking ``-gain`` images the reference gets right."""
+    labels = torch.zeros(n, dtype=torch.long)
+    reference = torch.zeros(n, dtype=torch.long)
+    reference[:n // 5] = 1
+    model = reference.clone()
+    if gain > 0:
+        model[:gain] = 0
+    else:
+        model[n // 2:n // 2 - gain] = 1
+    return logits_for(model), logits_for(reference), labels
+
+
+def test_a_gain_that_changes_sign_across_replicates_is_not_shown_however_many_test_images():
+    """+2, −1, +2, −1 points over four replicates: a mean of +0.5 that test-image noise alone calls real (the
+    images-only interval is far above zero and narrows with more images), but the seed-to-seed spread does not
+    shrink with test images, so the hierarchical interval and the t interval both cover zero: no verdict."""
+    widths = []
+    for n in (10_000, 40_000):
+        replicates = [_replicate(n, gain * n // 100) for gain in (2, -1, 2, -1)]
+        keys = [[("test", i) for i in range(n)]] * len(replicates)
+        pooled = pooled_compare(replicates, keys)
+        assert math.isclose(pooled.accuracy_pt.diff, 0.5, abs_tol=1e-9)
+        assert all(math.isclose(d, g, abs_tol=1e-9) for d, g in zip(pooled.replicate_pt, (2, -1, 2, -1)))
+        assert pooled.images_pt.low > 0.25  # test-set noise alone: "wins"
+        assert pooled.accuracy_pt.low < 0 < pooled.accuracy_pt.high
+        assert pooled.seeds_pt.low < 0 < pooled.seeds_pt.high
+        assert not pooled.wins and not pooled.loses and pooled.sign_p == 0.6875
+        widths.append((_width(pooled.images_pt), _width(pooled.accuracy_pt)))
+    (images_10k, both_10k), (images_40k, both_40k) = widths
+    assert images_40k < 0.6 * images_10k and both_40k > 0.9 * both_10k  # more images narrow only the first
+
+
+def test_the_seed_interval_and_the_sign_test_match_known_values():
+    """The t quantiles of a table, the issue's five replicate differences, and 5 of 5 positive replicates."""
+    for df, quantile in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)):
+        assert math.isclose(t_quantile(0.975, df), quantile, abs_tol=5e-4)
+    interval = seeds_interval([0.52, 0.50, -0.10, 0.60, 0.21])
+    assert math.isclose(interval.diff, 0.346) and math.isclose(interval.low, -0.0138, abs_tol=1e-3)
+    assert math.isclose(interval.high, 0.7058, abs_tol=1e-3) and math.isnan(seeds_interval([0.5]).low)
+    assert sign_test([0.1] * 5) == 1 / 32 and sign_test([0.52, 0.50, -0.10, 0.60, 0.21]) == 6 / 32
+    assert sign_test([0.0, 0.0]) == 1.0  # ties carry no sign
 
 
 def test_the_clustered_interval_covers_a_known_pooled_mean_about_95_percent_of_the_time():
@@ -142,8 +207,15 @@ def test_the_summary_says_in_one_line_when_the_two_best_runs_do_not_soup():
     from soupflow.report.summary import format_soupability
 
     rows = pd.DataFrame({"soup": ["uniform", "uniform_bn"], "bn": ["keep", "recompute"],
-                         "precheck_midpoint_val_accuracy": [0.02, 0.70], "precheck_pair_val_accuracy": [0.74, 0.74],
-                         "soupability": ["collapsed", "barrier"]})
+                         "precheck_midpoint_val_accuracy": [0.02, 0.02], "precheck_pair_val_accuracy": [0.74, 0.74],
+                         "soupability": ["collapsed", "collapsed"],
+                         "precheck_midpoint_recompute_val_accuracy": [0.73, 0.73],
+                         "soupability_recompute": ["ok", "ok"]})
     line = format_soupability(rows)
-    assert line.count("\n") == 1 and "2.00 %" in line and "collapsed" in line and "bn: recompute" in line
+    assert line.count("\n") == 1 and "2.00 %" in line and "collapsed" in line and "73.00 %" in line
+    assert "use bn: recompute" in line  # the advice follows the re-estimated statistics
+    both = format_soupability(rows.assign(soupability_recompute="barrier", precheck_midpoint_recompute_val_accuracy=0.70))
+    assert "barrier even with re-estimated" in both and "use bn: recompute" not in both
+    plain = rows.assign(precheck_midpoint_recompute_val_accuracy=float("nan"), soupability_recompute="n/a")
+    assert "2.00 %" in format_soupability(plain) and "bn: recompute" not in format_soupability(plain)  # no BatchNorm
     assert format_soupability(rows.assign(soupability="ok")) == ""

@@ -45,7 +45,8 @@ rule corrupted_outputs:
 
 
 rule pair_soups:
-    """Midpoint soups of one share of the pairs, with gains and similarity measures."""
+    """Midpoint soups of one share of the pairs, with gains and similarity measures: one row per pair and
+    BatchNorm option of analysis.bn (averaged statistics; re-estimated on train images)."""
     input:
         data=in_main(rules.prepare_data.output.data),
         corrupted=rules.corrupt_test.output[0],
@@ -78,7 +79,9 @@ rule pair_soups:
         pairs=pair_chunk,
         runs=chunk_runs,  # the run ids of models, outputs, metrics and corrupted_logits, in their order
         inits=INITS,
-        cache=f"{RESULTS}/analysis/pair_cache",  # one row per pair, keyed by content: reused across reruns
+        bn=ANALYSIS["bn"],  # BatchNorm statistics each midpoint is scored with: editing them reruns the pair jobs
+        bn_images=ANALYSIS["bn_images"],
+        cache=f"{RESULTS}/analysis/pair_cache",  # one row per pair and BatchNorm option, keyed by content: reused across reruns
     script:
         "../scripts/pair_soups.py"
 

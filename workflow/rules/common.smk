@@ -86,6 +86,10 @@ ALL_RUNS = {
 }  # plus the analysis' branching runs (only `analysis` asks for them)
 SOUPS = soup_specs(CONFIG)  # {soup name: the entry as written}
 KEEP_EPOCHS = any(spec.get("ingredients") == "epochs" for spec in SOUPS.values())
+# ema.safetensors is an output of every run once any run keeps a moving average of its weights (ema_decay):
+# the rule's outputs are every run's (a run without one links its weights), so adding the first such run
+# trains the others once more; without any, the runs' outputs are what they always were.
+KEEP_EMA = any(hp.get("ema_decay") is not None for hp in ALL_RUNS.values())
 KEPT_EPOCHS = kept_epochs(CONFIG)  # branch points of the pretraining (0 = before it)
 
 # GPUs: each model job asks for one when the machine has any, and a plain `snakemake --cores N` (no

@@ -5,8 +5,9 @@ rule finetune:
         data=rules.prepare_data.output.data,
         init=init_of,
     output:
-        # epochs.parquet only when a soup takes ingredients: epochs (turning that on retrains the runs once)
-        **layout.run_files(RUN_FOLDER, keep_epochs=KEEP_EPOCHS),
+        # epochs.parquet only when a soup takes ingredients: epochs (turning that on retrains the runs once),
+        # ema.safetensors only when a run has ema_decay (common.smk: KEEP_EMA); tb/ (TensorBoard) is no output
+        **layout.run_files(RUN_FOLDER, keep_epochs=KEEP_EPOCHS, ema=KEEP_EMA),
     log:
         layout.run_log(RUN_FOLDER),
     wildcard_constraints:

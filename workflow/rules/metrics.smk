@@ -1,6 +1,6 @@
 rule run_table:
     """Every run's metrics in one table, with the paths of each run's model and cached outputs (and kept
-    epochs): the soups' list of ingredients, and the only way a soup job finds a run's files.
+    epochs, moving averages): the soups' list of ingredients, and the only way a soup job finds a run's files.
     """
     input:
         **(
@@ -10,6 +10,11 @@ rule run_table:
                 )
             }
             if KEEP_EPOCHS
+            else {}
+        ),
+        **(
+            {"ema": expand(rules.finetune.output.ema, run_id=RUNS, allow_missing=True)}
+            if KEEP_EMA
             else {}
         ),
         metrics=expand(rules.finetune.output.metrics, run_id=RUNS, allow_missing=True),

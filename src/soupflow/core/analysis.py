@@ -4,17 +4,44 @@ Plain functions over the pair table (one row per pair of runs, with soup gains a
 pair sampling, Spearman correlations, transitivity over triplets, shared-training curves, the soup-gain
 embedding and the robustness gap. Soup gain in loss is ``min(L_A, L_B) − L_soup`` (positive = the soup is
 better than both); in accuracy ``acc_soup − max(acc_A, acc_B)``.
+
+A pair table may hold a pair once per BatchNorm option (column ``bn``: the midpoint's statistics averaged,
+``keep``, or re-estimated, ``recompute``); the statistics of one option are computed by :func:`per_bn`, which
+labels every table with it. A table without the column is all ``keep``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from soupflow.core.similarity import MEASURES
+from soupflow.plan.catalog import BN_STATISTICS
 from soupflow.plan.grid import sample_pairs  # noqa: F401  (re-exported: pairs are part of the analysis)
+
+
+def by_bn(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(BatchNorm option, its rows) in the catalog's order (keep first); a frame without ``bn`` or without rows
+    is one keep group."""
+    if "bn" not in frame or frame.empty:
+        yield "keep", frame
+        return
+    present = set(frame.bn.dropna())
+    for bn in [b for b in BN_STATISTICS if b in present] + sorted(present - set(BN_STATISTICS)):
+        yield bn, frame[frame.bn == bn].reset_index(drop=True)
+
+
+def per_bn(frame: pd.DataFrame, table: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """``table`` of each BatchNorm option's rows, stacked, with the option as a first column ``bn``."""
+    parts = []
+    for bn, rows in by_bn(frame):
+        part = table(rows)
+        part = part.drop(columns="bn") if "bn" in part else part
+        part.insert(0, "bn", bn)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def loss_gain(loss_a: float, loss_b: float, loss_soup: float) -> float:
@@ -80,17 +107,19 @@ def transitivity(triples: pd.DataFrame) -> pd.DataFrame:
 
 
 def shared_training(pairs: pd.DataFrame, gain: str = "gain_accuracy") -> pd.DataFrame:
-    """Per number of shared pretraining epochs: gain quantiles, P(gain > 0), mean gain given positive."""
-    rows = []
+    """Per number of shared pretraining epochs: gain quantiles, P(gain > 0), mean gain given positive, and
+    P(gain > 0) on the corrupted copy in the same metric (``gain_accuracy`` → ``gain_accuracy_corrupted``).
+    Column ``gain`` names the metric."""
+    rows, corrupted = [], f"{gain}_corrupted"
     for shared, frame in pairs.dropna(subset=["shared_epochs"]).groupby("shared_epochs"):
         values = frame[gain].dropna()
         positive = values[values > 0]
-        row = {"shared_epochs": shared, "n_pairs": len(values), "p_positive": float((values > 0).mean()),
+        row = {"shared_epochs": shared, "gain": gain, "n_pairs": len(values), "p_positive": float((values > 0).mean()),
                "mean_gain_given_positive": float(positive.mean()) if len(positive) else float("nan")}
         for q in (0.1, 0.25, 0.5, 0.75, 0.9):
             row[f"q{int(q * 100):02d}"] = float(values.quantile(q))
-        if "gain_loss_corrupted" in frame:
-            row["p_positive_corrupted"] = float((frame["gain_loss_corrupted"] > 0).mean())
+        if corrupted in frame:
+            row["p_positive_corrupted"] = float((frame[corrupted].dropna() > 0).mean())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -126,8 +155,9 @@ def robustness(pairs: pd.DataFrame) -> pd.DataFrame:
     the smaller of its parents' gaps (negative = souping narrowed the gap)."""
     before = np.minimum(pairs.loss_corrupted_a - pairs.test_loss_a, pairs.loss_corrupted_b - pairs.test_loss_b)
     after = pairs.soup_loss_corrupted - pairs.soup_test_loss
-    return pd.DataFrame({"run_a": pairs.run_a, "run_b": pairs.run_b, "gap_before": before, "gap_after": after,
-                         "gap_change": after - before})
+    bn = pairs["bn"] if "bn" in pairs else "keep"
+    return pd.DataFrame({"run_a": pairs.run_a, "run_b": pairs.run_b, "bn": bn, "gap_before": before,
+                         "gap_after": after, "gap_change": after - before})
 
 
 def headline(pairs: pd.DataFrame, correlation: pd.DataFrame, triples: pd.DataFrame,

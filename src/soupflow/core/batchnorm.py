@@ -13,15 +13,29 @@ pruned candidate, on top of the validation pass.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.optim.swa_utils import update_bn
 
 from soupflow.core.average import StateDict
+from soupflow.core.evaluate import scoring_batch_size
 from soupflow.core.models import channels_last, channels_last_input
 from soupflow.store.prepared import PreparedData
 
 #: The split BatchNorm statistics are estimated on: fine-tuning data, never val (selection) or test (reporting).
 SPLIT = "train"
+#: images per forward pass of the re-estimation (``update_bn`` averages the statistics of its batches)
+BATCH = 500
+
+
+def batch_size(evaluation: dict[str, Any], image_shape: tuple[int, ...]) -> int:
+    """Images per re-estimation batch: ``BATCH``, or fewer when ``evaluation.batch_size: auto`` scores in
+    smaller batches (large images: ``evaluate.scoring_batch_size``), so that re-estimation stays within
+    ``evaluation.memory_mb`` too. 28 px images, and an explicit batch_size, keep ``BATCH``: the same statistics."""
+    if evaluation["batch_size"] != "auto":
+        return BATCH
+    return min(BATCH, scoring_batch_size(evaluation, image_shape))
 
 
 def sample_images(data: PreparedData, count: int, seed: int) -> torch.Tensor:
@@ -40,7 +54,7 @@ class BatchNormRefresher:
     """
 
     def __init__(self, model: torch.nn.Module, data: PreparedData, device: torch.device, count: int = 2000,
-                 seed: int = 0, batch_size: int = 500):
+                 seed: int = 0, batch_size: int = BATCH):
         self.model = channels_last(model.to(device))
         self.data, self.device, self.batch_size = data, device, batch_size
         self.images = sample_images(data, count, seed).to(device)

@@ -163,28 +163,64 @@ class Soupability:
     """The pre-check every soup job runs: the midpoint of the two best ingredients (by val accuracy) on val,
     against the worse of the two. ``collapsed``: the midpoint keeps less than half of that model's margin over
     chance (the BatchNorm-model collapse: a MobileNet soup at 2 %); ``barrier``: it loses more than 1 point;
-    ``ok`` otherwise. One val pass, shared with greedy's second step and top-2 through the kitchen's memo."""
+    ``ok`` otherwise. One val pass, shared with greedy's second step and top-2 through the kitchen's memo.
+
+    A BatchNorm model's midpoint is scored twice: with the statistics averaged like the weights
+    (``midpoint_accuracy``, ``verdict``) and re-estimated on train images (``recomputed_accuracy``,
+    ``recomputed_verdict``; None without BatchNorm). Averaged statistics alone can collapse a midpoint whose
+    weights soup; the advice follows the re-estimated verdict where there is one (:func:`soupability_advice`)."""
 
     pair: tuple[str, str]
     midpoint_accuracy: float
     worse_accuracy: float
     verdict: str
+    recomputed_accuracy: float | None = None
+    recomputed_verdict: str | None = None
+
+    @property
+    def soupable(self) -> bool:
+        """Whether the midpoint holds: with re-estimated statistics where they exist, else as averaged."""
+        return (self.recomputed_verdict or self.verdict) == "ok"
+
+    @property
+    def advice(self) -> str:
+        return soupability_advice(self.verdict, self.recomputed_verdict)
 
 
-def soupability(kitchen: Kitchen, chance: float) -> Soupability | None:
+def midpoint_verdict(midpoint: float, worse: float, chance: float) -> str:
+    """``collapsed``, ``barrier`` or ``ok`` for a midpoint's val accuracy against the worse of its two runs."""
+    if midpoint - chance < 0.5 * (worse - chance):
+        return "collapsed"
+    return "barrier" if midpoint < worse - 0.01 else "ok"
+
+
+def soupability_advice(verdict: str, recomputed_verdict: str | None) -> str:
+    """What to do about the pre-check's verdicts ('' when the midpoint holds), following the re-estimated
+    BatchNorm statistics' verdict where there is one (``recomputed_verdict`` None or n/a: no BatchNorm)."""
+    if recomputed_verdict in (None, "n/a"):
+        return "" if verdict == "ok" else ("lower fine-tune learning rates or share more training; `snakemake --cores "
+                                           "N analysis` shows which pairs soup")
+    if recomputed_verdict == "ok":
+        return "" if verdict == "ok" else "soupable with re-estimated statistics: use bn: recompute"
+    return (f"{recomputed_verdict} even with re-estimated BatchNorm statistics: lower fine-tune learning rates or "
+            "share more training; `snakemake --cores N analysis` shows which pairs soup")
+
+
+def soupability(kitchen: Kitchen, chance: float, recomputed: Kitchen | None = None) -> Soupability | None:
+    """The pre-check on ``kitchen`` (which scores states as they are: averaged statistics) and, for a BatchNorm
+    model, on ``recomputed`` (the same ingredients, each state scored after re-estimating its statistics)."""
     top = kitchen.ranked("accuracy")[:2]
     if len(top) < 2:
         return None
-    total = StateSum().add(top[0].load()).add(top[1].load())
-    midpoint, _ = kitchen.score([ing.name for ing in top], total.mean())
+    names = [ing.name for ing in top]
+    state = StateSum().add(top[0].load()).add(top[1].load()).mean()
+    midpoint, _ = kitchen.score(names, state)
     worse = min(ing.val.accuracy for ing in top)
-    if midpoint.accuracy - chance < 0.5 * (worse - chance):
-        verdict = "collapsed"
-    elif midpoint.accuracy < worse - 0.01:
-        verdict = "barrier"
-    else:
-        verdict = "ok"
-    return Soupability((top[0].name, top[1].name), midpoint.accuracy, worse, verdict)
+    fresh = recomputed.score(names, state)[0] if recomputed is not None else None
+    return Soupability((top[0].name, top[1].name), midpoint.accuracy, worse,
+                       midpoint_verdict(midpoint.accuracy, worse, chance),
+                       fresh.accuracy if fresh is not None else None,
+                       midpoint_verdict(fresh.accuracy, worse, chance) if fresh is not None else None)
 
 
 Cook = Callable[[Kitchen, dict[str, Any]], list[Soup]]

@@ -84,10 +84,12 @@ def fingerprint(hp: dict[str, Any], n: int, start: str) -> str:
 
 
 def save_state(path: str, key: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               generator: torch.Generator, progress: Progress) -> None:
-    """Model, optimiser, RNG states and loop position, written atomically (a kill never truncates it)."""
+               generator: torch.Generator, progress: Progress, extra: dict[str, Any] | None = None) -> None:
+    """Model, optimiser, RNG states and loop position, written atomically (a kill never truncates it);
+    ``extra``: more top-level entries of the state (e.g. fp16's loss scaler), read back from ``load_state``'s dict."""
     state = {"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **asdict(progress)}
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **asdict(progress),
+             **(extra or {})}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     with atomic_path(path) as tmp:

@@ -9,6 +9,8 @@ the device and applies what works on whole batches for both: timm's random erasi
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import math
 import random
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from soupflow.core.board import Board
 from soupflow.core.distributed import world, wrap
 from soupflow.core.models import channels_last, channels_last_input
 from soupflow.core.resume import (
@@ -32,6 +35,7 @@ from soupflow.core.resume import (
     restore,
     save_state,
 )
+from soupflow.plan.catalog import HAND_WRITTEN_SCHEDULES, HYPERPARAMETER_DEFAULTS
 from soupflow.store.files import FileData, TrainTransform, image_seed
 from soupflow.store.prepared import PreparedData, run_share
 
@@ -145,12 +149,44 @@ def fine_tuning_source(data: PreparedData, hp: dict[str, Any]) -> TrainSource:
 
 
 # ---------------------------------------------------------------- optimiser and schedule
+def hyperparameter(hp: dict[str, Any], name: str) -> Any:
+    """``hp[name]``, or the catalog's default where ``hp`` lacks it (a fine-tune's ``hp`` carries every default;
+    pretraining and tests build their own): one source for the defaults."""
+    return hp.get(name, HYPERPARAMETER_DEFAULTS[name])
+
+
 def make_optimizer(model: torch.nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
-    if hp["optimizer"] == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    momentum = hp.get("momentum", 0.9)
-    return torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=momentum, weight_decay=hp["weight_decay"],
-                           nesterov=bool(hp.get("nesterov", False)) and momentum > 0)
+    """The optimiser ``hp["optimizer"]`` names (any of ``timm.optim.list_optimizers()``, or ``lookahead_<name>``),
+    built by timm's ``create_optimizer_v2`` with the run's lr, weight decay and ``momentum`` (where the optimiser
+    takes one). ``nesterov`` goes to every optimiser with a ``nesterov`` argument, so that the run's recorded
+    value is what it trained with (timm's names ``sgd`` and ``momentum``, ``lars`` and ``nlars`` differ only in
+    that default, which the hyperparameter overrides).
+
+    Parameter groups: by default one group of every parameter, all decayed, as soupflow always trained (for
+    ``sgd`` exactly ``torch.optim.SGD(model.parameters(), ...)``); ``wd_norm_bias: false`` = timm's rule, no weight
+    decay on biases, norm layers and the model's ``no_weight_decay()`` tensors; ``layer_decay`` = timm's
+    layer-wise groups, whose ``lr_scale`` multiplies the schedule's lr (``Loop.step``)."""
+    from timm.optim import create_optimizer_v2  # here: importing timm.optim costs seconds
+
+    momentum = float(hyperparameter(hp, "momentum"))
+    options = {}
+    if _takes_nesterov(hp["optimizer"]):
+        options["nesterov"] = bool(hyperparameter(hp, "nesterov")) and momentum > 0  # torch: Nesterov needs momentum
+    grouped = hp.get("layer_decay") is not None or hp.get("wd_norm_bias") is False
+    return create_optimizer_v2(model if grouped else model.parameters(), hp["optimizer"], lr=hp["lr"],
+                               weight_decay=hp["weight_decay"], momentum=momentum,
+                               filter_bias_and_bn=hp.get("wd_norm_bias") is False, layer_decay=hp.get("layer_decay"),
+                               **options)
+
+
+def _takes_nesterov(name: str) -> bool:
+    """Whether timm's optimiser ``name`` has a ``nesterov`` argument (a default timm binds, or its class's)."""
+    from timm.optim import get_optimizer_info
+
+    info = get_optimizer_info(name.lower().split("_")[-1])  # as timm reads it: lookahead_<name> wraps <name>
+    if "nesterov" in (info.defaults or {}):
+        return True
+    return not isinstance(info.opt_class, str) and "nesterov" in inspect.signature(info.opt_class).parameters
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup_fraction: float) -> float:
@@ -176,6 +212,20 @@ class TrainResult:
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # one row per finished epoch (learning curves)
+    precision: str = "fp32"  # the autocast dtype the steps ran in (bf16 | fp32): recorded with the checkpoint
+    ema: dict[str, torch.Tensor] | None = None  # the moving average of the weights (``ema_decay``), else None
+
+
+def make_ema(model: torch.nn.Module, hp: dict[str, Any]) -> Any:
+    """timm's ``ModelEmaV3`` of ``model`` (on its device, fp32) with decay ``hp["ema_decay"]``, or None when
+    the run keeps no moving average. ``Loop.update_ema`` updates it after every optimiser step ``s`` (counted
+    from 1) as timm's training script does: ``ema = d_s * ema + (1 - d_s) * weights`` with ``d_1 = 0`` (the
+    first step copies the weights) and ``d_s = ema_decay`` after; BatchNorm statistics are averaged alike."""
+    if hp.get("ema_decay") is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=float(hp["ema_decay"]))
 
 
 def freeze_batchnorm_statistics(model: torch.nn.Module) -> None:
@@ -186,22 +236,114 @@ def freeze_batchnorm_statistics(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def use_bf16(device: torch.device, precision: str = "auto") -> bool:
-    """bf16 autocast on CUDA (where it pays off), full fp32 on CPU unless asked."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """What ``training.precision`` autocasts to: bf16 on CUDA (where it pays off) with auto, fp16 or bf16 where
+    asked, None (full fp32) on CPU unless asked."""
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
 
 
 @dataclass
 class Schedule:
-    """The learning rate at every step: ``lr`` times ``lr_factor`` (one-cycle, cosine or constant)."""
+    """The learning rate at every optimiser step, before a parameter group's ``lr_scale`` (``layer_decay``).
+
+    The schedules of ``HAND_WRITTEN_SCHEDULES`` (onecycle, cosine, constant) are ``lr`` times ``lr_factor``: timm's
+    CosineLRScheduler (warm-up prefix from 0.04·lr) draws the same curves but rounds differently (it computes
+    π·t/T and the warm-up's slope in another order: about a third of the steps differ in the last bits,
+    tests/test_optim.py), and the default must train bit for bit as before. The others (``TIMM_SCHEDULES``) are
+    timm's (``create_scheduler_v2`` counted in steps, ``t_in_epochs=False``), with the one-cycle's warm-up:
+    ``warmup`` of the steps from 0.04·lr, then timm's schedule over the rest."""
 
     lr: float
     total: int
     kind: str = "onecycle"
     warmup: float = 0.3
+    _timm: Any = field(default=None, init=False, repr=False)  # timm's scheduler of a TIMM_SCHEDULES kind
 
     def at(self, step: int) -> float:
-        return self.lr * lr_factor(step, self.total, self.kind, self.warmup)
+        if self.kind in HAND_WRITTEN_SCHEDULES:
+            return self.lr * lr_factor(step, self.total, self.kind, self.warmup)
+        if self._timm is None:
+            self._timm = self._timm_scheduler()
+        self._timm.step_update(step)  # stateless: the lr of step ``step`` alone
+        return self._timm.optimizer.param_groups[0]["lr"]
+
+    def _timm_scheduler(self) -> Any:
+        """timm's scheduler of ``kind`` over a one-tensor optimiser that only holds the lr it sets."""
+        from timm.scheduler import create_scheduler_v2
+
+        warmup = int(self.total * self.warmup)
+        holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.lr)
+        scheduler, _ = create_scheduler_v2(holder, sched=self.kind, num_epochs=max(1, self.total - warmup),
+                                           warmup_epochs=warmup, warmup_prefix=True, warmup_lr=0.04 * self.lr,
+                                           step_on_epochs=False, updates_per_epoch=1)
+        return scheduler
+
+
+@dataclass
+class Numerics:
+    """How a step computes: the autocast dtype (None: fp32) and fp16's ``GradScaler`` (``training.precision``),
+    the equal micro-batches a batch runs in (``grad_accum_steps``: their gradients add up to the batch's, so the
+    optimiser steps once per batch) and the bound on the gradient's L2 norm (``clip_grad``)."""
+
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    accumulate: int = 1
+    clip: float | None = None
+
+    @classmethod
+    def create(cls, hp: dict[str, Any], device: torch.device, precision: str) -> "Numerics":
+        dtype = autocast_dtype(device, precision)
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        return cls(device.type, dtype, scaler, int(hp.get("grad_accum_steps") or 1), hp.get("clip_grad"))
+
+    @property
+    def precision(self) -> str:
+        """The autocast dtype's name: bf16, fp16 or fp32."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+
+    def backward(self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                 loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Forward and backward of a batch in ``accumulate`` equal micro-batches, each loss divided by their
+        number (DDP all-reduces the gradients once, after the last); the batch's mean loss, detached."""
+        pieces = [(inputs, targets)] if self.accumulate == 1 else list(zip(inputs.chunk(self.accumulate),
+                                                                          targets.chunk(self.accumulate)))
+        total = None
+        for index, (images, labels) in enumerate(pieces):
+            deferred = index + 1 < len(pieces) and hasattr(net, "no_sync")
+            with net.no_sync() if deferred else contextlib.nullcontext():
+                with torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16,
+                                    enabled=self.dtype is not None):
+                    loss = loss_of(net(images), labels)
+                part = loss / self.accumulate if self.accumulate > 1 else loss
+                (self.scaler.scale(part) if self.scaler is not None else part).backward()
+            total = part.detach() if total is None else total + part.detach()
+        return total
+
+    def step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+        """The optimiser's step on the gradients: unscaled (fp16) and clipped (``clip``, timm's
+        ``dispatch_clip_grad``) first; fp16's scaler skips a step whose gradients overflowed."""
+        if self.scaler is not None and self.clip is not None:
+            self.scaler.unscale_(optimizer)
+        if self.clip is not None:
+            from timm.utils import dispatch_clip_grad
+
+            dispatch_clip_grad(model.parameters(), self.clip, mode="norm")
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state(self) -> dict[str, Any] | None:
+        """What a resumed loop needs back: the fp16 scaler's scale and growth tracker (None without one)."""
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
 
 
 @dataclass
@@ -260,15 +402,18 @@ class Loop:
     steps_per_epoch: int
     epochs: int
     smoothing: float
-    bf16: bool
+    numerics: Numerics
     hp: dict[str, Any]
     name: str = "train"  # in progress lines
     log_every: int = 50  # steps between progress lines
+    ema: Any = None  # timm's ModelEmaV3 of ``model`` (``make_ema``), or None
+    board: Board = field(default_factory=Board)  # TensorBoard scalars (a no-op unless opened)
 
     @classmethod
     def create(cls, model: torch.nn.Module, source: TrainSource, data: PreparedData, hp: dict[str, Any],
-               device: torch.device, precision: str) -> "Loop":
-        """(Six parameters: the five of ``train``'s task and its numerics, as ``train`` receives them.)"""
+               device: torch.device, precision: str, compile: bool = False) -> "Loop":
+        """(Seven parameters: the five of ``train``'s task and its numerics, as ``train`` receives them;
+        ``compile``: the module that trains is ``torch.compile``'d, ``training.compile``.)"""
         generator = torch.Generator().manual_seed(int(hp.get("seed", 0)))
         if isinstance(source, TensorSource):
             source.generator = generator  # one stream: the epoch's order, then each batch's augmentation
@@ -278,28 +423,39 @@ class Loop:
             freeze_batchnorm_statistics(model)
         batch_size = int(hp["batch_size"])
         steps_per_epoch = max(1, source.size // batch_size)  # drop the ragged last batch: stable BatchNorm
-        schedule = Schedule(hp["lr"], steps_per_epoch * int(hp["epochs"]), hp.get("schedule", "onecycle"),
-                            float(hp.get("warmup_fraction", 0.3)))
+        schedule = Schedule(hp["lr"], steps_per_epoch * int(hp["epochs"]), hyperparameter(hp, "schedule"),
+                            float(hyperparameter(hp, "warmup_fraction")))  # counted in optimiser steps
         net = wrap(model, device, bool(hp.get("sync_bn")))
+        net = torch.compile(net) if compile else net
         return cls(model, net, source, data, device, make_optimizer(model, hp), generator,
                    BatchMixing.create(hp, data, device), schedule, batch_size, steps_per_epoch,
-                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), use_bf16(device, precision), hp)
+                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), Numerics.create(hp, device, precision),
+                   hp)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
-        """One optimisation step on a uint8 batch; the loss, detached, on the device."""
+        """One optimisation step on a uint8 batch (in ``numerics.accumulate`` micro-batches); the loss,
+        detached, on the device."""
+        lr = self.schedule.at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.at(step)
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: timm's layer-wise decay (layer_decay)
         inputs, targets = self.mixing(channels_last_input(self.data.normalise(images)), targets, step)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            outputs = self.net(inputs)
-            if targets.dim() == 2:  # soft targets of mixup / CutMix (label smoothing inside them)
-                loss = torch.sum(-targets * F.log_softmax(outputs.float(), dim=-1), dim=-1).mean()
-            else:
-                loss = F.cross_entropy(outputs, targets, label_smoothing=self.smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        loss = self.numerics.backward(self.net, inputs, targets, self.loss)
+        self.numerics.step(self.optimizer, self.model)
+        return loss
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on class indices (with label smoothing), or on the soft targets of mixup / CutMix
+        (label smoothing inside them)."""
+        if targets.dim() == 2:
+            return torch.sum(-targets * F.log_softmax(outputs.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(outputs, targets, label_smoothing=self.smoothing)
+
+    def update_ema(self, steps_done: int) -> None:
+        """Move the weights' moving average (``ema_decay``) toward the weights after an optimiser step:
+        call it once per optimiser step, never per micro-batch (``steps_done`` counts optimiser steps from 1)."""
+        if self.ema is not None:
+            self.ema.update(self.model, step=steps_done)
 
 
 @dataclass
@@ -315,6 +471,9 @@ class Saver:
         if saved is None:
             return Progress()
         progress = restore(saved, self.loop.model, self.loop.optimizer, self.loop.generator)
+        self.loop.numerics.load(saved.get("scaler"))  # fp16's loss scale goes on where it was
+        if self.loop.ema is not None:
+            self.loop.ema.load_state_dict(saved["ema"])  # the fingerprint holds ema_decay: a state with one
         log.info("%s resumes at epoch %d step %d/%d from %s", name, progress.epoch + 1, progress.index,
                  self.loop.steps_per_epoch, self.resume.path)
         return progress
@@ -323,7 +482,8 @@ class Saver:
         """Process 0 writes the state (the others hold the same), and every process waits for it."""
         if self.resume and world().main:
             save_state(self.resume.path, self.key, self.loop.model, self.loop.optimizer, self.loop.generator,
-                       progress)
+                       progress, {"scaler": self.loop.numerics.state(),
+                                  "ema": self.loop.ema.state_dict() if self.loop.ema is not None else None})
         world().barrier()
 
     def due(self, step: int) -> bool:
@@ -349,20 +509,36 @@ class Clock:
 def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
           hp: dict[str, Any], device: torch.device, name: str = "train",
           on_epoch_end: Callable[[int, torch.nn.Module], float | None] | None = None,
-          log_every: int = 50, resume: Resume | None = None, precision: str = "auto") -> TrainResult:
+          log_every: int = 50, resume: Resume | None = None, precision: str = "auto",
+          compile: bool = False, tensorboard: str | None = None) -> TrainResult:
     """Train ``model`` in place on the batches of ``source`` (``train_source``) with hyperparameters ``hp``.
 
     Stops early with status ``diverged`` as soon as the loss is not finite. ``on_epoch_end(epoch, model)``
     is called after each finished epoch (on process 0); a number it returns is the epoch's val accuracy in
     ``TrainResult.history``. With ``resume``, the full state is saved at epoch ends (and every
     ``resume.every_steps`` steps, and on SIGTERM/SIGUSR1), and a rerun continues from it: with the same seed
-    the final weights equal those of an uninterrupted run (on CPU).
-    (Ten parameters: the five of the task, then five options that callers name or leave out.)
+    the final weights equal those of an uninterrupted run (on CPU). ``precision`` and ``compile`` are
+    ``training.precision`` and ``training.compile`` (``Numerics``, ``Loop.create``). With ``hp["ema_decay"]``
+    the loop keeps a moving average of the weights (``make_ema``; saved and resumed with the state), returned
+    as ``TrainResult.ema``. With ``tensorboard`` (a folder), process 0 writes the progress lines' loss, lr and
+    img/s and each epoch's val accuracy there as TensorBoard scalars (``soupflow.core.board``), by step.
+    (Twelve parameters: the five of the task, then seven options that callers name or leave out.)
     """
-    loop = replace(Loop.create(model, source, data, hp, device, precision), name=name, log_every=log_every)
+    loop = replace(Loop.create(model, source, data, hp, device, precision, compile), name=name, log_every=log_every)
+    loop.ema = make_ema(model, hp)  # after Loop.create: a copy of the model as it trains, on its device
     saver = Saver(resume, fingerprint(hp, source.size, resume.start if resume else ""), loop)
     progress = saver.restore(name)
-    clock = Clock.resuming(progress)
+    loop.board = Board.open(tensorboard, progress.step)
+    try:
+        return _epochs(loop, progress, saver, on_epoch_end, resume)
+    finally:
+        loop.board.close()
+
+
+def _epochs(loop: Loop, progress: Progress, saver: Saver,
+            on_epoch_end: Callable[[int, torch.nn.Module], float | None] | None, resume: Resume | None) -> TrainResult:
+    """``train``'s epochs from where ``progress`` is: its result, or ``Preempted`` on a stop request."""
+    clock, name = Clock.resuming(progress), loop.name
     with StopRequests() as stop:
         for epoch in range(progress.epoch, loop.epochs):
             diverged = _run_epoch(loop, progress, clock, saver, stop)
@@ -372,6 +548,7 @@ def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
             progress.epoch_ends.append(clock.seconds())
             progress.epoch, progress.index, progress.order, progress.running = epoch + 1, 0, None, 0.0
             progress.epoch_scores.append(_epoch_end(loop, on_epoch_end, epoch + 1, clock))
+            loop.board.scalars(progress.step, {"val/accuracy": progress.epoch_scores[-1]})
             progress.seconds = clock.seconds()
             saver.save(progress)
             if stopping(stop, loop):
@@ -410,6 +587,7 @@ def _run_epoch(loop: Loop, progress: Progress, clock: Clock, saver: Saver, stop:
     for index, (images, targets) in enumerate(batches, start=progress.index):
         total_loss += loop.step(images, targets, progress.step)
         progress.step += 1
+        loop.update_ema(progress.step)
         last = index + 1 == loop.steps_per_epoch
         if (index + 1) % loop.log_every == 0 or last:
             mean_loss = world().mean(float(total_loss), loop.device) / (index + 1)
@@ -439,10 +617,12 @@ def stopping(stop: StopRequests, loop: Loop) -> bool:
 
 
 def _log_step(loop: Loop, progress: Progress, clock: Clock, index: int, mean_loss: float) -> None:
+    """A progress line, and the same figures as TensorBoard scalars at the step (the epoch's mean loss so far)."""
     images = (progress.step - clock.resumed_from) * loop.batch_size
+    lr, speed = loop.optimizer.param_groups[0]["lr"], images / max(clock.seconds() - clock.saved, 1e-9)
     log.info("%s epoch %d/%d step %d/%d loss %.4f lr %.2e %.0f img/s", loop.name, progress.epoch + 1, loop.epochs,
-             index + 1, loop.steps_per_epoch, mean_loss, loop.optimizer.param_groups[0]["lr"],
-             images / max(clock.seconds() - clock.saved, 1e-9))
+             index + 1, loop.steps_per_epoch, mean_loss, lr, speed)
+    loop.board.scalars(progress.step, {"train/loss": mean_loss, "train/lr": lr, "train/images_per_second": speed})
 
 
 def _result(loop: Loop, progress: Progress, clock: Clock, status: str, epochs_done: int, loss: float) -> TrainResult:
@@ -450,7 +630,8 @@ def _result(loop: Loop, progress: Progress, clock: Clock, status: str, epochs_do
     seconds = clock.seconds()
     result = TrainResult(status, epochs_done, progress.step, seconds,
                          progress.step * loop.batch_size / max(seconds, 1e-9), loss, progress.epoch_losses,
-                         clock.resumed_from)
+                         clock.resumed_from, precision=loop.numerics.precision,
+                         ema=loop.ema.module.state_dict() if loop.ema is not None else None)
     result.history = epoch_history(progress.epoch_losses, progress.epoch_ends, loop.hp, loop.steps_per_epoch,
                                    progress.epoch_scores)
     return result
@@ -461,12 +642,12 @@ def epoch_history(losses: list[float], ends: list[float], hp: dict[str, Any], st
     """One row per epoch: mean train loss, the learning rate at the epoch's last step, wall seconds, img/s, and
     the epoch's val accuracy (``scores``, what ``on_epoch_end`` returned; nan where there is none, e.g. the
     epochs a state saved by an older soupflow had done before it was resumed)."""
-    total, rows, previous = steps_per_epoch * int(hp["epochs"]), [], 0.0
+    schedule = Schedule(hp["lr"], steps_per_epoch * int(hp["epochs"]), hyperparameter(hp, "schedule"),
+                        float(hyperparameter(hp, "warmup_fraction")))
+    rows, previous = [], 0.0
     scores = [math.nan] * (len(losses) - len(scores)) + list(scores)[-len(losses):] if losses else []
     for epoch, (loss, end, score) in enumerate(zip(losses, ends, scores), start=1):
-        factor = lr_factor(epoch * steps_per_epoch - 1, total, hp.get("schedule", "onecycle"),
-                           float(hp.get("warmup_fraction", 0.3)))
-        rows.append({"epoch": epoch, "train_loss": loss, "lr": hp["lr"] * factor, "seconds": end,
+        rows.append({"epoch": epoch, "train_loss": loss, "lr": schedule.at(epoch * steps_per_epoch - 1), "seconds": end,
                      "images_per_second": steps_per_epoch * int(hp["batch_size"]) / max(end - previous, 1e-9),
                      "val_accuracy": score})
         previous = end

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from soupflow.core.board import add_scalars
 from soupflow.core.distributed import world
 from soupflow.core.evaluate import Evaluator, scores_from_logits
 from soupflow.core.models import (
@@ -30,11 +31,11 @@ from soupflow.core.train import TrainResult, fine_tuning_source, train
 from soupflow.jobs.context import JobContext
 from soupflow.jobs.launch import devices_per_run, launch
 from soupflow.plan.catalog import HYPERPARAMETER_NAMES
-from soupflow.plan.layout import epoch_file
+from soupflow.plan.layout import epoch_file, run_board
 from soupflow.plan.seeds import pipeline_seed
-from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
+from soupflow.store.io import atomic_link, atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
 from soupflow.store.prepared import DataError
-from soupflow.store.tables import EPOCH_SCHEMA, history_table, metrics_row_table
+from soupflow.store.tables import EMA_COLUMNS, EPOCH_SCHEMA, history_table, metrics_row_table
 
 log = logging.getLogger("soupflow")
 
@@ -48,7 +49,9 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, 
 class RunPaths:
     """Every file one fine-tune writes, as the finetune rule names them. ``epochs`` (the table of kept epoch
     checkpoints) only when a soup takes ``ingredients: epochs``; the checkpoints themselves go to the folder
-    named like that table without its suffix (``epochs.parquet`` → ``epochs/``), listed relative to it."""
+    named like that table without its suffix (``epochs.parquet`` → ``epochs/``), listed relative to it.
+    ``ema`` (the moving average of the weights) only when a run of the grid has ``ema_decay``. TensorBoard's
+    event files go to ``board``, which no rule declares."""
 
     model: str
     outputs: str
@@ -56,6 +59,11 @@ class RunPaths:
     metrics: str
     config: str
     epochs: str | None = None
+    ema: str | None = None
+
+    @property
+    def board(self) -> str:
+        return run_board(str(Path(self.model).parent))
 
     @property
     def epochs_folder(self) -> Path | None:
@@ -121,7 +129,8 @@ def _train_run(context: JobContext, run: RunSpec, model: torch.nn.Module, paths:
     try:
         return train(model, source, data, seeded, context.device, name=run.run_id, on_epoch_end=end,
                      resume=job_resume(config, state_beside(paths.model), run.init),
-                     precision=config["training"]["precision"]), ""
+                     precision=config["training"]["precision"], compile=config["training"]["compile"],
+                     tensorboard=paths.board), ""
     except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
         raise  # killed, disk full, I/O, out of memory: the job fails and a rerun retries (resuming saved state)
     except Exception as failure:  # a run that cannot train (bad hyperparameters, ...) is a result too
@@ -146,13 +155,45 @@ def _scored_row(context: JobContext, model: torch.nn.Module, row: dict[str, Any]
     return outputs
 
 
+def _scored_ema(context: JobContext, ema: dict[str, torch.Tensor] | None, row: dict[str, Any],
+                outputs: dict[str, torch.Tensor]) -> None:
+    """The moving average's val and test scores into ``row`` (``ema_*``, null without one) and its logits into
+    the cached outputs (``ema_val_logits``, ``ema_test_logits``): what soups with ``ingredients: ema`` rank,
+    report and ensemble by without running it again. Scored on a model of its own: ``model`` stays the run's."""
+    row.update({name: None for name, _ in EMA_COLUMNS})
+    if ema is None or row["status"] == "failed":
+        return
+    model = context.model()
+    for split in ("val", "test"):
+        evaluator = context.evaluator(split, model=model)
+        logits = evaluator.logits(ema)
+        scores = scores_from_logits(logits, evaluator.labels)
+        row[f"ema_{split}_accuracy"], row[f"ema_{split}_loss"] = scores.accuracy, scores.loss
+        outputs[f"ema_{split}_logits"] = logits
+    log.info("%s: moving average of the weights: val accuracy %.4f, test accuracy %.4f", row["run_id"],
+             row["ema_val_accuracy"], row["ema_test_accuracy"])
+
+
+def _save_ema(paths: RunPaths, ema: dict[str, torch.Tensor] | None, meta: dict[str, str], decay: Any) -> None:
+    """``ema.safetensors`` where the rule declares it: the moving average, with the run's checkpoint metadata
+    (plain timm loads it as it loads ``model.safetensors``). A run without ``ema_decay`` (or one that failed)
+    has no moving average: its file is its ``model.safetensors`` itself (a hard link), and soups with
+    ``ingredients: ema`` leave the run out (its ``hp_ema_decay`` is null, or its status not ok)."""
+    if paths.ema is None:
+        return
+    if ema is None:
+        atomic_link(paths.model, paths.ema)
+        return
+    save_checkpoint(ema, paths.ema, {**meta, "weights": "ema", "ema_decay": str(decay)})
+
+
 def _row(run: RunSpec, result: TrainResult, error: str, model: torch.nn.Module, device: torch.device) -> dict:
     """The run's metrics row (``tables.RUN_SCHEMA``) before scoring: hyperparameters and training figures."""
     return {"run_id": run.run_id, **{f"hp_{k}": v for k, v in run.hp.items()}, "status": result.status,
             "error": error, "resumed_from_step": result.resumed_from_step, "epochs_done": result.epochs_done,
             "train_loss": result.train_loss, "train_seconds": result.seconds,
             "train_images_per_second": result.images_per_second, "n_parameters": count_parameters(model),
-            "device": device.type, "images_skipped": 0}
+            "device": device.type, "images_skipped": 0} | {name: None for name, _ in EMA_COLUMNS}
 
 
 def training_model(model_config: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +221,7 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     set_threads(threads)
     hp = {name: run.hp.get(name) for name in HYPERPARAMETER_NAMES} | run.hp  # every hp_* column in every row
     run = RunSpec(run.data, run.init, run.run_id, hp)
-    context = JobContext.open(config, run.data, threads)
+    context = JobContext.open(config, run.data, threads, training=True)
     model = model_for(context.data, training_model(config["model"], hp))
     model.load_state_dict(load_checkpoint(run.init))
     result, error = _train_run(context, run, model, paths)
@@ -188,12 +229,18 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
         return {}  # process 0 scores the run and writes its files
     row = _row(run, result, error, model, context.device)
     outputs = _scored_row(context, model, row)
+    _scored_ema(context, result.ema, row, outputs)
     row["images_skipped"] = context.data.skipped  # unreadable images passed over (data.skip_corrupt)
     log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run.run_id, row["status"],
              row["val_accuracy"], row["test_accuracy"], result.seconds)
-    meta = checkpoint_metadata(config["model"], context.data, run_id=run.run_id, status=row["status"])
+    meta = checkpoint_metadata(config["model"], context.data, run_id=run.run_id, status=row["status"],
+                               device=context.device.type, precision=result.precision)  # what the run trained on
     save_checkpoint(model.state_dict(), paths.model, meta)
+    _save_ema(paths, result.ema, meta, hp["ema_decay"])
     atomic_save_safetensors(outputs, paths.outputs)
+    if result.steps:  # the run's own val scores (the last epoch's point) beside its learning curve
+        add_scalars(paths.board, result.steps, {"val/accuracy": row["val_accuracy"],
+                                                "val/ema_accuracy": row["ema_val_accuracy"]})
     atomic_write_yaml({"run_id": run.run_id, "hyperparameters": hp, "model": config["model"],
                        "data": config["data"]["name"], "init": run.init}, paths.config)
     history = result.history

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from soupflow.core.batchnorm import BatchNormRefresher
+from soupflow.core.board import add_scalars
 from soupflow.core.distributed import world
 from soupflow.core.models import checkpoint_metadata, has_batchnorm, load_checkpoint, save_checkpoint, set_threads
 from soupflow.core.pretext import PRETEXT_TASKS, fresh_head, uses_labels
@@ -24,6 +25,7 @@ from soupflow.core.weights import import_state
 from soupflow.jobs.context import JobContext
 from soupflow.jobs.launch import devices_per_run, launch
 from soupflow.plan.catalog import BN_IMAGES
+from soupflow.plan.layout import run_board
 from soupflow.plan.model_file import resolve_file
 from soupflow.plan.seeds import pipeline_seed
 
@@ -38,6 +40,12 @@ class InitPaths:
     data: str
     model: str
     epochs: dict[int, str] = field(default_factory=dict)
+
+
+def init_board(paths: InitPaths, part: str) -> str:
+    """Where a training of the init job (``pretrain``, ``shared_finetune``) writes its TensorBoard scalars:
+    ``init/tb/<part>`` (``soupflow.plan.layout.run_board``; never an output)."""
+    return f"{run_board(str(Path(paths.model).parent))}/{part}"
 
 
 def _timm_pretrained(context: JobContext) -> torch.nn.Module:
@@ -90,11 +98,13 @@ def _pretrain(context: JobContext, model: torch.nn.Module, paths: InitPaths, kee
     result = train(learner, source, data, hp, context.device, name="pretrain",
                    on_epoch_end=lambda epoch, trained: keep(epoch, trained, head),
                    resume=job_resume(config, state_beside(paths.model), paths.data),
-                   precision=config["training"]["precision"])
+                   precision=config["training"]["precision"], compile=config["training"]["compile"],
+                   tensorboard=init_board(paths, "pretrain"))
     if result.status != "ok":
         raise RuntimeError("pretraining diverged; lower pretrain.lr")
     model.load_state_dict({**learner.state_dict(), **head})
     scores = context.evaluator("val", model=model).scores()
+    add_scalars(init_board(paths, "pretrain"), result.steps, {"val/accuracy": scores.accuracy})
     log.info("pretrained init: val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
 
 
@@ -119,7 +129,8 @@ def _started(context: JobContext, meta: dict[str, str]) -> torch.nn.Module:
     if model_config["init"] == "file":
         _imported(model, model_config, meta)
     if model_config["init_bn"] == "recompute" and has_batchnorm(model):
-        refresher = BatchNormRefresher(model, context.data, context.device, BN_IMAGES, pipeline_seed(config, 0))
+        refresher = BatchNormRefresher(model, context.data, context.device, BN_IMAGES, pipeline_seed(config, 0),
+                                       context.bn_batch_size())
         model.load_state_dict(refresher.refresh(model.state_dict()))
         log.info("BatchNorm statistics of the init re-estimated on %d train images (model.init_bn: recompute)",
                  refresher.images.shape[0])
@@ -157,10 +168,12 @@ def _shared_finetune(context: JobContext, model: torch.nn.Module, paths: InitPat
     log.info("shared fine-tune of the init on %d images: %d epochs at lr %g", source.size, hp["epochs"], hp["lr"])
     result = train(model, source, context.data, hp, context.device, name="shared fine-tune",
                    resume=job_resume(config, shared_resume_state(paths.model), paths.data),
-                   precision=config["training"]["precision"])
+                   precision=config["training"]["precision"], compile=config["training"]["compile"],
+                   tensorboard=init_board(paths, "shared_finetune"))
     if result.status != "ok":
         raise RuntimeError("the shared fine-tune diverged; lower model.shared_finetune.lr")
     scores = context.evaluator("val", model=model).scores()
+    add_scalars(init_board(paths, "shared_finetune"), result.steps, {"val/accuracy": scores.accuracy})
     log.info("shared fine-tune: init val accuracy %.4f loss %.4f (%.0f s)", scores.accuracy, scores.loss, result.seconds)
 
 
@@ -176,7 +189,7 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
                         "threads": threads}, Path(paths.model).parent)
         return
     set_threads(threads)
-    context = JobContext.open(config, paths.data, threads)
+    context = JobContext.open(config, paths.data, threads, training=True)
     meta = checkpoint_metadata(config["model"], context.data, init=config["model"]["init"])
     model = _started(context, meta)
     # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:

@@ -2,12 +2,14 @@
 the replicates — the question "does this recipe win over seeds?" that one pipeline cannot answer.
 
 Each replicate is the whole pipeline under its own top-level seed (its own splits, init, fine-tunes and soups).
-Their test splits mostly hold the same images (the official test split): the pooled interval resamples test
-images, each with its differences in every replicate that tests it (``soupflow.core.stats.pooled_compare``,
-images named by each replicate's ``splits.json``), so the same hard images in every replicate do not count as
-independent evidence. A recipe **WINS** when the pooled interval is above zero *and* it
-wins alone on at least two replicates; it **LOSES** in the mirrored case. Everything is read from what the
-pipelines wrote: each soup's saved test logits and the best individual's cached ones; no model runs here.
+The pooled interval is a hierarchical bootstrap over both sources of variance (``soupflow.core.stats.
+pooled_compare``): replicates are resampled (training randomness, the variance a researcher cares about) and
+so are test images, one draw for all replicates, because their test splits mostly hold the same images (named
+by each replicate's ``splits.json``): the same hard images in every replicate do not count as independent
+evidence. A recipe **WINS** when that interval *and* the Student-t interval over the per-replicate differences
+are above zero (the t interval because a percentile bootstrap over a handful of seeds is too narrow); it
+**LOSES** in the mirrored case; one replicate gets no verdict. Everything is read from what the pipelines
+wrote: each soup's saved test logits and the best individual's cached ones; no model runs here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from soupflow.core.stats import Comparison, pooled_compare
+from soupflow.core.stats import Comparison, PooledComparison, compare, pooled_compare
 from soupflow.report.figures import plot_replicates
 from soupflow.report.summary import format_pooled
 from soupflow.store.io import atomic_write_parquet, atomic_write_text, open_safetensors
@@ -28,10 +30,6 @@ from soupflow.store.prepared import test_rows
 from soupflow.store.tables import POOLED_SCHEMA, best_run, typed_table
 
 log = logging.getLogger("soupflow")
-
-#: replicates a recipe must win (or lose) alone, besides the pooled interval, for the verdict
-MIN_REPLICATES = 2
-
 
 @dataclass(frozen=True)
 class Replicate:
@@ -84,12 +82,11 @@ def _row(soup: str, comparison: Comparison, scored: list[Scored], **columns) -> 
             "test_images": sum(len(s[2]) for s in scored)}
 
 
-def verdict(pooled: Comparison, wins_k: int, loses_k: int) -> str:
-    if pooled.accuracy_pt.low > 0 and wins_k >= MIN_REPLICATES:
-        return "WINS"
-    if pooled.accuracy_pt.high < 0 and loses_k >= MIN_REPLICATES:
-        return "LOSES"
-    return ""
+def verdict(pooled: PooledComparison) -> str:
+    """WINS / LOSES: the hierarchical and the t interval both on one side of zero (``PooledComparison.wins``).
+    How many replicates win alone is shown, not required: a small gain that holds on every seed is shown by
+    more seeds, each of whose own interval may still cover zero."""
+    return "WINS" if pooled.wins else "LOSES" if pooled.loses else ""
 
 
 def pooled_rows(replicates: list[Replicate], recipes: dict[str, str]) -> list[dict]:
@@ -100,7 +97,7 @@ def pooled_rows(replicates: list[Replicate], recipes: dict[str, str]) -> list[di
     for soup, recipe in recipes.items():
         alone = []
         for seed, soups in scored.items():
-            comparison = pooled_compare([soups[soup]])
+            comparison = compare(*soups[soup])
             alone.append(comparison)
             rows.append(_row(soup, comparison, [soups[soup]], recipe=recipe, scope="replicate", seed=seed))
         pooled = pooled_compare([soups[soup] for soups in scored.values()], images)
@@ -108,7 +105,7 @@ def pooled_rows(replicates: list[Replicate], recipes: dict[str, str]) -> list[di
         loses_k = sum(c.accuracy_pt.high < 0 for c in alone)
         rows.append(_row(soup, pooled, [soups[soup] for soups in scored.values()], recipe=recipe, scope="pooled",
                          wins_k=wins_k, loses_k=loses_k, replicates_n=len(alone),
-                         verdict=verdict(pooled, wins_k, loses_k)))
+                         verdict=verdict(pooled)))
     return rows
 
 

@@ -65,23 +65,57 @@ def _epoch_ingredients(ingredients: list[Ingredient], rows: pd.DataFrame) -> lis
     return ingredients + extra
 
 
+#: the name of a run's moving average of its weights as a soup ingredient: ``<run_id>@ema`` (``ingredients: ema``)
+EMA_INGREDIENT = "{run_id}@ema"
+
+
+def _ema_ingredients(rows: pd.DataFrame) -> list[Ingredient]:
+    """``ingredients: ema``: the moving average of each usable run that keeps one (``ema_decay``), named
+    ``<run_id>@ema`` and ranked by its own val scores (the runs table's ``ema_*`` columns); the usable runs
+    without one are left out, and a warning names them."""
+    if "ema_file" not in rows.columns:
+        raise FileNotFoundError("the runs table names no ema.safetensors: soups with ingredients: ema need runs "
+                                "with ema_decay (the workflow then keeps every run's moving average)")
+    ok = rows[rows["status"] == "ok"]
+    keeping = ok[ok["hp_ema_decay"].notna()] if "hp_ema_decay" in ok.columns else ok.iloc[:0]
+    left_out = sorted(set(ok.run_id) - set(keeping.run_id))
+    if left_out:
+        log.warning("ingredients: ema leaves out %d run(s) without ema_decay: %s", len(left_out), ", ".join(left_out))
+    return [Ingredient(EMA_INGREDIENT.format(run_id=row.run_id), Scores(row.ema_val_loss, row.ema_val_accuracy),
+                       (lambda p=row.ema_file: load_checkpoint(p)))
+            for row in keeping.itertuples()]
+
+
 class CachedLogits:
     """The runs' cached val/test logits (their fine-tune jobs' outputs files, each split read once) and their
-    means: the logit ensemble of a soup's ingredients (k forward passes at inference)."""
+    means: the logit ensemble of a soup's ingredients (k forward passes at inference). A run's moving average
+    (``<run_id>@ema``) has its own logits in the run's outputs file (``ema_val_logits``, ``ema_test_logits``)."""
 
     def __init__(self, outputs: dict[str, str]) -> None:
         self.outputs = outputs  # run id → its outputs file
         self._read: dict[tuple[str, str], torch.Tensor] = {}
 
+    @staticmethod
+    def _source(name: str) -> tuple[str, str]:
+        """(run id, what of it): "" for the run's weights, "ema" for its moving average, else "epoch<N>"."""
+        run_id, _, kind = name.partition("@")
+        return run_id, kind
+
+    def cached(self, name: str) -> bool:
+        """Whether ``name``'s logits are cached: a run's or its moving average's (not an epoch checkpoint's)."""
+        run_id, kind = self._source(name)
+        return run_id in self.outputs and kind in ("", "ema")
+
     def of(self, name: str, split: str) -> torch.Tensor:
         if (name, split) not in self._read:
-            with open_safetensors(self.outputs[name]) as handle:
-                self._read[name, split] = handle.get_tensor(f"{split}_logits")
+            run_id, kind = self._source(name)
+            with open_safetensors(self.outputs[run_id]) as handle:
+                self._read[name, split] = handle.get_tensor(f"{kind}_{split}_logits" if kind else f"{split}_logits")
         return self._read[name, split]
 
     def mean(self, names: list[str], split: str) -> torch.Tensor | None:
         """None when an ingredient has no cached outputs (an epoch checkpoint) or there is none."""
-        if not names or any(n not in self.outputs for n in names):
+        if not names or not all(self.cached(n) for n in names):
             return None
         total = self.of(names[0], split)
         for name in names[1:]:
@@ -99,7 +133,7 @@ def _refresher(context: JobContext, options: dict[str, Any]):
         log.info("bn: recompute has nothing to do: %s has no BatchNorm layer", context.config["model"]["name"])
         return keep
     refresher = BatchNormRefresher(model, context.data, context.device, int(options["bn_images"]),
-                                   pipeline_seed(context.config, 0))
+                                   pipeline_seed(context.config, 0), context.bn_batch_size())
     log.info("BatchNorm statistics of every scored soup re-estimated on %d train images", refresher.images.shape[0])
     return refresher.refresh
 
@@ -191,6 +225,7 @@ class Pantry:
         self._ensembles: dict[tuple, dict[str, Any]] = {}  # ensemble comparison columns, by ingredient set
         self._checks: dict[tuple, Any] = {}
         self._tested: list[tuple[dict, torch.Tensor]] = []  # the last states scored on test, with their logits
+        self._ema: list[Ingredient] | None = None  # the runs' moving averages (ingredients: ema), when asked
 
     @staticmethod
     def _finishing(options: dict[str, Any]) -> tuple:
@@ -210,8 +245,14 @@ class Pantry:
         return {"scored": scored, "missed": missed}
 
     def ingredients(self, options: dict[str, Any]) -> list[Ingredient]:
+        """The candidates of a soup entry's ``ingredients``: the runs' final weights, with their kept epochs
+        too, or the runs' moving averages (built once per job)."""
         if options["ingredients"] == "epochs":
             return _epoch_ingredients(self.final, self.runs)
+        if options["ingredients"] == "ema":
+            if self._ema is None:
+                self._ema = _ema_ingredients(self.runs)
+            return self._ema
         return self.final
 
     def test_logits(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -248,12 +289,23 @@ class Pantry:
             self._ensembles[key] = _paired_columns(logits, self.reference, self.evaluators["test"].labels, "ensemble_")
         return self._ensembles[key]
 
-    def precheck(self, kitchen: Kitchen, options: dict[str, Any]):
-        """The soupability pre-check, once per BatchNorm option and candidate pool."""
-        key = (self._finishing(options), options["ingredients"])
+    def precheck(self, options: dict[str, Any]):
+        """The soupability pre-check, once per candidate pool and train sample: the midpoint of the two best
+        candidates with averaged BatchNorm statistics and, for a BatchNorm model, re-estimated on the entry's
+        ``bn_images`` (a keep entry's: the default sample). Each val pass lands in its option's memo, so the
+        greedy step or top-2 soup that scores the same set under that option reuses it."""
+        recompute = {**options, "bn": "recompute"}
+        key = (options["ingredients"], self._finishing(recompute))
         if key not in self._checks:
-            self._checks[key] = _precheck(kitchen, self.context.data.num_classes)
+            averaged = self._selector({**options, "bn": "keep"})
+            recomputed = self._selector(recompute) if has_batchnorm(self.evaluators["val"].model) else None
+            self._checks[key] = _precheck(averaged, recomputed, self.context.data.num_classes)
         return self._checks[key]
+
+    def _selector(self, options: dict[str, Any]) -> Kitchen:
+        """A kitchen that only scores on val under ``options``' BatchNorm option, with that option's memo."""
+        finish, val = self.finish(options), self.evaluators["val"]
+        return Kitchen(self.ingredients(options), lambda state: val.select(finish(state)), **self.memo(options))
 
 
 @dataclass(frozen=True)
@@ -318,21 +370,30 @@ def _kitchen(inputs: SoupInputs, paths: SoupPaths):
 
 
 def _check_columns(check) -> dict[str, Any]:
-    """The soupability pre-check as columns of every soup row."""
+    """The soupability pre-check as columns of every soup row: the midpoint with averaged BatchNorm statistics
+    (``precheck_midpoint_val_accuracy``, ``soupability``) and re-estimated ones (``…_recompute``; NaN and n/a
+    for a model without BatchNorm)."""
+    nan = float("nan")
     if check is None:
-        return {"precheck_midpoint_val_accuracy": float("nan"), "precheck_pair_val_accuracy": float("nan"),
-                "soupability": "n/a"}
+        return {"precheck_midpoint_val_accuracy": nan, "precheck_pair_val_accuracy": nan, "soupability": "n/a",
+                "precheck_midpoint_recompute_val_accuracy": nan, "soupability_recompute": "n/a"}
+    fresh = check.recomputed_accuracy
     return {"precheck_midpoint_val_accuracy": check.midpoint_accuracy,
-            "precheck_pair_val_accuracy": check.worse_accuracy, "soupability": check.verdict}
+            "precheck_pair_val_accuracy": check.worse_accuracy, "soupability": check.verdict,
+            "precheck_midpoint_recompute_val_accuracy": nan if fresh is None else fresh,
+            "soupability_recompute": check.recomputed_verdict or "n/a"}
 
 
-def _precheck(kitchen: Kitchen, num_classes: int):
-    """The soupability pre-check (midpoint of the two best runs on val), with a warning when it fails."""
-    check = soupability(kitchen, 1.0 / num_classes)
-    if check is not None and check.verdict != "ok":
-        log.warning("soupability: the midpoint of the two best runs scores %.4f on val against %.4f (%s); "
-                    "see bn: recompute and `snakemake analysis`", check.midpoint_accuracy, check.worse_accuracy,
-                    check.verdict)
+def _precheck(averaged: Kitchen, recomputed: Kitchen | None, num_classes: int):
+    """The soupability pre-check (midpoint of the two best runs on val, with averaged and, where given,
+    re-estimated BatchNorm statistics), with a warning and its advice when it does not hold as averaged."""
+    check = soupability(averaged, 1.0 / num_classes, recomputed)
+    if check is not None and check.advice:
+        fresh = "" if check.recomputed_verdict is None else \
+            f", {check.recomputed_accuracy:.4f} with re-estimated ones ({check.recomputed_verdict})"
+        log.warning("soupability: the midpoint of the two best runs scores %.4f on val with averaged BatchNorm "
+                    "statistics (%s)%s, against %.4f: %s", check.midpoint_accuracy, check.verdict, fresh,
+                    check.worse_accuracy, check.advice)
     return check
 
 
@@ -374,7 +435,7 @@ def _cook_entry(pantry: Pantry, name: str, entry: dict[str, Any], paths: SoupPat
     kitchen, finish = _kitchen(inputs, paths)
     log.info("soup %s (%s, bn %s): %d candidate ingredients", name, options["recipe"], options["bn"],
              len(inputs.ingredients))
-    check = pantry.precheck(kitchen, options)
+    check = pantry.precheck(options)
     rows, traces, (soup, state, test_logits) = _served(name, inputs, cook(options["recipe"], kitchen, options), finish, check)
     seconds = time.perf_counter() - began
     for row in rows:

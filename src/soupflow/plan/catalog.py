@@ -6,6 +6,7 @@
   ``soupflow.core.recipes``, which refuses a name that is not here);
 - ``DATASETS``: the data set readers (``data.name``); ``CORRUPTIONS``: the corruption types of the analysis;
 - ``SOUP_OPTIONS``: the defaults of a soup entry's options, for every recipe;
+- ``SOUP_INGREDIENTS``: what a soup entry's ``ingredients`` option may pool;
 - ``GPU_RULES``: the rules whose jobs run a model and take a GPU when there is one.
 
 The JSON schema's lists of names are generated from these (``soupflow.plan.config.load_schema``); the
@@ -53,6 +54,11 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("auto_augment", str),
     Hyperparameter("random_erase", float),
     Hyperparameter("drop_path_rate", float),
+    Hyperparameter("layer_decay", float),
+    Hyperparameter("wd_norm_bias", bool),
+    Hyperparameter("grad_accum_steps", int),
+    Hyperparameter("clip_grad", float),
+    Hyperparameter("ema_decay", float),
 )
 #: what only the files data path can do: per-image PIL transforms in the loader's workers
 FILES_ONLY_HYPERPARAMETERS = ("crop_scale", "auto_augment")
@@ -60,6 +66,15 @@ FILES_ONLY_HYPERPARAMETERS = ("crop_scale", "auto_augment")
 #: the hyperparameters' names, in the order tables show them
 HYPERPARAMETER_NAMES: tuple[str, ...] = tuple(hp.name for hp in HYPERPARAMETERS)
 HYPERPARAMETER_KINDS: dict[str, type] = {hp.name: hp.kind for hp in HYPERPARAMETERS}
+HYPERPARAMETER_DEFAULTS: dict[str, Any] = {hp.name: hp.default for hp in HYPERPARAMETERS}
+
+#: learning-rate schedules (hyperparameter ``schedule``): these soupflow writes itself (``core.train.lr_factor``:
+#: timm's CosineLRScheduler draws the same curves but rounds differently, and the default trains bit for bit as
+#: before) ...
+HAND_WRITTEN_SCHEDULES = ("onecycle", "cosine", "constant")
+#: ... and these are timm's (``timm.scheduler.create_scheduler_v2``, counted in optimiser steps)
+TIMM_SCHEDULES = ("tanh", "wsd")
+SCHEDULES = HAND_WRITTEN_SCHEDULES + TIMM_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,14 @@ RECIPES: dict[str, RecipeTraits] = {traits.name: traits for traits in (
 
 #: train images BatchNorm statistics are re-estimated on (a soup's ``bn: recompute``, ``model.init_bn: recompute``)
 BN_IMAGES = 2000
+#: the BatchNorm statistics a soup is scored with: averaged with the weights (``keep``) or re-estimated on train
+#: images (``recompute``); a soup's ``bn`` and the analysis' ``bn`` list name them
+BN_STATISTICS = ("keep", "recompute")
+
+#: What a soup entry's ``ingredients`` pools: each usable run's last checkpoint (``final``), those and every
+#: kept epoch checkpoint (``epochs``), or the runs' exponential moving averages of their weights (``ema``: the
+#: runs with hyperparameter ``ema_decay``).
+SOUP_INGREDIENTS = ("final", "epochs", "ema")
 
 #: The options every soup entry has, at their defaults (a recipe's own ``RecipeTraits.options`` add to them).
 #: ``k`` None = every usable run; ``max_ingredients`` None = no cap.

@@ -3,6 +3,7 @@ there, unique soup names. Each raises ``ConfigError`` with one line naming the k
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -16,8 +17,11 @@ from soupflow.plan.catalog import (
 )
 from soupflow.plan.errors import ConfigError
 from soupflow.plan.model_file import WeightsError, resolve_file
+from soupflow.plan.one_folder import class_folders, count_images, images_needed, is_one_folder
 from soupflow.plan.params import kept_epochs, soup_base, soup_name
-from soupflow.plan.timm_names import check_model_kwargs, check_model_name
+from soupflow.plan.timm_names import check_model_kwargs, check_model_name, check_optimizer_names
+
+log = logging.getLogger("soupflow")
 
 
 def _check_model_file(model: dict[str, Any]) -> None:
@@ -74,24 +78,60 @@ def _check_data_root(data: dict[str, Any]) -> None:
     if not root or not os.path.isdir(root):
         hint = " (install Debian's dataset-fashion-mnist or point data.root at the IDX files)" if data["name"] == "fashion_mnist" else ""
         raise ConfigError(f"config key 'data.root' is {root!r}, which is not an existing folder{hint}")
+    if data["name"] == "image_folder" and is_one_folder(root):
+        return  # one folder of class folders: check_class_folders
     needs = DATASETS[data["name"]].needs
     missing = [name for name in needs if not any(os.path.exists(os.path.join(root, name + suffix))
                                                  for suffix in ("", ".gz"))]
     if missing:
+        other = " or of class folders (<class>/<image>, split by the workflow)" if data["name"] == "image_folder" else ""
         raise ConfigError(f"config key 'data.root' is {root!r}, which holds no {data['name']} data set: missing "
-                          f"{', '.join(missing)}; allowed: a folder with {', '.join(needs)}")
+                          f"{', '.join(missing)}; allowed: a folder with {', '.join(needs)}{other}")
 
 
 def check_class_folders(data: dict[str, Any]) -> None:
     """An image folder's classes are the sub-folders of train/; a class of test/ that train/ lacks is an error
-    naming both (only the folders are listed: cheap however many images they hold)."""
+    naming both (only the folders are listed: cheap however many images they hold). One folder of class
+    folders: ``_check_one_folder``."""
     if data["name"] != "image_folder":
+        return
+    if is_one_folder(data["root"]):
+        _check_one_folder(data)
         return
     train, test = (os.path.join(data["root"], split) for split in ("train", "test"))
     unknown = sorted(set(_folders(test)) - set(_folders(train)))
     if unknown:
         raise ConfigError(f"config key 'data.root' is {data['root']!r}, whose {test} has class folders that {train} "
                           f"lacks: {', '.join(unknown[:5])}; allowed: test classes that train has")
+
+
+def _check_one_folder(data: dict[str, Any]) -> None:
+    """``data.root`` holds class folders (no ``train/`` or ``test/``), which the workflow splits itself
+    (``soupflow.plan.one_folder``): two classes or more, a test share, and enough images in every class that
+    each split expects one of them (the images are counted by name, none opened)."""
+    root = data["root"]
+    if data["finetune_classes"] is not None:
+        raise ConfigError(f"config key 'data.finetune_classes' is {data['finetune_classes']}, but data.root "
+                          f"{root!r} holds class folders without train/ and test/; allowed: null, or train/ and "
+                          "test/ folders in data.root")
+    if not data["test_fraction"]:
+        raise ConfigError(f"config key 'data.test_fraction' is {data['test_fraction']}, but data.root {root!r} holds "
+                          "class folders without a test/ folder; allowed: > 0 (the share of each class held out "
+                          "for test), or train/ and test/ folders in data.root")
+    classes = class_folders(root)
+    if len(classes) < 2:
+        raise ConfigError(f"config key 'data.root' is {root!r}, which holds {len(classes)} class folder(s) and no "
+                          "train/ or test/ folder; allowed: a folder of two or more class folders "
+                          "(<class>/<image>) or train/ and test/ folders")
+    needed = images_needed(data)
+    for name in classes:
+        found = count_images(os.path.join(root, name))
+        if found < needed:
+            raise ConfigError(f"config key 'data.root' is {root!r}, whose class folder {name!r} holds {found} "
+                              f"image(s): too few to split by data.pretrain_fraction {data['pretrain_fraction']}, "
+                              f"val_fraction {data['val_fraction']} and test_fraction {data['test_fraction']}; "
+                              f"allowed: at least {needed} images in every class (one expected in each split), "
+                              "or other fractions")
 
 
 def _folders(path: str) -> list[str]:
@@ -308,6 +348,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     if check_model:
         check_model_name(config["model"])
         check_model_kwargs(config["model"])
+        check_optimizer_names(written(config, "optimizer") + [("pretrain.optimizer", config["pretrain"]["optimizer"])])
     _check_soups(config["soups"])
     _check_hyperparameter_names(config)
     _check_perturbations(config)
@@ -315,8 +356,41 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     _check_branch_epochs(config)
 
 
+def _check_accumulation(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
+    """``grad_accum_steps`` splits each process's share of a batch into equal micro-batches, for every run
+    (and the finetune section, which a shared fine-tune trains with)."""
+    devices = config["training"]["devices_per_run"]
+    for hp in [config["finetune"], *runs.values()]:
+        steps = hp.get("grad_accum_steps") or 1
+        if (hp["batch_size"] // devices) % steps:
+            key = next((key for key, value in written(config, "grad_accum_steps") if value == steps),
+                       "finetune.grad_accum_steps")
+            raise ConfigError(f"config key '{key}' is {steps}, which does not divide batch_size {hp['batch_size']} / "
+                              f"training.devices_per_run {devices}; allowed: a divisor of each process's share of "
+                              "the batch (it is split into that many equal micro-batches)")
+
+
+def _check_ema_ingredients(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
+    """Soups with ``ingredients: ema`` pool the runs' moving averages: at least one run must keep one
+    (``ema_decay``); the runs without one are left out of those soups, and a warning names them."""
+    wanting = [index for index, soup in enumerate(config["soups"]) if soup.get("ingredients") == "ema"]
+    if not wanting:
+        return
+    without = sorted(run_id for run_id, hp in runs.items() if hp.get("ema_decay") is None)
+    if len(without) == len(runs):
+        raise ConfigError(f"config key 'soups[{wanting[0]}].ingredients' is 'ema', but no fine-tune keeps a moving "
+                          "average of its weights; allowed: final or epochs, or set ema_decay (finetune.ema_decay, "
+                          "a grid axis or a run's key)")
+    if without:
+        log.warning("soups with ingredients: ema leave out the %d run(s) without ema_decay: %s%s", len(without),
+                    ", ".join(without[:5]), ", ..." if len(without) > 5 else "")
+
+
 def check_runs(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
-    """The expanded fine-tunes: at least one, and random-search draws of branch epochs that are kept."""
+    """The expanded fine-tunes: at least one, random-search draws of branch epochs that are kept, and
+    micro-batches that split each batch evenly."""
+    _check_accumulation(config, runs)
+    _check_ema_ingredients(config, runs)
     drawn = sorted({hp["branch_epoch"] for hp in runs.values() if hp.get("branch_epoch") is not None})
     if set(drawn) - set(kept_epochs(config)):  # what the keys checked above cannot hold: random-search draws
         raise ConfigError(f"config key 'search.space.branch_epoch' draws {drawn}; allowed values: "

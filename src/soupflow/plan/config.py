@@ -16,6 +16,8 @@ import yaml
 
 from soupflow.plan.catalog import (
     AUGMENTATIONS,
+    BN_IMAGES,
+    BN_STATISTICS,
     CORRUPTIONS,
     DATA_FORMATS,
     DATASETS,
@@ -23,6 +25,8 @@ from soupflow.plan.catalog import (
     HYPERPARAMETERS,
     PRETEXT_TASKS,
     RECIPES,
+    SCHEDULES,
+    SOUP_INGREDIENTS,
 )
 from soupflow.plan.checks import check_runs, check_semantics
 from soupflow.plan.errors import ConfigError
@@ -66,11 +70,13 @@ DEFAULTS: dict[str, Any] = {
     "runs": [],
     "search": {"n": 0, "seed": 0, "space": {}},
     "soups": [{"recipe": "uniform"}, {"recipe": "greedy"}],
-    "training": {"precision": "auto", "checkpoint_every_steps": 200, "devices_per_run": 1, "sync_bn": False},
-    "evaluation": {"batch_size": 1000, "device": "auto"},
+    "training": {"precision": "auto", "checkpoint_every_steps": 200, "devices_per_run": 1, "sync_bn": False,
+                 "compile": False, "workers": None},
+    "evaluation": {"batch_size": "auto", "memory_mb": 1024, "device": "auto"},
     "plots": {"heatmap_axes": ["lr", "weight_decay"]},
     "analysis": {
         "pairs": 100, "seed": 0, "jobs": 2, "color_by": "branch_epoch",
+        "bn": list(BN_STATISTICS), "bn_images": BN_IMAGES,  # models without BatchNorm: keep rows only
         "branching": {"epochs": [], "perturbations": []},
         "corruptions": {"types": list(CORRUPTIONS), "severities": [3], "max_images": 2000, "seed": 0},
     },
@@ -147,12 +153,15 @@ def load_schema() -> dict[str, Any]:
     if missing:
         raise RuntimeError(f"{SCHEMA_PATH}: $defs.hyperparameters and soupflow.plan.catalog differ in {sorted(missing)}")
     schema["$defs"]["augmentation"]["enum"] = list(AUGMENTATIONS)
+    schema["$defs"]["schedule"]["enum"] = list(SCHEDULES)
     top = schema["properties"]
     top["pretrain"]["properties"]["task"]["enum"] = list(PRETEXT_TASKS)
     top["data"]["properties"]["name"]["enum"] = list(DATASETS)
     top["data"]["properties"]["format"]["enum"] = list(DATA_FORMATS)
     top["soups"]["items"]["properties"]["recipe"]["enum"] = list(RECIPES)
+    top["soups"]["items"]["properties"]["ingredients"]["enum"] = list(SOUP_INGREDIENTS)
     top["analysis"]["properties"]["corruptions"]["properties"]["types"]["items"]["enum"] = list(CORRUPTIONS)
+    top["analysis"]["properties"]["bn"]["items"]["enum"] = list(BN_STATISTICS)
     top["search"]["properties"]["space"]["propertyNames"]["enum"] = list(HYPERPARAMETER_NAMES)
     top["grid"]["properties"] = {name: {"type": "array", "minItems": 1, "items": _without_null(hyperparameters[name])}
                                  for name in HYPERPARAMETER_NAMES}

@@ -59,13 +59,21 @@ def epoch_file(folder: str, epoch: int) -> str:
     return f"{folder}/epoch_{int(epoch):03d}.safetensors"
 
 
-def run_files(folder: str, keep_epochs: bool = False) -> dict[str, str]:
+def run_files(folder: str, keep_epochs: bool = False, ema: bool = False) -> dict[str, str]:
     """Every file one fine-tune writes (rule finetune; ``soupflow.jobs.finetune.RunPaths``). ``epochs``, the
-    table of its kept epoch checkpoints, only when a soup takes ``ingredients: epochs``."""
+    table of its kept epoch checkpoints, only when a soup takes ``ingredients: epochs``; ``ema``, the moving
+    average of its weights, only when a run of the grid has ``ema_decay`` (the rule's outputs are every run's)."""
     files = {"model": f"{folder}/model.safetensors", "outputs": f"{folder}/outputs.safetensors",
              "history": f"{folder}/history.parquet", "metrics": f"{folder}/metrics.parquet",
              "config": f"{folder}/config.yaml"}
-    return {**files, "epochs": f"{folder}/epochs.parquet"} if keep_epochs else files
+    files |= {"epochs": f"{folder}/epochs.parquet"} if keep_epochs else {}
+    return files | ({"ema": f"{folder}/ema.safetensors"} if ema else {})
+
+
+def run_board(folder: str) -> str:
+    """Where a training job writes its TensorBoard event files (a run's folder, or the init's): never an output,
+    so that its absence reruns nothing (``tensorboard --logdir results/`` shows the grid as it trains)."""
+    return f"{folder}/tb"
 
 
 def run_log(folder: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from soupflow.plan import layout
 from soupflow.plan.catalog import RECIPES, soup_options
+from soupflow.plan.one_folder import class_folders, is_one_folder
 
 #: keys added to a config section after results folders existed, at the value that changes nothing; a tracked
 #: param leaves them out at that value (upgrading does not re-trigger finished jobs)
@@ -78,10 +79,13 @@ def soup_base(entry: dict[str, Any]) -> str | None:
 
 def image_folders(data: dict[str, Any]) -> list[str]:
     """What prepare_data lists with ``data.format: files``, as its inputs: each class folder of an image folder
-    (an image added or removed changes its folder), or each tar shard; nothing for tensors. Only folders and
+    (of train/ and test/, or of data.root itself when it holds the classes; an image added or removed changes
+    its folder), or each tar shard; nothing for tensors. Only folders and
     shards are listed here, never the images: cheap at parse time however many there are."""
     if data["format"] != "files":
         return []
+    if data["name"] == "image_folder" and is_one_folder(data["root"]):  # class folders straight in data.root
+        return [os.path.join(data["root"], name) for name in class_folders(data["root"])]
     splits = [os.path.join(data["root"], split) for split in ("train", "test")]
     if data["name"] == "image_shards":
         return sorted(path for split in splits for path in glob.glob(os.path.join(split, "*.tar")))

@@ -1,4 +1,4 @@
-"""timm's architecture names at parse time, without importing timm in every Snakemake process."""
+"""timm's architecture and optimiser names at parse time, without importing timm in every Snakemake process."""
 
 from __future__ import annotations
 
@@ -36,18 +36,54 @@ def known_timm_models() -> frozenset[str] | None:
 
     Importing timm takes ~7 s on a small CPU; without the cache every Snakemake process (the main one and,
     on SLURM, two per job) would pay it just to validate `model.name`."""
+
+    def listed() -> list[str]:
+        import timm  # here: the Snakefile parses without timm (a bare Snakemake plans the workflow); 2.6 s
+
+        return timm.list_models()
+    return _cached_names("models", listed)
+
+
+def known_timm_optimizers() -> frozenset[str] | None:
+    """timm's optimiser names (``timm.optim.list_optimizers()``), cached per timm version as the models are."""
+
+    def listed() -> list[str]:
+        import timm.optim  # here, as in known_timm_models
+
+        return timm.optim.list_optimizers()
+    return _cached_names("optimizers", listed)
+
+
+def check_optimizer_names(written: list[tuple[str, str]]) -> None:
+    """Each (config key, optimiser name) must be a name timm's ``create_optimizer_v2`` builds: one of
+    ``timm.optim.list_optimizers()``, or ``lookahead_`` and one of them. Without timm the first job checks it."""
+    known = known_timm_optimizers()
+    if known is None:
+        print("soupflow: timm is not installed beside Snakemake; the first job checks the optimizer names",
+              file=sys.stderr)
+        return
+    for key, name in written:
+        base = name.lower().removeprefix("lookahead_")
+        if base not in known:
+            close = sorted(known_name for known_name in known if known_name[:3] == base[:3])[:8]
+            hint = f"similar names: {', '.join(close)}; " if close else ""
+            raise ConfigError(f"config key '{key}' is {name!r}, which timm does not know; allowed: {hint}any name of "
+                              "timm.optim.list_optimizers(), or lookahead_<name>")
+
+
+def _cached_names(what: str, listed) -> frozenset[str] | None:
+    """The names ``listed()`` returns, asked of timm once per timm version and kept in
+    ``~/.cache/soupflow/timm-<version>-<what>.txt``; None where timm is not installed."""
     try:
         version = importlib.metadata.version("timm")
     except importlib.metadata.PackageNotFoundError:
         return None
-    cache = _cache_folder() / f"timm-{version}-models.txt"
+    cache = _cache_folder() / f"timm-{version}-{what}.txt"
     with contextlib.suppress(OSError):
         names = cache.read_text().split()
         if names:
             return frozenset(names)
-    import timm  # here: the Snakefile parses without timm (a bare Snakemake plans the workflow); 2.6 s
-
-    names = timm.list_models()
+    names = listed()
     with contextlib.suppress(OSError):
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")

@@ -10,4 +10,6 @@ next run retrains what it affects, and says why ("params changed").
 TRAINING = 1
 
 #: bump when what a soup job computes changes on purpose: soups kept by earlier jobs are cooked again
-SOUPS = 2  # 2: greedy serves the state val scored last (was its drifted running sum)
+SOUPS = 3  # 2: greedy serves the state val scored last (was its drifted running sum); 3: the pre-check scores
+# averaged and re-estimated BatchNorm statistics (new soups-table columns; a bn: recompute soup's
+# precheck_midpoint_val_accuracy is now the averaged midpoint's)

@@ -210,30 +210,65 @@ def plot_wise_ft(runs: pd.DataFrame, trace: pd.DataFrame, path: str) -> None:
     save_figure(fig, path)
 
 
+def _forest_values(pooled_row, alone: pd.DataFrame) -> list[float]:
+    """Every x a soup's row of the forest plot draws: its intervals and each replicate's difference."""
+    values = [pooled_row.acc_diff_pt_low, pooled_row.acc_diff_pt_high, pooled_row.t_low, pooled_row.t_high]
+    return [v for v in values + list(alone[alone.soup == pooled_row.soup].acc_diff_pt) if pd.notna(v)]
+
+
+def forest_panels(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The soups the forest plot draws on the soups' scale, and the baselines it draws apart: a baseline
+    recipe (``RecipeTraits.baseline``, e.g. ``untrained``) whose row lies farther outside the range of the
+    other soups' rows than that range is wide (at least a point), which would squeeze every real soup to a dot."""
+    pooled, alone = table[table.scope == "pooled"], table[table.scope == "replicate"]
+    rows = {row.soup: row for _, row in pooled.iterrows()}
+    main = [soup for soup, row in rows.items() if row.recipe not in BASELINE_RECIPES]
+    scale = [v for soup in main for v in _forest_values(rows[soup], alone)]
+    if not scale:
+        return list(rows), []
+    low, high = min(scale), max(scale)
+    margin = max(high - low, 1.0)
+    apart = [soup for soup, row in rows.items() if soup not in main
+             and any(v < low - margin or v > high + margin for v in _forest_values(row, alone))]
+    return [soup for soup in rows if soup not in apart], apart
+
+
 def plot_replicates(table: pd.DataFrame, path: str) -> None:
-    """Forest plot: per soup, each replicate's paired 95 % interval against its best individual and the pooled
-    one (black, bold), in accuracy points; a soup wins where the pooled bar and at least two others clear 0."""
-    soups = list(dict.fromkeys(table.soup))
-    seeds = sorted(int(seed) for seed in table[table.scope == "replicate"].seed.unique())
-    fig, ax = plt.subplots(figsize=(9, min(0.16 * len(soups) * (len(seeds) + 2) + 1.5, 30)))
-    palette = sns.color_palette("tab10", max(1, len(seeds)))
-    step = 1.0 / (len(seeds) + 2)
-    for index, soup in enumerate(soups):
-        rows = table[table.soup == soup]
-        for offset, (seed, color) in enumerate(zip(seeds, palette)):
-            row = rows[(rows.scope == "replicate") & (rows.seed == seed)].iloc[0]
-            _interval_bar(ax, row, index + offset * step, dict(color=color, lw=1.2, ms=4),
-                          f"replicate seed {seed}" if index == 0 else None)
-        row = rows[rows.scope == "pooled"].iloc[0]
-        _interval_bar(ax, row, index + len(seeds) * step, dict(color="black", lw=2.5, ms=6),
-                      "pooled" if index == 0 else None)
-    ax.axvline(0, color="grey", lw=1, ls="--")
-    ax.set_yticks([i + len(seeds) * step / 2 for i in range(len(soups))], soups)
-    ax.invert_yaxis()
-    ax.set(xlabel="test accuracy − best individual's (points), 95 % paired interval",
-           title=f"Soups over {len(seeds)} replicates")
-    legend_outside(ax)
+    """Forest plot of the pooled verdicts, in accuracy points against each replicate's best individual: per
+    soup the hierarchical 95 % interval (black), the t interval over replicates (grey, below) and each
+    replicate's difference (a dot per seed, above); the verdict follows the soup's name. Baselines far off the soups' scale (``forest_panels``) get a
+    panel of their own, so the x axis fits the real soups."""
+    pooled, alone = table[table.scope == "pooled"], table[table.scope == "replicate"]
+    seeds = sorted(int(seed) for seed in alone.seed.unique())
+    colors = dict(zip(seeds, sns.color_palette("tab10", max(1, len(seeds)))))
+    panels = [names for names in forest_panels(table) if names]
+    sizes = [len(names) + 1 for names in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, min(0.5 * sum(sizes) + 1.2, 30)), squeeze=False,
+                             gridspec_kw={"height_ratios": sizes})
+    for index, (ax, names) in enumerate(zip(axes[:, 0], panels)):
+        for y, soup in enumerate(names):
+            _forest_row(ax, pooled[pooled.soup == soup].iloc[0], alone[alone.soup == soup], y, colors,
+                        labelled=index == 0 and y == 0)
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        verdicts = dict(zip(pooled.soup, pooled.verdict))
+        ax.set_yticks(range(len(names)), [f"{soup}  {verdicts[soup]}" if verdicts[soup] else soup for soup in names])
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_xlabel("test accuracy − best individual's (points)")
+    axes[0, 0].set_title(f"Soups over {len(seeds)} replicates: 95 % intervals (seeds × test images)")
+    if len(panels) > 1:
+        axes[1, 0].set_title("baselines, on a scale of their own", fontsize=10)
+    legend_outside(axes[0, 0])
     save_figure(fig, path)
+
+
+def _forest_row(ax: plt.Axes, row, alone: pd.DataFrame, y: float, colors: dict, labelled: bool) -> None:
+    _interval_bar(ax, row, y, dict(color="black", lw=2.5, ms=6), "pooled: seeds × images" if labelled else None)
+    if pd.notna(row.t_low):
+        ax.plot([row.t_low, row.t_high], [y + 0.25] * 2, color="grey", lw=1.2, marker="|",
+                label="t over replicates" if labelled else None)
+    for seed, diff in zip(alone.seed, alone.acc_diff_pt):
+        ax.scatter(diff, y - 0.25, s=16, color=colors[int(seed)], zorder=3,
+                   label=f"replicate seed {int(seed)}" if labelled else None)
 
 
 def _interval_bar(ax: plt.Axes, row, y: float, style: dict, label: str | None) -> None:

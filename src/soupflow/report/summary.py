@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from soupflow.core.recipes import soupability_advice
 from soupflow.core.stats import format_p
 from soupflow.store.io import atomic_write_text
 from soupflow.store.tables import best_run
@@ -88,19 +89,28 @@ def format_bn_effects(table: pd.DataFrame) -> str:
 
 
 def format_soupability(soups: pd.DataFrame) -> str:
-    """One line when the midpoint of the two best runs collapses or loses more than a point on val."""
+    """One line when the midpoint of the two best runs collapses or loses more than a point on val: its score
+    with averaged BatchNorm statistics and, for a BatchNorm model, re-estimated ones, and the advice that
+    follows the re-estimated verdict where there is one (``core.recipes.soupability_advice``)."""
     if "soupability" not in soups or not len(soups):
         return ""
-    keep = soups[(soups.bn == "keep") & (soups.soupability != "n/a")]
-    recompute = soups[(soups.bn == "recompute") & (soups.soupability != "n/a")]
-    row = (keep if len(keep) else recompute).iloc[0] if len(keep) or len(recompute) else None
-    if row is None or row.soupability == "ok":
+    checked = soups[soups.soupability != "n/a"]
+    if not len(checked):
         return ""
-    fixed = len(recompute) and (recompute.soupability == "ok").all() and row.bn == "keep"
-    hint = ("with bn: recompute the midpoint holds" if fixed else
-            "try bn: recompute, lower fine-tune learning rates, or `snakemake --cores N analysis` to see which pairs soup")
-    return (f"Soupability: the midpoint of the two best runs scores {_pct(row.precheck_midpoint_val_accuracy)} % on val "
-            f"against {_pct(row.precheck_pair_val_accuracy)} % ({row.soupability}); {hint}.\n")
+    row = (checked[checked.bn == "keep"] if (checked.bn == "keep").any() else checked).iloc[0]
+    recomputed = row.get("soupability_recompute")
+    recomputed = recomputed if isinstance(recomputed, str) and recomputed != "n/a" else None
+    advice = soupability_advice(row.soupability, recomputed)
+    if not advice:
+        return ""
+    if recomputed is None:
+        scores = f"{_pct(row.precheck_midpoint_val_accuracy)} % on val ({row.soupability})"
+    else:
+        scores = (f"{_pct(row.precheck_midpoint_val_accuracy)} % on val with averaged BatchNorm statistics "
+                  f"({row.soupability}), {_pct(row.precheck_midpoint_recompute_val_accuracy)} % with re-estimated "
+                  f"ones ({recomputed})")
+    return (f"Soupability: the midpoint of the two best runs scores {scores} against "
+            f"{_pct(row.precheck_pair_val_accuracy)} %; {advice}.\n")
 
 
 def format_retry(runs: pd.DataFrame) -> str:
@@ -116,28 +126,37 @@ def format_retry(runs: pd.DataFrame) -> str:
 
 POOLED_LEGEND = """\
 pooled: each soup minus its replicate's best individual (by val) on test, averaged over every test image of
-every replicate; 95 % bootstrap interval over test images (an image several replicates test is resampled
-with all its differences); McNemar exact p over the pooled pairs. won / lost: replicates whose own interval
-is above / below zero. WINS / LOSES: the pooled interval above / below zero and at least two replicates
-agreeing alone."""
+every replicate; 95 % hierarchical bootstrap interval (replicates resampled, and test images, an image several
+replicates test moving with all its differences). t over seeds: 95 % Student-t interval over the per-replicate
+differences. sign p: one-sided sign test of the replicates above zero. won / lost: replicates whose own interval
+is above / below zero. WINS / LOSES: both intervals above / below zero. Positive on every replicate but an
+interval touching zero: consistent, not shown beyond seed noise; more replicates narrow it."""
 
 
 def _interval(row: pd.Series) -> str:
     return f"{row.acc_diff_pt:+.2f} [{row.acc_diff_pt_low:+.2f}, {row.acc_diff_pt_high:+.2f}]"
 
 
+def _seeds_interval(row: pd.Series) -> str:
+    return "n/a" if pd.isna(row.t_low) else f"[{row.t_low:+.2f}, {row.t_high:+.2f}]"
+
+
 def format_pooled(table: pd.DataFrame) -> str:
-    """The pooled section of the summary: one line per soup (pooled row of ``POOLED_SCHEMA``)."""
+    """The pooled section of the summary: one line per soup (pooled row of ``POOLED_SCHEMA``), with each
+    replicate's difference in seed order."""
     pooled, alone = table[table.scope == "pooled"], table[table.scope == "replicate"]
     seeds = sorted(int(seed) for seed in alone.seed.unique())
+    rows = [row for _, row in pooled.iterrows()]
     shown = pd.DataFrame({
         "soup": pooled.soup,
         "test acc": pooled.test_accuracy.map(_pct),
-        "pooled vs best, pt [95 %]": [_interval(row) for _, row in pooled.iterrows()],
-        "p": pooled.acc_p_mcnemar.map(format_p),
-        "won": [f"{int(row.wins_k)}/{int(row.replicates_n)}" for _, row in pooled.iterrows()],
-        "lost": [f"{int(row.loses_k)}/{int(row.replicates_n)}" for _, row in pooled.iterrows()],
-        "per replicate": [" ".join(f"{d:+.2f}" for d in alone[alone.soup == name].acc_diff_pt) for name in pooled.soup],
+        "pooled vs best, pt [95 %]": [_interval(row) for row in rows],
+        "t over seeds": [_seeds_interval(row) for row in rows],
+        "per replicate": [" ".join(f"{d:+.2f}" for d in alone[alone.soup == row.soup].sort_values("seed").acc_diff_pt)
+                          for row in rows],
+        "sign p": pooled.sign_p.map(lambda p: f"{p:.3f}"),
+        "won": [f"{int(row.wins_k)}/{int(row.replicates_n)}" for row in rows],
+        "lost": [f"{int(row.loses_k)}/{int(row.replicates_n)}" for row in rows],
         "verdict": pooled.verdict,
     })
     return (f"soupflow pooled over {len(seeds)} replicates (seeds {', '.join(map(str, seeds))}): "

@@ -21,6 +21,7 @@ def prepare(data_config: dict[str, Any], seed: int, out_data: str, out_splits: s
     return PREPARERS[data_config["format"]](data_config, seed, out_data, out_splits, model_name)
 
 
-def open_data(path: str, workers: int = 0) -> PreparedData:
-    """The prepared data at ``path``: files read by ``workers`` DataLoader processes (files format), or tensors."""
-    return FileData.open(path, workers) if str(path).endswith(".parquet") else TensorData(path)
+def open_data(path: str, workers: int = 0, pin: bool = False) -> PreparedData:
+    """The prepared data at ``path``: files read by ``workers`` DataLoader processes into pinned batches when
+    ``pin`` (``files.pin_batches``; files format), or tensors."""
+    return FileData.open(path, workers, pin) if str(path).endswith(".parquet") else TensorData(path)

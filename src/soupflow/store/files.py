@@ -32,21 +32,20 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from soupflow.plan.one_folder import IMAGE_SUFFIXES, is_one_folder
 from soupflow.store.io import atomic_write_parquet, atomic_write_text
 from soupflow.store.prepared import (
     Batches,
     DataError,
     PreparedData,
+    drawn_split,
     normalisation,
-    split_indices,
     subsample,
     written_split,
 )
 
 log = logging.getLogger("soupflow")
 
-#: what counts as an image (torchvision's ImageFolder's list, so both formats list the same files)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 LABEL_SUFFIX = ".cls"
 #: images whose pixel statistics give ``data.normalize: dataset`` (a seeded sample: bounded work and memory)
 STATISTICS_IMAGES = 1000
@@ -87,7 +86,8 @@ def _known(classes: list[str] | None, found: list[str], where: Path) -> list[str
 
 
 def list_folder(root: str, split: str, classes: list[str] | None = None) -> Listing:
-    """``<root>/<split>/<class>/…/<image>``, in the order of torchvision's ImageFolder; other files counted."""
+    """``<root>/<split>/<class>/…/<image>``, in the order of torchvision's ImageFolder; other files counted.
+    ``split`` "" lists ``<root>/<class>/…`` (one folder of class folders)."""
     base = Path(root) / split
     if not base.is_dir():
         raise DataError(f"image_folder data needs {base}/<class>/<image> (data.root = {root!r})")
@@ -137,6 +137,16 @@ def list_shards(root: str, split: str, classes: list[str] | None = None) -> List
 LISTERS = {"image_folder": list_folder, "image_shards": list_shards}
 
 
+def official_splits(root: str, name: str) -> tuple[Listing, Listing, bool]:
+    """The official train and test listings of ``data.root``, and whether it is one folder of class folders
+    (an image_folder without train/ and test/): then all of it stands for train, and test is empty."""
+    if name == "image_folder" and is_one_folder(root):
+        train = list_folder(root, "")
+        return train, Listing(train.classes), True
+    train = LISTERS[name](root, "train")
+    return train, LISTERS[name](root, "test", train.classes), False
+
+
 def input_config(data_config: dict[str, Any], model_name: str | None) -> dict[str, Any]:
     """The eval transform's input size, interpolation, crop: the model's timm ``pretrained_cfg`` (what its
     weights expect) with ``data.image_size``, ``crop_pct`` and ``interpolation`` overriding it."""
@@ -154,13 +164,12 @@ def input_config(data_config: dict[str, Any], model_name: str | None) -> dict[st
 def prepare_files(data_config: dict[str, Any], seed: int, out_table: str, out_splits: str,
                   model_name: str | None = None) -> dict[str, int]:
     """List the images (no decoding), split them like the tensors path and write the table and the split."""
-    root, lister = os.path.abspath(data_config["root"]), LISTERS[data_config["name"]]
-    train = lister(root, "train")
-    test = lister(root, "test", train.classes)
+    root = os.path.abspath(data_config["root"])
+    train, test, one_folder = official_splits(root, data_config["name"])
     kept_train = subsample(len(train), data_config["max_train"], seed)
     kept_test = subsample(len(test), data_config["max_test"], seed + 1)
-    parts = split_indices(len(kept_train), data_config["pretrain_fraction"], data_config["val_fraction"], seed,
-                          data_config["test_fraction"])
+    paths = [train.rows["path"][i] for i in kept_train] if one_folder else None
+    parts = drawn_split(data_config, seed, len(kept_train), paths)
     chosen = {split: (train, kept_train[parts[split]]) for split in ("pretrain", "train", "val")}
     columns = {name: [] for name in TABLE_SCHEMA.names}
     for split, pieces in [*((s, [c]) for s, c in chosen.items()), ("test", [(test, kept_test),
@@ -179,7 +188,7 @@ def prepare_files(data_config: dict[str, Any], seed: int, out_table: str, out_sp
     meta = {"root": root, "classes": train.classes, **norm, **inputs, "name": data_config["name"],
             "normalize": data_config["normalize"], "skip_corrupt": data_config["skip_corrupt"]}
     atomic_write_parquet(table.replace_schema_metadata({"soupflow": json.dumps(meta)}), out_table)
-    atomic_write_text(json.dumps(written_split(parts, kept_train, kept_test)), out_splits)
+    atomic_write_text(json.dumps(written_split(parts, kept_train, kept_test, one_folder)), out_splits)
     log.info("listed %d train and %d test images of %d classes in %s (%d non-image files ignored)", len(train),
              len(test), len(train.classes), root, train.skipped + test.skipped)
     return {split: int((table["split"].to_numpy(zero_copy_only=False) == split).sum()) for split in
@@ -199,6 +208,13 @@ def seeded(seed: int) -> Iterator[None]:
     finally:
         if states is not None:
             random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+
+
+def pin_batches(device: torch.device) -> bool:
+    """Whether a job's batches are put in pinned (page-locked) memory: on CUDA only, where the DataLoader's
+    pinning thread does it and ``stream``'s ``non_blocking`` copy then overlaps the GPU's work; on a CPU
+    pinning is a copy for nothing."""
+    return torch.device(device).type == "cuda"
 
 
 def image_seed(seed: int, epoch: int, position: int) -> int:
@@ -283,18 +299,19 @@ class TrainTransform:
 class FileData(PreparedData):
     """The listed images of one experiment (``prepare_files``'s table), read through DataLoader workers."""
 
-    def __init__(self, table: pa.Table, meta: dict[str, Any], path: str = "", workers: int = 0):
+    def __init__(self, table: pa.Table, meta: dict[str, Any], path: str = "", workers: int = 0, pin: bool = False):
         super().__init__(path, meta["classes"], meta["mean"], meta["std"])
-        self.meta, self.workers = meta, workers
+        self.meta, self.workers, self.pin = meta, workers, pin
         self.columns = {name: table[name].to_numpy(zero_copy_only=False) for name in TABLE_SCHEMA.names}
         self.rows = {name: np.flatnonzero(self.columns["split"] == name) for name in ("pretrain", "train", "val", "test")}
         self._plan, self._loader = Passes(), None
 
     @classmethod
-    def open(cls, path: str, workers: int = 0) -> "FileData":
-        """The table at ``path``, read by ``workers`` DataLoader processes (started now: ``start``)."""
+    def open(cls, path: str, workers: int = 0, pin: bool = False) -> "FileData":
+        """The table at ``path``, read by ``workers`` DataLoader processes (started now: ``start``), its batches
+        pinned when ``pin`` (``pin_batches``)."""
         table = pq.read_table(path)
-        return cls(table, json.loads(table.schema.metadata[b"soupflow"]), path, workers).start()
+        return cls(table, json.loads(table.schema.metadata[b"soupflow"]), path, workers, pin).start()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -355,7 +372,7 @@ class FileData(PreparedData):
             self._loader = torch.utils.data.DataLoader(
                 images, batch_sampler=self._plan,
                 num_workers=self.workers, collate_fn=collate, persistent_workers=True,
-                pin_memory=torch.cuda.is_available(), prefetch_factor=2, generator=torch.Generator())
+                pin_memory=self.pin, prefetch_factor=2, generator=torch.Generator())
             for _ in self._loader:  # an empty pass starts the workers
                 pass
         return self
@@ -366,7 +383,8 @@ class FileData(PreparedData):
         ``train``, the i-th seeded by ``seed_of(i)``); unreadable images skipped are counted."""
         if self._loader is None:
             self._loader = torch.utils.data.DataLoader(ImageFiles(self, bool(self.meta["skip_corrupt"])),
-                                                       batch_sampler=self._plan, collate_fn=collate)
+                                                       batch_sampler=self._plan, collate_fn=collate,
+                                                       pin_memory=self.pin)
         plan = self._plan
         plan.rows = torch.from_numpy(self.rows[split])[torch.as_tensor(positions, dtype=torch.int64)]
         plan.batch_size, plan.train, plan.seed_of = batch_size, train, seed_of

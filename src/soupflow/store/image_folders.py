@@ -4,6 +4,7 @@ folder (``<split>/<class>/<n>.jpg``) or as WebDataset tar shards (``<split>/shar
 
     python -m soupflow.store.image_folders OUT --size 224 --count 20000 [--test 2000] [--format jpg|png]
         [--shards 8]   # tar shards instead of a folder
+        [--one-folder] # OUT/<class>/<n>.jpg, no train/ and test/: the layout of a user's own photos
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def export_fashion_mnist(out: Path, size: int | None, count: int, test: int, suf
     from soupflow.store.data import load_idx_dataset
 
     raw = load_idx_dataset(root)
+    if test < 0:  # one folder of class folders (a split the workflow draws itself)
+        images, labels = raw["train"]
+        write_folder(out, "", images[:count, 0], labels[:count], list(FASHION_CLASSES), size, suffix)
+        return
     for split, limit in (("train", count), ("test", test)):
         images, labels = raw[split]
         images, labels = images[:limit, 0], labels[:limit]
@@ -74,8 +79,11 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=2000, help="test images")
     parser.add_argument("--format", choices=["jpg", "png"], default="jpg")
     parser.add_argument("--shards", type=int, default=0, help="write this many WebDataset tar shards per split")
+    parser.add_argument("--one-folder", action="store_true",
+                        help="OUT/<class>/*.jpg from --count training images, without train/ and test/ folders")
     args = parser.parse_args()
-    export_fashion_mnist(args.out, args.size, args.count, args.test, args.format, args.shards)
+    test = -1 if args.one_folder else args.test
+    export_fashion_mnist(args.out, args.size, args.count, test, args.format, args.shards)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Splits (all disjoint):
 - ``train``: fine-tunes every run;
 - ``val``: ranks and selects soup ingredients, nothing else;
 - ``test``: the official test split (plus ``data.test_fraction`` of the official training images, for
-  narrower intervals), only for reporting. Selection never sees it.
+  narrower intervals), only for reporting. Selection never sees it. One folder of class folders (an
+  image_folder without ``train/`` and ``test/``) has no official test split: ``data.test_fraction`` of its
+  images, drawn image by image (``drawn_split``), are the test split.
 
 Two formats (``data.format``) implement ``PreparedData``: ``tensors`` (``soupflow.store.data``: every image
 decoded once into uint8 tensors held in memory) and ``files`` (``soupflow.store.files``: a list of image files
@@ -19,6 +21,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+from soupflow.plan.one_folder import hashed_parts
 
 SPLITS = ("pretrain", "train", "val", "test")
 
@@ -44,6 +48,17 @@ def split_indices(n: int, pretrain_fraction: float, val_fraction: float, seed: i
         "test_extra": np.sort(order[cuts[1]:cuts[2]]),
         "train": np.sort(order[cuts[2]:]),
     }
+
+
+def drawn_split(data_config: dict[str, Any], seed: int, n: int, paths: list[str] | None = None
+                ) -> dict[str, np.ndarray]:
+    """``split_indices``'s parts of the ``n`` kept training images; with their ``paths`` (one folder of class
+    folders, no official test split), each image's part drawn by a seeded hash of its path instead
+    (``soupflow.plan.one_folder``): adding images moves no other image, and ``test_extra`` is the test split."""
+    if paths is None:
+        return split_indices(n, data_config["pretrain_fraction"], data_config["val_fraction"], seed,
+                             data_config["test_fraction"])
+    return {part: np.asarray(rows, dtype=np.int64) for part, rows in hashed_parts(paths, data_config, seed).items()}
 
 
 def class_split(train_y: np.ndarray, data_config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
@@ -133,12 +148,18 @@ def test_rows(splits: dict[str, Any]) -> list[tuple[str, int]]:
     return [("test", i) for i in splits["test"]] + [("train", i) for i in splits.get("test_extra", [])]
 
 
-def written_split(parts: dict[str, np.ndarray], kept_train: np.ndarray, kept_test: np.ndarray) -> dict[str, Any]:
-    """The split as ``splits.json`` records it: indices into the official train and test splits."""
+def written_split(parts: dict[str, np.ndarray], kept_train: np.ndarray, kept_test: np.ndarray,
+                  one_folder: bool = False) -> dict[str, Any]:
+    """The split as ``splits.json`` records it: indices into the official train and test splits (one folder of
+    class folders: into its one listing, which stands for the train split; its test split is test_extra)."""
     record = {split: kept_train[index].tolist() for split, index in parts.items()}
     record["test"] = kept_test.tolist()
     record["description"] = ("indices into the official train split (pretrain/train/val, and test_extra: test images "
                              "after the official ones) and into the official test split (test)")
+    if one_folder:
+        record["description"] = ("indices into data.root's images (class folders sorted, then paths sorted): "
+                                 "pretrain/train/val, and test_extra, the test split; each image's split drawn by a "
+                                 "seeded hash of its path (soupflow.plan.one_folder), so adding images moves no other")
     return record
 
 

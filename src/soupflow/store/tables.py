@@ -20,6 +20,10 @@ ARROW_TYPES = {float: pa.float64(), int: pa.int64(), str: pa.string(), bool: pa.
 #: The column type of every hyperparameter, from its kind in the catalog.
 HYPERPARAMETER_TYPES: dict[str, pa.DataType] = {hp.name: ARROW_TYPES[hp.kind] for hp in HYPERPARAMETERS}
 
+#: The scores of a run's moving average of its weights (hyperparameter ``ema_decay``; null for runs without
+#: one, and absent from metrics written before it was added: the runs table aligns such parts by name).
+EMA_COLUMNS = [(f"ema_{split}_{name}", pa.float64()) for split in ("val", "test") for name in ("accuracy", "loss")]
+
 RUN_SCHEMA = pa.schema(
     [("run_id", pa.string())]
     + [(f"hp_{name}", kind) for name, kind in HYPERPARAMETER_TYPES.items()]
@@ -28,6 +32,7 @@ RUN_SCHEMA = pa.schema(
        ("train_images_per_second", pa.float64()), ("n_parameters", pa.int64()), ("device", pa.string()),
        ("images_skipped", pa.int64())]
     + [(f"{split}_{name}", pa.float64()) for split in ("val", "test") for name in ("accuracy", "loss")]
+    + EMA_COLUMNS
 )
 
 
@@ -87,7 +92,8 @@ SOUP_SCHEMA = pa.schema(
     + [("inference_passes_soup", pa.int64()), ("inference_passes_ensemble", pa.int64()),
        ("selection_passes", pa.int64()), ("options", pa.string()),
        ("precheck_midpoint_val_accuracy", pa.float64()), ("precheck_pair_val_accuracy", pa.float64()),
-       ("soupability", pa.string()), ("seconds", pa.float64()), ("val_images_scored", pa.int64()),
+       ("soupability", pa.string()), ("precheck_midpoint_recompute_val_accuracy", pa.float64()),
+       ("soupability_recompute", pa.string()), ("seconds", pa.float64()), ("val_images_scored", pa.int64()),
        ("val_images_per_pass", pa.int64())]
 )
 
@@ -104,13 +110,17 @@ TRACE_SCHEMA = pa.schema(
 
 
 #: Each soup against each replicate's best individual (``scope`` replicate, its ``seed``) and pooled over the
-#: replicates (``scope`` pooled: mean test accuracy, the stratified interval, ``wins_k`` of ``replicates_n``
-#: replicates won alone, the ``verdict``): ``metrics/pooled.parquet`` (rule pooled).
+#: replicates (``scope`` pooled: mean test accuracy, the hierarchical interval in the paired columns, the
+#: images-only interval ``images_*``, the t interval over replicates ``t_*``, each replicate's difference
+#: ``replicate_diffs`` and their sign test ``sign_p`` (``stats.PooledComparison.columns``), ``wins_k`` of
+#: ``replicates_n`` replicates won alone, the ``verdict``): ``metrics/pooled.parquet`` (rule pooled).
 POOLED_SCHEMA = pa.schema(
     [("soup", pa.string()), ("recipe", pa.string()), ("scope", pa.string()), ("seed", pa.int64()),
      ("test_accuracy", pa.float64()), ("best_test_accuracy", pa.float64())]
-    + _paired("") + [("wins_k", pa.int64()), ("loses_k", pa.int64()), ("replicates_n", pa.int64()),
-                     ("test_images", pa.int64()), ("verdict", pa.string())]
+    + _paired("") + [(name, pa.float64()) for name in ("images_low", "images_high", "t_mean", "t_low", "t_high")]
+    + [("replicate_diffs", pa.list_(pa.float64())), ("sign_p", pa.float64()),
+       ("wins_k", pa.int64()), ("loses_k", pa.int64()), ("replicates_n", pa.int64()),
+       ("test_images", pa.int64()), ("verdict", pa.string())]
 )
 
 
@@ -144,7 +154,7 @@ def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
 #: run's checkpoint, cached outputs and kept epochs through these, never by a folder layout of its own; the
 #: summary's retry command names the metrics file.
 RUN_FILE_COLUMNS = {"metrics": "metrics_file", "model": "model_file", "outputs": "outputs_file",
-                    "epochs": "epochs_file"}
+                    "epochs": "epochs_file", "ema": "ema_file"}
 
 
 def write_runs_table(metrics: list[str], files: dict[str, list[str]], out: str) -> pd.DataFrame:
