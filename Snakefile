@@ -20,6 +20,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/weights.smk"
 include: "workflow/rules/init.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/soups.smk"
@@ -32,6 +33,7 @@ include: "workflow/rules/export.smk"
 # Seconds of pandas: on a cluster they run where Snakemake runs instead of waiting in the queue.
 localrules:
     all,
+    pretrained_weights,  # hub weights: where the network is (compute nodes may lack it)
     resolved_config,
     run_table,
     soups_table,

@@ -251,7 +251,7 @@ def ddp(work: Path, device: str, data_root: str) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data = str(work / "data.safetensors")
     if not Path(data).exists():
-        prepare({**DEFAULTS["data"], "root": data_root, "max_train": 4000 if device == "cuda" else 1200,
+        prepare({**DEFAULTS["data"], "root": data_root, "max_train": 4000 if device == "cuda" else 600,
                  "max_test": 500}, 0, data, str(work / "splits.json"))
     torch.manual_seed(0)
     save_checkpoint(model_for(open_data(data), PROBE_MODEL).state_dict(), work / "init.safetensors")
@@ -282,6 +282,8 @@ def ddp(work: Path, device: str, data_root: str) -> dict:
     backend = "nccl" if device == "cuda" else "gloo"
     problems = [f"{way}: {r['status']} on {r['device']}" for way, r in rates.items()
                 if (r["status"], r["device"]) != ("ok", device)]
+    expected = {"device": device, "precision": "bf16" if device == "cuda" else "fp32"}  # training.precision auto
+    problems += [f"{way} checkpoint: {m}" for way, m in meta.items() if m != expected]
     if found.get("backend") != backend or found.get("all_reduce") != 1.0:
         problems.append(f"probe: {found}")
     ratio = rates["launcher"]["img_s"] / rates["plain"]["img_s"]

@@ -130,7 +130,7 @@ smoke_workflow() {  # smoke_workflow LOG: the smoke experiment's model jobs (ini
     mkdir -p "$WORK/smoke"
     "$PY" bench/gpu_check.py config --mode "$MODE" --data "$DATA" --out "$WORK/smoke/config.yaml" || return 1
     env $SMOKE_ENV "$PY" -m snakemake -s "$ROOT/Snakefile" --configfile "$WORK/smoke/config.yaml" \
-        --directory "$WORK/smoke" --cores "$CORES" results/metrics/soups.parquet >"$1" 2>&1
+        --directory "$WORK/smoke" --cores "$CORES" results/metrics/soups.parquet results/config.yaml >"$1" 2>&1
 }
 
 part_smoke() {

@@ -8,6 +8,7 @@ results/bench/<section>.parquet.
     .venv/bin/python bench/run.py --only ddp    # a fine-tune on 1 and 2 processes through torch.distributed
     .venv/bin/python bench/run.py --only selection --results results   # after `snakemake --cores 2`
     .venv/bin/python bench/run.py --only phase --results results       # the soups phase, per soup vs one job
+    .venv/bin/python bench/run.py --only loader  # files loader vs tensors at 1/2/4 workers; 224 px job memory
 
 Ratios are taken side by side in one run on one machine; nothing here is a pass/fail test.
 """
@@ -35,6 +36,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from data_path import bench_data  # noqa: E402  (bench/ is on sys.path: this file's folder)
 from ddp import bench_ddp  # noqa: E402
+from loader import bench_loader  # noqa: E402
 from soups_phase import bench_soups_phase  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -521,7 +523,7 @@ def _names(listed: str | None) -> list[str] | None:
 def main() -> None:
     global FASHION
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data", "ddp", "phase"], action="append")
+    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data", "ddp", "phase", "loader"], action="append")
     parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection, phase)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
@@ -550,7 +552,8 @@ def main() -> None:
                                                                   _names(args.augmentations), args.repeats),
                      "dag": lambda: bench_dag(work), "data": lambda: bench_data(work), "ddp": lambda: bench_ddp(work),
                      "selection": lambda: bench_selection(work, Path(args.results)),
-                     "phase": lambda: bench_soups_phase(out, Path(args.results))}[section]()
+                     "phase": lambda: bench_soups_phase(out, Path(args.results)),
+                     "loader": lambda: bench_loader(work)}[section]()
             table["machine"] = machine()
             atomic_write_parquet(table, out / f"{section}.parquet")
     print(f"\nwritten: {', '.join(str(out / f'{s}.parquet') for s in sections)}")

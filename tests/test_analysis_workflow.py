@@ -47,9 +47,20 @@ def test_gains_follow_their_definition_and_diverged_runs_are_skipped(analysed):
     assert set(pairs.shared_epochs) <= {1.0, 2.0}
 
 
+def test_every_pair_is_scored_with_averaged_and_re_estimated_batchnorm_statistics(analysed):
+    work, _ = analysed
+    pairs = table(work, "pairs")
+    by_pair = pairs.groupby(["run_a", "run_b"]).bn.apply(sorted)
+    assert len(by_pair) and (by_pair.map(tuple) == ("keep", "recompute")).all()  # test_resnet has BatchNorm
+    for name in ("correlations", "triplets", "transitivity", "embedding", "robustness", "shared_training", "headline"):
+        assert set(table(work, name).bn) <= {"keep", "recompute"}, name
+    assert set(table(work, "headline").bn) == {"keep", "recompute"}
+
+
 def test_a_pair_soup_is_the_midpoint_of_its_two_models(analysed):
     work, _ = analysed
-    pair = table(work, "pairs").iloc[0]
+    pairs = table(work, "pairs")
+    pair = pairs[pairs.bn == "keep"].iloc[0]  # averaged statistics: the plain midpoint
     a = load_file(work / "results/runs" / pair.run_a / "model.safetensors")
     b = load_file(work / "results/runs" / pair.run_b / "model.safetensors")
     midpoint = {k: ((a[k].double() + b[k].double()) / 2).to(a[k].dtype) if a[k].is_floating_point() else a[k] for k in a}
@@ -75,10 +86,12 @@ def test_sanity_self_soup_gains_exactly_zero_and_untrained_soups_do_not_gain(ana
 
 def test_headline_and_report_include_the_analysis(analysed, tmp_path):
     work, _ = analysed
-    headline = table(work, "headline").iloc[0]
+    headlines = table(work, "headline").set_index("bn")
     pairs = table(work, "pairs")
-    assert headline.n_pairs == len(pairs)
-    assert headline.fraction_positive_loss == pytest.approx((pairs.gain_loss > 0).mean())
+    for bn, headline in headlines.iterrows():
+        rows = pairs[pairs.bn == bn]
+        assert headline.n_pairs == len(rows)
+        assert headline.fraction_positive_loss == pytest.approx((rows.gain_loss > 0).mean())
     report = work / "report.html"
     result = snakemake(work, SMOKE, "analysis", "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -88,7 +101,8 @@ def test_headline_and_report_include_the_analysis(analysed, tmp_path):
 
 def test_adding_runs_to_a_finished_analysis_computes_only_their_pairs(analysed, tmp_path):
     """Pair results are cached by content: after one more grid value, the pair soups computed are exactly the
-    usable pairs that include the new runs, though every pair job runs again (the pairs are dealt anew)."""
+    usable pairs that include the new runs, though every pair job runs again (the pairs are dealt anew).
+    Counts are of rows: a pair and a BatchNorm option."""
     import re
     import shutil
 

@@ -44,6 +44,23 @@ def test_timm_hub_weights_offline_fail_with_one_clear_message(tmp_path, data_pat
     assert not (tmp_path / "init.safetensors").exists()
 
 
+def test_timm_init_reads_only_the_weights_the_local_rule_fetched(tmp_path, data_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # a compute node without network
+    name = "test_resnet.r160_in1k"
+    fetched = create_model({"name": name}, num_classes=1000, in_chans=3).state_dict()
+    save_file(fetched, str(tmp_path / "fetched.safetensors"))
+    config = merge_defaults({"model": {"name": name, "init": "timm"}})
+    make_init(config, InitPaths(data_path, str(tmp_path / "init.safetensors"), {},
+                                pretrained=str(tmp_path / "fetched.safetensors")))
+    init = load_file(str(tmp_path / "init.safetensors"))
+    body = [k for k in init if k.startswith("layer") and init[k].is_floating_point()]
+    assert body and all(torch.equal(init[k], fetched[k]) for k in body)
+    assert init["conv1.0.weight"].shape[1] == 1  # timm adapted the stem to grey images, and the head to 10 classes
+    assert init["fc.weight"].shape[0] == 10
+
+
 def test_rotation_pretext_turns_every_image_four_ways_and_labels_the_turn():
     from soupflow.core.pretext import rotation_task
 

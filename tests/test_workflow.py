@@ -360,8 +360,14 @@ def test_replicates_are_pooled_from_each_pipeline_and_a_new_one_plans_only_its_j
     from soupflow.store.prepared import test_rows
 
     images = [test_rows(json.loads((folder / "data/splits.json").read_text())) for folder in folders.values()]
-    expected = pooled_compare(list(replicates.values()), images).accuracy_pt
-    assert (row.acc_diff_pt, row.acc_diff_pt_low, row.acc_diff_pt_high) == (expected.diff, expected.low, expected.high)
+    expected = pooled_compare(list(replicates.values()), images)
+    assert (row.acc_diff_pt, row.acc_diff_pt_low, row.acc_diff_pt_high) == (
+        expected.accuracy_pt.diff, expected.accuracy_pt.low, expected.accuracy_pt.high)
+    # each replicate's difference in seed order, their t interval, and the verdict that reads both intervals
+    assert list(row.replicate_diffs) == [compare(*replicates[seed]).accuracy_pt.diff for seed in folders]
+    assert (row.t_low, row.t_high) == (expected.seeds_pt.low, expected.seeds_pt.high)
+    assert row.verdict == ("WINS" if row.acc_diff_pt_low > 0 and row.t_low > 0 else
+                           "LOSES" if row.acc_diff_pt_high < 0 and row.t_high < 0 else "")
     assert row.replicates_n == 2 and row.test_images == sum(len(r[2]) for r in replicates.values())
     assert "pooled over 2 replicates" in (results / "pooled.txt").read_text()
     assert (results / "plots/replicates.png").read_bytes()[:4] == b"\x89PNG"

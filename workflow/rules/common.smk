@@ -21,6 +21,7 @@ from soupflow.plan.grid import (
     sample_pairs,
 )
 from soupflow.plan.params import (
+    fetches_weights,
     image_folders,
     kept_epochs,
     pipelines,

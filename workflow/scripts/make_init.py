@@ -6,4 +6,6 @@ from soupflow.plan.params import kept_epochs
 
 config = open_job(snakemake, resumable=True)
 epochs = dict(zip(kept_epochs(config), snakemake.output.epochs, strict=True))  # the rule lists kept_epochs in order
-make_init(config, InitPaths(data=snakemake.input.data, model=snakemake.output.model, epochs=epochs), snakemake.threads)
+paths = InitPaths(data=snakemake.input.data, model=snakemake.output.model, epochs=epochs,
+                  pretrained=snakemake.input.get("pretrained"))
+make_init(config, paths, snakemake.threads)

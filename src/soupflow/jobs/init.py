@@ -40,6 +40,7 @@ class InitPaths:
     data: str
     model: str
     epochs: dict[int, str] = field(default_factory=dict)
+    pretrained: str | None = None  # model.init: timm: the hub weights rule pretrained_weights fetched
 
 
 def init_board(paths: InitPaths, part: str) -> str:
@@ -48,17 +49,21 @@ def init_board(paths: InitPaths, part: str) -> str:
     return f"{run_board(str(Path(paths.model).parent))}/{part}"
 
 
-def _timm_pretrained(context: JobContext) -> torch.nn.Module:
-    """timm's own pretrained weights: from ``model.file`` (a timm-format checkpoint, offline) or the hub.
+def _timm_pretrained(context: JobContext, fetched: str | None = None) -> torch.nn.Module:
+    """timm's own pretrained weights: from ``model.file`` (a timm-format checkpoint, offline), from the file
+    rule pretrained_weights fetched on the submitting machine (``fetched``: offline here), or, for an
+    ``hf-hub:`` name, from the hub.
 
     timm adapts the input channels and re-creates a head of another size itself (``load_pretrained``).
     """
     model_config = context.config["model"]
-    overlay = {"file": resolve_file(model_config["file"])} if model_config["file"] else None
+    file = resolve_file(model_config["file"]) if model_config["file"] else fetched
+    overlay = {"file": file} if file else None
     try:
         return context.model(pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as error:  # network errors surface as many exception types
-        where = f"model.file {model_config['file']!r}" if overlay else "the Hugging Face hub"
+        where = (f"model.file {model_config['file']!r}" if model_config["file"] else
+                 f"the fetched weights {fetched}" if fetched else "the Hugging Face hub")
         raise RuntimeError(
             f"could not load timm weights for {model_config['name']!r} from {where} ({type(error).__name__}: "
             f"{error}). model.init: timm needs network access to the hub, a filled HF cache, or model.file "
@@ -120,12 +125,12 @@ def _pretraining_twin(model: torch.nn.Module, model_config: dict[str, Any], data
     return twin, head
 
 
-def _started(context: JobContext, meta: dict[str, str]) -> torch.nn.Module:
+def _started(context: JobContext, meta: dict[str, str], fetched: str | None = None) -> torch.nn.Module:
     """The model before any pretraining: timm's weights, a file's, or a seeded fresh model; BatchNorm
     statistics re-estimated on train images with ``model.init_bn: recompute``."""
     config, model_config = context.config, context.config["model"]
     torch.manual_seed(pipeline_seed(config, model_config["head_seed"]))
-    model = _timm_pretrained(context) if model_config["init"] == "timm" else context.model()
+    model = _timm_pretrained(context, fetched) if model_config["init"] == "timm" else context.model()
     if model_config["init"] == "file":
         _imported(model, model_config, meta)
     if model_config["init_bn"] == "recompute" and has_batchnorm(model):
@@ -191,7 +196,7 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
     set_threads(threads)
     context = JobContext.open(config, paths.data, threads, training=True)
     meta = checkpoint_metadata(config["model"], context.data, init=config["model"]["init"])
-    model = _started(context, meta)
+    model = _started(context, meta, paths.pretrained)
     # Kept epochs go to a staging folder first and are moved into place only when pretraining finished:
     # Snakemake deletes the outputs of a failed job, and a resumed job cannot re-save past epochs.
     staging = Path(paths.model).parent / ".staging"

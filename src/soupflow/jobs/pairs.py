@@ -237,8 +237,9 @@ def pair_soups(config: dict[str, Any], pairs: list[list[str]], runs: dict[str, R
         missing = [bn for bn in scorer.statistics if bn not in kept]
         start = time.perf_counter()
         fresh = dict(zip(missing, scorer.pair_rows(run_a, run_b, missing))) if missing else {}
+        seconds = (time.perf_counter() - start) / max(1, len(fresh))  # the pair's time, shared by its new rows
         for bn, row in fresh.items():
-            row["seconds"] = (time.perf_counter() - start) / len(fresh)
+            row["seconds"] = seconds
             if cached[bn] is not None:
                 atomic_write_text(json.dumps(row), cached[bn])
             log.info("pair %d/%d %s + %s, bn %s: gain %.4f (loss), %+.4f (accuracy), KL %.4f", index, len(pairs),

@@ -19,7 +19,12 @@ from soupflow.plan.errors import ConfigError
 from soupflow.plan.model_file import WeightsError, resolve_file
 from soupflow.plan.one_folder import class_folders, count_images, images_needed, is_one_folder
 from soupflow.plan.params import kept_epochs, soup_base, soup_name
-from soupflow.plan.timm_names import check_model_kwargs, check_model_name, check_optimizer_names
+from soupflow.plan.timm_names import (
+    check_model_kwargs,
+    check_model_name,
+    check_optimizer_names,
+    check_pretrained_name,
+)
 
 log = logging.getLogger("soupflow")
 
@@ -348,6 +353,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     if check_model:
         check_model_name(config["model"])
         check_model_kwargs(config["model"])
+        check_pretrained_name(config["model"])
         check_optimizer_names(written(config, "optimizer") + [("pretrain.optimizer", config["pretrain"]["optimizer"])])
     _check_soups(config["soups"])
     _check_hyperparameter_names(config)

@@ -54,6 +54,12 @@ def init_file(folder: str = INIT) -> str:
     return f"{folder}/model.safetensors"
 
 
+def pretrained_file(model_name: str) -> str:
+    """timm's hub weights of ``model.name`` (``model.init: timm``), fetched once for every pipeline on the
+    machine that runs Snakemake (rule pretrained_weights); named by the name, pretrained tag included."""
+    return f"{RESULTS}/pretrained/{model_name}.safetensors"
+
+
 def epoch_file(folder: str, epoch: int) -> str:
     """A kept epoch's checkpoint: of the pretraining (``results/init``) or of a fine-tune (its ``epochs/``)."""
     return f"{folder}/epoch_{int(epoch):03d}.safetensors"

@@ -54,6 +54,13 @@ def pipelines(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {layout.pipeline_folder(seed, config["seed"]): {**config, "seed": seed} for seed in ordered}
 
 
+def fetches_weights(model: dict[str, Any]) -> bool:
+    """Whether the init reads timm's hub weights from the file rule pretrained_weights fetches: ``model.init:
+    timm`` without ``model.file``, for a timm name (an ``hf-hub:`` name brings its own config: its init job asks
+    the hub itself)."""
+    return model["init"] == "timm" and not model["file"] and not model["name"].startswith(("hf-hub:", "hf_hub:"))
+
+
 def kept_epochs(config: dict[str, Any]) -> list[int]:
     """Epochs of the pretraining trajectory kept as branch points (0 = before pretraining)."""
     if config["model"]["init"] != "pretrain":

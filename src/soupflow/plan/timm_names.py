@@ -135,3 +135,25 @@ def check_model_kwargs(model: dict[str, Any]) -> None:
 def _raise_unless_ok(text: str) -> None:
     if text != "ok":
         raise ConfigError(text)
+
+
+def check_pretrained_name(model: dict[str, Any]) -> None:
+    """``model.init: timm`` without ``model.file`` needs a ``model.name`` timm has pretrained weights of: a name
+    of ``timm.list_pretrained()`` (``resnet18.a1_in1k``: the tag names the weights), or an architecture that has
+    some (timm then picks its default tag). Cached per timm version as the architectures are."""
+    if model["init"] != "timm" or model["file"] or model["name"].startswith(("hf-hub:", "hf_hub:")):
+        return
+
+    def listed() -> list[str]:
+        import timm  # here, as in known_timm_models
+
+        return timm.list_pretrained()
+    known = _cached_names("pretrained", listed)
+    name = model["name"]
+    if known is None or name in known or any(known_name.startswith(f"{name}.") for known_name in known):
+        return
+    arch = name.split(".")[0]
+    tags = sorted(known_name for known_name in known if known_name.startswith(f"{arch}."))[:8]
+    hint = f"{', '.join(tags)} (timm.list_pretrained('{arch}.*'))" if tags else "a name of timm.list_pretrained()"
+    raise ConfigError(f"config key 'model.name' is {name!r}, which timm has no pretrained weights of (model.init: "
+                      f"timm); allowed: {hint}, or model.init: pretrain")

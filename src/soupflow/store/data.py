@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from soupflow.store.files import list_folder
+from soupflow.store.files import official_splits
 from soupflow.store.io import atomic_save_safetensors, atomic_write_text, open_safetensors
 from soupflow.store.prepared import (
     SPLITS,
@@ -24,9 +24,9 @@ from soupflow.store.prepared import (
     DataError,
     PreparedData,
     class_split,
+    drawn_split,
     normalisation,
     relabelled,
-    split_indices,
     subsample,
     written_split,
 )
@@ -90,19 +90,20 @@ def load_cifar(name: str, root: str, download: bool) -> dict[str, Any]:
 
 
 def load_image_folder(root: str, image_size: int | None) -> dict[str, Any]:
-    """An image folder with ``train/`` and ``test/`` subfolders, each ``<class>/<image>`` (listed as the files
-    format lists it), decoded and resized once here; the rest of the workflow reads the cached tensors."""
-    out: dict[str, Any] = {}
+    """An image folder with ``train/`` and ``test/`` subfolders, each ``<class>/<image>``, or one folder of class
+    folders (listed as the files format lists it: ``official_splits``), decoded and resized once here; the
+    rest of the workflow reads the cached tensors. One folder: all of it as train, an empty test, and
+    ``paths`` (each image's path in ``root``, which ``drawn_split`` draws its split from)."""
     size = image_size or 64
-    for split in ("train", "test"):
-        listing = list_folder(root, split, out.get("classes"))
+    train, test, one_folder = official_splits(root, "image_folder")
+    out: dict[str, Any] = {"classes": train.classes, "paths": train.rows["path"] if one_folder else None}
+    for split, listing in (("train", train), ("test", test)):
         images = np.empty((len(listing), 3, size, size), dtype=np.uint8)
         for i, path in enumerate(listing.rows["path"]):
             with Image.open(os.path.join(root, path)) as image:
                 image = image.convert("RGB").resize((size, size), Image.BILINEAR)
                 images[i] = np.asarray(image).transpose(2, 0, 1)
         out[split] = (images, np.asarray(listing.rows["label"], dtype=np.int64))
-        out["classes"] = listing.classes
     return out
 
 
@@ -152,9 +153,9 @@ def prepare_tensors(data_config: dict[str, Any], seed: int, out_tensors: str, ou
                                             ((raw["train"], kept_train), (raw["test"], kept_test)))
     train_x, test_x = resize(train_x, data_config["image_size"]), resize(test_x, data_config["image_size"])
     transfer = data_config["finetune_classes"]
+    paths = raw.get("paths")  # one folder of class folders: each kept image's path draws its split
     if transfer is None:
-        parts = split_indices(len(train_y), data_config["pretrain_fraction"], data_config["val_fraction"], seed,
-                              data_config["test_fraction"])
+        parts = drawn_split(data_config, seed, len(train_y), None if paths is None else [paths[i] for i in kept_train])
         labels = {split: train_y for split in ("pretrain", "train", "val", "test_extra")} | {"test": test_y}
     else:  # few-label transfer: the fine-tuning classes' test images only, every head's labels 0..n-1
         parts = class_split(train_y, data_config, seed)
@@ -178,7 +179,7 @@ def prepare_tensors(data_config: dict[str, Any], seed: int, out_tensors: str, ou
                 "std": json.dumps(norm["std"]), "normalize": json.dumps(data_config["normalize"]),
                 "name": data_config["name"], "pretrain_classes": json.dumps(norm.get("pretrain_classes"))}
     atomic_save_safetensors(tensors, out_tensors, metadata)
-    split = written_split(parts, kept_train, kept_test)
+    split = written_split(parts, kept_train, kept_test, paths is not None)
     if transfer is not None:
         split |= {"pretrain_classes": data_config["pretrain_classes"], "finetune_classes": transfer}
     atomic_write_text(json.dumps(split), out_splits)
@@ -210,8 +211,9 @@ class TensorData(PreparedData):
         """(channels, height, width) of every image, read from the file's header (no tensor loaded)."""
         if not self.path:
             return tuple(next(iter(self._loaded.values()))[0].shape[1:])
-        with open_safetensors(self.path) as handle:
-            return tuple(handle.get_slice("test_x").get_shape()[1:])
+        with open_safetensors(self.path) as handle:  # the corrupted test copy holds corrupted_x, no test_x
+            name = "test_x" if "test_x" in handle.keys() else next(k for k in handle.keys() if k.endswith("_x"))
+            return tuple(handle.get_slice(name).get_shape()[1:])
 
     def split(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and int64 labels of one split, on ``device`` (read once per device)."""
