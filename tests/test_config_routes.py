@@ -24,15 +24,16 @@ SAMPLES = {
                  "schedule": "cosine", "warmup_fraction": 0.2, "seed": 4, "branch_epoch": 1,
                  "perturbation": "salty2", "bn_statistics": "frozen", "data_fraction": 0.5, "mixup": 0.2,
                  "cutmix": 1.0, "random_erase": 0.25, "drop_path_rate": 0.1, "layer_decay": 0.8,
-                 "wd_norm_bias": False, "grad_accum_steps": 2, "clip_grad": 1.0},
+                 "wd_norm_bias": False, "grad_accum_steps": 2, "clip_grad": 1.0, "ema_decay": 0.99},
     "data": {"name": "fashion_mnist", "root": SMOKE["data"]["root"], "download": True, "image_size": 16,
              "normalize": {"mean": [0.3], "std": [0.4]}, "pretrain_fraction": 0.3, "val_fraction": 0.25,
              "test_fraction": 0.1, "max_train": 500, "max_test": None},
-    "analysis": {"pairs": 5, "seed": 1, "jobs": 1, "color_by": "lr",
+    "analysis": {"pairs": 5, "seed": 1, "jobs": 1, "color_by": "lr", "bn": ["keep"], "bn_images": 64,
                  "branching": {"epochs": [1], "perturbations": ["salty2"]},
                  "corruptions": {"types": ["contrast", "jpeg"], "severities": [2], "max_images": 50, "seed": 1}},
     "training": {"precision": "fp32", "checkpoint_every_steps": 0, "devices_per_run": 2, "sync_bn": True,
-                 "compile": True},
+                 "compile": True, "workers": 1},
+    "evaluation": {"batch_size": 100, "memory_mb": 512, "device": "cpu"},
 }
 #: the keys only data.format files takes, sampled on a folder of images
 FILES_SAMPLES = {

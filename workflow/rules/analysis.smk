@@ -46,7 +46,8 @@ rule corrupted_outputs:
 
 rule pair_soups:
     """Midpoint soups of one share of the pairs, with gains and similarity measures: one row per pair and
-    BatchNorm option of analysis.bn (averaged statistics; re-estimated on train images)."""
+    BatchNorm option of analysis.bn (averaged statistics; re-estimated on train images).
+    """
     input:
         data=in_main(rules.prepare_data.output.data),
         corrupted=rules.corrupt_test.output[0],

@@ -1,8 +1,8 @@
 rule init:
     """The weights every fine-tune starts from (classifier head included), plus kept branch points."""
     input:
-        data=rules.prepare_data.output.data,
         **HUB_WEIGHTS,  # model.init: timm: the weights rule pretrained_weights fetched
+        data=rules.prepare_data.output.data,
     output:
         model=layout.init_file(PIPELINE.init),
         epochs=[layout.epoch_file(PIPELINE.init, e) for e in KEPT_EPOCHS],

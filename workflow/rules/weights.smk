@@ -1,7 +1,8 @@
 rule pretrained_weights:
     """timm's hub weights of model.name (model.init: timm), fetched once for every pipeline on the machine that
     runs Snakemake (a local rule: cluster nodes often have no network): from the Hugging Face cache when they
-    are there, else from the hub; without either it fails in seconds, saying what to do."""
+    are there, else from the hub; without either it fails in seconds, saying what to do.
+    """
     output:
         weights=layout.pretrained_file(CONFIG["model"]["name"]),
     log:

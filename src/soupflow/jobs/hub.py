@@ -55,8 +55,10 @@ def hub_weights(name: str) -> HubWeights:
                            f"Face hub (only at {cfg.url}); allowed: download them and set model.file, or model.init: "
                            "pretrain")
     repo, _, revision = cfg.hf_hub_id.partition("@")
-    filename = cfg.hf_hub_filename or "pytorch_model.bin"
-    safe = filename.replace("pytorch_model.bin", "model.safetensors") if filename.endswith(".bin") else filename
+    from huggingface_hub.constants import PYTORCH_WEIGHTS_NAME, SAFETENSORS_SINGLE_FILE
+
+    filename = cfg.hf_hub_filename or PYTORCH_WEIGHTS_NAME
+    safe = filename.replace(PYTORCH_WEIGHTS_NAME, SAFETENSORS_SINGLE_FILE) if filename.endswith(".bin") else filename
     return HubWeights(name, repo, revision or None, tuple(dict.fromkeys((safe, filename))))
 
 
