@@ -50,6 +50,17 @@ def test_every_docs_page_is_in_the_nav_and_linked_from_the_readme():
     assert set(PAGES) - {"index.md"} <= linked, f"README links none of {sorted(set(PAGES) - {'index.md'} - linked)}"
 
 
+def test_the_key_reference_is_the_one_the_schema_and_defaults_generate():
+    """docs/keys.md is generated (`python -m soupflow.plan.keys`): a key added, renamed or re-defaulted without
+    regenerating it fails here, and every key carries a meaning."""
+    from soupflow.plan.keys import key_rows, markdown
+
+    assert (ROOT / "docs" / "keys.md").read_text() == markdown(), "run: python -m soupflow.plan.keys > docs/keys.md"
+    rows = key_rows()
+    assert {"finetune.lr", "training.workers", "evaluation.memory_mb", "soups[].bn"} <= {row.key for row in rows}
+    assert not [row.key for row in rows if not row.meaning], "every key has a description in the schema"
+
+
 def test_every_relative_link_of_the_readme_and_the_pages_names_a_file_that_exists():
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):

@@ -101,14 +101,23 @@ def _rows(schema: dict[str, Any], node: dict[str, Any], path: str, defaults: Any
     yield KeyRow(path, _kind(node), _shown(defaults), _allowed(node), UNITS.get(leaf, ""), _meaning(node))
 
 
+def _recipe_defaults() -> dict[str, str]:
+    """Each recipe-only option's defaults, with the recipes that have each: ``"5 (greedy_random, pruned_random)"``."""
+    holders: dict[str, dict[str, list[str]]] = {}
+    for recipe, traits in RECIPES.items():
+        for option, value in traits.options.items():
+            holders.setdefault(option, {}).setdefault(_shown(value), []).append(recipe)
+    return {option: "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
+            for option, by_value in holders.items()}
+
+
 def key_rows() -> list[KeyRow]:
     """Every key of the config (soups entries as ``soups[].<option>``), in the schema's order."""
     schema = load_schema()
     rows: list[KeyRow] = []
     for name, node in schema["properties"].items():
         if name == "soups":
-            options = {**SOUP_OPTIONS, **{k: v for t in RECIPES.values() for k, v in t.options.items()}}
-            rows += _rows(schema, node["items"], "soups[]", options)
+            rows += _rows(schema, node["items"], "soups[]", {**_recipe_defaults(), **SOUP_OPTIONS})
         elif name == "grid":
             rows.append(KeyRow("grid.<hyperparameter>", "array", "{}", "a list of that hyperparameter's values", "",
                                _meaning(node)))
