@@ -318,3 +318,11 @@ def test_the_analysis_batchnorm_statistics_are_validated():
         rejected(lambda c: c["analysis"].update(bn="recompute"))
     assert "analysis.bn_images" in rejected(lambda c: c["analysis"].update(bn_images=0))
     assert resolve_config({**copy.deepcopy(DEFAULT), "analysis": {"bn": ["keep"]}}, check_paths=False)["analysis"]["bn"] == ["keep"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_experiment_config_is_valid(path):
+    """The configs under experiments/ that the docs tell users to run parse as they ship (data and weight
+    paths aside, which are the user's machine's)."""
+    config = resolve_config(yaml.safe_load(path.read_text()), check_model=False, check_paths=False)
+    assert config["soups"], f"{path.name} cooks no soup"
