@@ -92,6 +92,8 @@ def test_headline_and_report_include_the_analysis(analysed, tmp_path):
         rows = pairs[pairs.bn == bn]
         assert headline.n_pairs == len(rows)
         assert headline.fraction_positive_loss == pytest.approx((rows.gain_loss > 0).mean())
+        positive = rows.gain_accuracy[rows.gain_accuracy > 0]
+        assert headline.conditional_gain_accuracy == pytest.approx(positive.mean(), nan_ok=True)
     report = work / "report.html"
     result = snakemake(work, SMOKE, "analysis", "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -171,6 +171,10 @@ def headline(pairs: pd.DataFrame, correlation: pd.DataFrame, triples: pd.DataFra
         "n_pairs": len(pairs),
         "fraction_positive_loss": float((pairs.gain_loss > 0).mean()) if len(pairs) else float("nan"),
         "fraction_positive_accuracy": float((pairs.gain_accuracy > 0).mean()) if len(pairs) else float("nan"),
+        # Too Salty's "expected soup gain given positive": the mean gain of the pairs whose gain is above zero
+        "conditional_gain_loss": float(positive.gain_loss.mean()) if len(positive) else float("nan"),
+        "conditional_gain_accuracy": float(pairs.gain_accuracy[pairs.gain_accuracy > 0].mean())
+        if (pairs.gain_accuracy > 0).any() else float("nan"),
         "spearman_kl_gain_all": float(kl.get(("kl_divergence", "all"), float("nan"))),
         "spearman_kl_gain_positive": float(kl.get(("kl_divergence", "positive"), float("nan"))),
         "n_triplets": len(triples),
