@@ -22,6 +22,18 @@ def snakemake(work, config, *args, env=None, cores=("--cores", "2")):
     return subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
 
 
+#: fixtures that run the smoke workflow: a test that takes one is in the slow tier wherever it lives
+WORKFLOW_FIXTURES = {"finished"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tiers: ``pytest -m "not slow"`` is the unit tier; a test module that runs the workflow marks itself
+    (``pytestmark``), and a test that takes a workflow fixture is marked here."""
+    for item in items:
+        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory):
     """The smoke workflow run locally once per test session: (folder, CompletedProcess)."""

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from soupflow.core.evaluate import scores_from_logits
 from soupflow.store.data import TensorData
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 
 @pytest.fixture(scope="module")
 def analysed(finished):

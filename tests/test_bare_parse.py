@@ -10,6 +10,8 @@ import pytest
 import yaml
 from conftest import ROOT, SMOKE
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 
 @pytest.fixture(scope="module")
 def bare_snakemake(tmp_path_factory):

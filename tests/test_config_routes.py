@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 from soupflow.plan.config import load_schema
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 #: a value other than the default for every key of these sections, valid on the smoke data
 SAMPLES = {
     "pretrain": {"epochs": 3, "lr": 0.03, "weight_decay": 0.001, "batch_size": 16, "optimizer": "adamw",

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from soupflow.core.models import pick_device
@@ -51,6 +52,7 @@ def _most_at_once(output: str, rule: str) -> int:
     return most
 
 
+@pytest.mark.slow
 def test_plain_cores_n_runs_one_gpu_job_per_visible_gpu(tmp_path):
     """With one visible GPU and `--cores 4` (no --resources, no profile), fine-tunes run one at a time; with
     none they run side by side. (No GPU here: torch finds no CUDA and the jobs train on the CPU.)"""

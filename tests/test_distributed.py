@@ -20,6 +20,8 @@ from soupflow.core.models import model_for, save_checkpoint
 from soupflow.plan.config import merge_defaults
 from soupflow.store.datasets import open_data, prepare
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 MODEL = {"name": "test_nfnet"}  # normaliser-free, no BatchNorm: each process's batch statistics do not matter
 HP = {"epochs": 2, "batch_size": 16, "lr": 0.01, "augmentation": "none", "schedule": "constant"}
 

@@ -15,6 +15,8 @@ from soupflow.jobs import finetune as finetune_job
 from soupflow.jobs import soup as soup_job
 from soupflow.plan.config import resolve_config
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 
 @pytest.fixture
 def smoke_run(finished):

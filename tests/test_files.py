@@ -194,6 +194,7 @@ def test_timms_strongest_policies_run_with_the_pillow_soupflow_installs():
             assert transform(image).shape == (3, 32, 32), policy
 
 
+@pytest.mark.slow
 def test_files_workflow_runs_every_soup_and_a_new_image_replans_the_data_and_what_depends_on_it(folder, tmp_path):
     config = copy.deepcopy(SMOKE)
     config["data"] = {**FILES, "root": str(folder), "normalize": "pretrained"}
@@ -219,6 +220,7 @@ def test_files_workflow_runs_every_soup_and_a_new_image_replans_the_data_and_wha
         new.unlink()
 
 
+@pytest.mark.slow
 def test_a_files_run_stopped_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_one(both, tmp_path):
     """SIGTERM while a DataLoader worker streams seeded training transforms (and mixup draws per step)."""
     import signal

@@ -88,6 +88,7 @@ def test_without_cache_or_network_it_fails_in_seconds_naming_model_init(tmp_path
     assert not (tmp_path / "w.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_the_workflow_fetches_once_on_the_submitting_host_and_the_init_reads_that_file(tmp_path, hf_home):
     work = tmp_path / "work"
     work.mkdir()
@@ -102,6 +103,7 @@ def test_the_workflow_fetches_once_on_the_submitting_host_and_the_init_reads_tha
     assert "found in the Hugging Face cache" in (work / "results/logs/pretrained_weights.log").read_text()
 
 
+@pytest.mark.slow
 def test_the_workflow_without_cache_or_network_fails_in_seconds_naming_model_init(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

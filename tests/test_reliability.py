@@ -12,6 +12,8 @@ from soupflow.core.resume import Resume
 from soupflow.core.train import TensorSource, train
 from soupflow.store import io
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 
 def _train(tmp_path, start: str):
     images = torch.randint(0, 255, (64, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 WORKER = Path(__file__).with_name("resume_worker.py")
 
 

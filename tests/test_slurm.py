@@ -17,6 +17,8 @@ import torch
 from conftest import ROOT, SMOKE, snakemake
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 
 # This machine's size for every job, so that two jobs run side by side on 2 CPUs. Thread counts match

@@ -87,6 +87,7 @@ def test_timm_init_reads_a_local_timm_checkpoint_offline(tmp_path, fashion, lite
     assert init["classifier.weight"].shape == (10, 1280)
 
 
+@pytest.mark.slow
 def test_a_short_fine_tune_from_the_real_weights_beats_random_init(tmp_path, fashion):
     """Proof that the weights arrived: same data, budget and seed; only the init's file differs.
 

@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from soupflow.plan.config import resolve_config
 from soupflow.plan.grid import expand_runs
 
+pytestmark = pytest.mark.slow  # runs the workflow (or trains) in subprocesses: the slow tier
+
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run, as {rule: count}."""
