@@ -1,6 +1,7 @@
 """Each invalid config is rejected with one line that names the key and what is allowed."""
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -326,3 +327,30 @@ def test_every_shipped_experiment_config_is_valid(path):
     paths aside, which are the user's machine's)."""
     config = resolve_config(yaml.safe_load(path.read_text()), check_model=False, check_paths=False)
     assert config["soups"], f"{path.name} cooks no soup"
+
+
+@pytest.mark.parametrize("entry, key", [({"recipe": "uniform", "passes": 3}, "soups[0].passes"),
+                                        ({"recipe": "greedy", "alphas": [0.5]}, "soups[0].alphas"),
+                                        ({"recipe": "topk", "k": 2, "repeats": 2}, "soups[0].repeats"),
+                                        ({"recipe": "model_stock", "tie": "gt"}, "soups[0].tie")])
+def test_an_option_the_recipe_does_not_take_is_rejected_naming_the_key(entry, key):
+    """A foreign option would be ignored silently by the recipe: the parse refuses it instead."""
+    config = copy.deepcopy(DEFAULT)
+    config["soups"] = [entry]
+    with pytest.raises(ConfigError, match=rf"'{re.escape(key)}' is not an option of recipe '{entry['recipe']}'"):
+        resolve_config(config, check_paths=False, check_model=False)
+
+
+def test_every_recipe_takes_its_own_options_and_the_entry_options():
+    from soupflow.plan.catalog import ENTRY_OPTIONS, RECIPES, SOUP_OPTIONS
+
+    for name, traits in RECIPES.items():
+        entry = {**{key: SOUP_OPTIONS[key] for key in (*ENTRY_OPTIONS, *traits.takes) if SOUP_OPTIONS.get(key) is not None},
+                 **traits.options, "recipe": name, "name": f"{name}_all"}
+        if traits.needs_base:
+            entry["base"] = "best_individual"
+        config = copy.deepcopy(DEFAULT)
+        config["soups"] = [{"recipe": "best_individual"}, entry]
+        resolve_config(config, check_paths=False, check_model=False)
+    assert set(SOUP_OPTIONS) <= set(ENTRY_OPTIONS).union(*(t.takes for t in RECIPES.values())), \
+        "every shared option is read by some recipe"

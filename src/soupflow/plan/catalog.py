@@ -89,26 +89,39 @@ class RecipeTraits:
     needs_start: bool = False
     needs_base: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    #: the options of ``SOUP_OPTIONS`` beyond ``ENTRY_OPTIONS`` that the recipe reads (their defaults live there)
+    takes: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        """Every key a soup entry of this recipe may set: an entry's own, the shared ones it reads, its own."""
+        return (*ENTRY_OPTIONS, *self.takes, *self.options)
 
 
 #: WiSE-FT's mixing coefficients when a wise_ft entry gives no ``alphas``: 0, 0.1, …, 1
 WISE_FT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
+#: the keys every soup entry takes, whatever its recipe
+ENTRY_OPTIONS = ("name", "recipe", "metric", "bn", "bn_images", "ingredients")
+#: what greedy selection reads (its tie rule, early rejection, a cap) and pruning (the last two)
+_GREEDY = ("tie", "early_rejection", "max_ingredients")
+_PRUNED = ("early_rejection", "max_ingredients")
+
 RECIPES: dict[str, RecipeTraits] = {traits.name: traits for traits in (
     RecipeTraits("uniform"),
-    RecipeTraits("greedy"),
-    RecipeTraits("greedy_random", options={"repeats": 5}),
-    RecipeTraits("pruned", options={"passes": 3}),
-    RecipeTraits("pruned_random", options={"passes": 3, "repeats": 5}),
+    RecipeTraits("greedy", takes=_GREEDY),
+    RecipeTraits("greedy_random", options={"repeats": 5}, takes=(*_GREEDY, "seed")),
+    RecipeTraits("pruned", options={"passes": 3}, takes=_PRUNED),
+    RecipeTraits("pruned_random", options={"passes": 3, "repeats": 5}, takes=(*_PRUNED, "seed")),
     RecipeTraits("topk", options={"k": 2}),
     RecipeTraits("best_individual", baseline=True),
     RecipeTraits("self_soup", baseline=True),
-    RecipeTraits("untrained", baseline=True),
-    RecipeTraits("model_stock", needs_start=True),
+    RecipeTraits("untrained", baseline=True, takes=("seed",)),
+    RecipeTraits("model_stock", needs_start=True, takes=("k",)),
     RecipeTraits("wise_ft", needs_start=True, needs_base=True,
                  options={"base": "best_individual", "alphas": list(WISE_FT_ALPHAS)}),
     RecipeTraits("learned", options={"epochs": 3, "lr": 0.05, "batch_size": 500, "granularity": "module",
-                                     "max_memory_mb": 4096}),
+                                     "max_memory_mb": 4096}, takes=("k", "seed")),
 )}
 
 #: train images BatchNorm statistics are re-estimated on (a soup's ``bn: recompute``, ``model.init_bn: recompute``)

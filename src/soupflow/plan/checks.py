@@ -170,6 +170,12 @@ def _check_soups(soups: list[dict[str, Any]]) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"config key 'soups' names {', '.join(duplicates)} more than once; give each entry a unique 'name'")
+    for index, soup in enumerate(soups):
+        allowed = RECIPES[soup["recipe"]].allowed
+        foreign = [key for key in soup if key not in allowed]
+        if foreign:
+            raise ConfigError(f"config key 'soups[{index}].{foreign[0]}' is not an option of recipe "
+                              f"{soup['recipe']!r}; allowed: {', '.join(allowed)}")
     bases = [name for name, soup in zip(names, soups) if not RECIPES[soup["recipe"]].needs_base]
     for index, soup in enumerate(soups):
         base = soup_base(soup)
