@@ -220,6 +220,18 @@ def test_two_accumulated_micro_batches_of_64_take_the_step_of_one_batch_of_128()
     assert not all(torch.equal(accumulated[k], at_once[k]) for k in at_once)  # two passes really ran
 
 
+def test_a_short_batch_in_unequal_micro_batches_takes_the_step_of_the_whole_batch():
+    """90 images, batch_size 128: one short batch, which 4 micro-batches split 23/23/23/21: each piece's mean
+    loss must count by its size, or the gradient comes out scaled."""
+    images, labels = _images(90)
+    hp = _hp(batch_size=128, epochs=1, lr=0.2)
+    whole, at_once = _trained(MLP, hp, images, labels)
+    pieces, accumulated = _trained(MLP, {**hp, "grad_accum_steps": 4}, images, labels)
+    assert pieces.steps == whole.steps == 1
+    assert pieces.epoch_losses == pytest.approx(whole.epoch_losses, rel=1e-5)
+    assert all(torch.allclose(accumulated[k], at_once[k], rtol=1e-5, atol=1e-6) for k in at_once)
+
+
 def test_clip_grad_bounds_the_norm_of_the_gradient_the_optimizer_steps_on():
     images, labels = _images(64)
     norms = {}

@@ -306,10 +306,13 @@ class Numerics:
 
     def backward(self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                  loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Forward and backward of a batch in ``accumulate`` equal micro-batches, each loss divided by their
-        number (DDP all-reduces the gradients once, after the last); the batch's mean loss, detached."""
+        """Forward and backward of a batch in ``accumulate`` micro-batches, each mean loss weighted by its share
+        of the batch (equal pieces: divided by their number; a short batch, e.g. a training set smaller than
+        batch_size or images skipped as corrupt, may split into fewer or unequal ones), DDP all-reducing the
+        gradients once, after the last; the batch's mean loss, detached."""
         pieces = [(inputs, targets)] if self.accumulate == 1 else list(zip(inputs.chunk(self.accumulate),
                                                                           targets.chunk(self.accumulate)))
+        even = len({len(images) for images, _ in pieces}) == 1
         total = None
         for index, (images, labels) in enumerate(pieces):
             deferred = index + 1 < len(pieces) and hasattr(net, "no_sync")
@@ -317,7 +320,7 @@ class Numerics:
                 with torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16,
                                     enabled=self.dtype is not None):
                     loss = loss_of(net(images), labels)
-                part = loss / self.accumulate if self.accumulate > 1 else loss
+                part = loss if len(pieces) == 1 else loss / len(pieces) if even else loss * (len(images) / len(inputs))
                 (self.scaler.scale(part) if self.scaler is not None else part).backward()
             total = part.detach() if total is None else total + part.detach()
         return total
