@@ -375,9 +375,11 @@ def _check_accumulation(config: dict[str, Any], runs: dict[str, dict[str, Any]])
     for hp in [config["finetune"], *runs.values()]:
         steps = hp.get("grad_accum_steps") or 1
         if (hp["batch_size"] // devices) % steps:
+            drawn = "grad_accum_steps" in config["search"].get("space", {})  # a random search's draw
             key = next((key for key, value in written(config, "grad_accum_steps") if value == steps),
-                       "finetune.grad_accum_steps")
-            raise ConfigError(f"config key '{key}' is {steps}, which does not divide batch_size {hp['batch_size']} / "
+                       "search.space.grad_accum_steps" if drawn else "finetune.grad_accum_steps")
+            verb = "drew" if key.startswith("search.") else "is"
+            raise ConfigError(f"config key '{key}' {verb} {steps}, which does not divide batch_size {hp['batch_size']} / "
                               f"training.devices_per_run {devices}; allowed: a divisor of each process's share of "
                               "the batch (it is split into that many equal micro-batches)")
 
