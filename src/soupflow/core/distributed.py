@@ -70,6 +70,13 @@ def join() -> World:
     return world()
 
 
+def leave() -> None:
+    """Destroy this process's process group, once its last collective is behind it. A process that exits
+    with the group alive may abort (SIGABRT) in gloo's teardown at interpreter exit, failing a finished job."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> torch.nn.Module:
     """``model`` (already on ``device``) as the module that trains: itself in one process, DDP in several."""
     place = world()

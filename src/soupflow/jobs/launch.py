@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from soupflow.core.distributed import join
+from soupflow.core.distributed import join, leave
 from soupflow.core.resume import Preempted
 from soupflow.plan.gpus import claim_gpus, visible_gpus
 
@@ -71,9 +71,6 @@ def launch(job: str, payload: dict[str, Any], folder: str | Path) -> None:
 
 def _run(request: dict[str, Any]) -> None:
     """In each of the N processes: join the group and call the job's function, which knows its rank."""
-    from soupflow.jobs.finetune import RunPaths, RunSpec, finetune
-    from soupflow.jobs.init import InitPaths, make_init
-
     place = join()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if place.main:  # the job's log (and the copy a resumable job keeps), where the job's process left them
@@ -81,6 +78,16 @@ def _run(request: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO if place.main else logging.WARNING, handlers=handlers, force=True,
                         format=f"%(asctime)s [process {place.rank}] %(message)s", datefmt="%H:%M:%S")
     threads = max(1, int(request["threads"]) // place.size)
+    try:
+        _call(request, threads)
+    finally:
+        leave()  # each process when its part is done: process 0 after writing, the others after training
+
+
+def _call(request: dict[str, Any], threads: int) -> None:
+    from soupflow.jobs.finetune import RunPaths, RunSpec, finetune
+    from soupflow.jobs.init import InitPaths, make_init
+
     if request["job"] == "finetune":
         finetune(request["config"], RunSpec(**request["run"]), RunPaths(**request["paths"]), threads)
     else:
@@ -90,5 +97,16 @@ def _run(request: dict[str, Any]) -> None:
                   threads)
 
 
+def _exit_done() -> None:
+    """Leave a finished process without running C++ static destructors: one of torch's threads, still
+    joinable at interpreter exit, aborts it (SIGABRT, "terminate called without an active exception") about
+    one exit in twenty on CPU, and torchrun then fails a job whose files are written. Logs are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     _run(json.loads(Path(sys.argv[1]).read_text()))
+    _exit_done()
