@@ -50,7 +50,7 @@ rule all:
         # every pipeline's (one, or one per seed of `replicates`), and the pooled table over them
         in_each(rules.summary.output),
         in_each(rules.plots.output),
-        in_each(rules.timm_configs.output.index),
+        rules.timm_configs.output.index,
         in_each(rules.learning_curves.output),
         in_each(rules.resolved_config.output),
         rules.pooled.output if REPLICATED else [],

@@ -375,8 +375,10 @@ def test_replicates_are_pooled_from_each_pipeline_and_a_new_one_plans_only_its_j
     assert (results / "plots/replicates.png").read_bytes()[:4] == b"\x89PNG"
     single = {key: value for key, value in config.items() if key != "replicates"}
     plan = snakemake(tmp_path, single, "-n")  # the top-level seed's pipeline is the single pipeline
-    # (only results/config.yaml is rewritten: it records the config, `replicates` included)
-    assert plan.returncode == 0 and not job_counts(plan.stdout + plan.stderr).keys() - {"all", "resolved_config"}
+    # (only results/config.yaml is rewritten: it records the config, `replicates` included; and timm's
+    # config.json files, one job for every pipeline's: it reads checkpoint headers, seconds)
+    assert plan.returncode == 0 and not job_counts(plan.stdout + plan.stderr).keys() - {"all", "resolved_config",
+                                                                                         "timm_configs"}
     plan = snakemake(tmp_path, {**config, "replicates": [0, 1, 2]}, "-n")
     counts = job_counts(plan.stdout + plan.stderr)
     assert counts.get("prepare_data") == 1 and counts.get("init") == 1 and counts.get("finetune") == 2

@@ -91,8 +91,8 @@ rule soup_sanity:
     """A model souped with itself (gain exactly 0) and two untrained models (no accuracy gain)."""
     input:
         data=in_main(rules.prepare_data.output.data),
-        metrics=expand(rules.finetune.output.metrics, pipeline=MAIN, run_id=ALL_RUNS),
-        models=expand(rules.finetune.output.model, pipeline=MAIN, run_id=ALL_RUNS),  # in the order of metrics
+        metrics=each_analysed_run("metrics"),
+        models=each_analysed_run("model"),  # in the order of metrics
     output:
         f"{RESULTS}/analysis/sanity.parquet",
     log:
@@ -113,7 +113,7 @@ rule analysis:
         chunks=expand(
             f"{RESULTS}/analysis/pairs/chunk{{chunk}}.parquet", chunk=range(PAIR_JOBS)
         ),
-        metrics=expand(rules.finetune.output.metrics, pipeline=MAIN, run_id=ALL_RUNS),
+        metrics=each_analysed_run("metrics"),
         sanity=rules.soup_sanity.output[0],
     output:
         pairs=f"{RESULTS}/analysis/pairs.parquet",

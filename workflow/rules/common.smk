@@ -148,6 +148,14 @@ def init_of(wildcards):
     return rules.init.output.epochs[KEPT_EPOCHS.index(branch)]
 
 
+def run_start():
+    """The finetune rule's `init` input: the shared init as a path when no run branches off the pretraining,
+    else `init_of` (an input function costs Snakemake a signature inspection per job and call).
+    """
+    branches = any(hp.get("branch_epoch") is not None for hp in ALL_RUNS.values())
+    return init_of if branches else rules.init.output.model
+
+
 def run_params(wildcards):
     """A run's hyperparameters without None values: exactly what its id hashes, so that a new optional
     hyperparameter (default None) never re-triggers finished runs through Snakemake's params trigger.
@@ -168,6 +176,15 @@ def print_summary():
 ANALYSIS = CONFIG["analysis"]
 PAIRS = sample_pairs(list(ALL_RUNS), ANALYSIS["pairs"], ANALYSIS["seed"])
 PAIR_JOBS = max(1, min(ANALYSIS["jobs"], len(PAIRS)))
+
+
+def each_analysed_run(name):
+    """Input function: a run's file `name` for every run of the analysis (the grid's and its branching runs),
+    in the main pipeline. A function, so that a target without the analysis does not expand the list at parse
+    time (0.5 s of a 10,000-point parse)."""
+    return lambda wildcards: expand(
+        getattr(rules.finetune.output, name), pipeline=MAIN, run_id=ALL_RUNS
+    )
 
 
 def pair_chunk(wildcards):

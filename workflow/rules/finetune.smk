@@ -3,7 +3,7 @@ rule finetune:
     adding grid points never re-triggers existing runs."""
     input:
         data=rules.prepare_data.output.data,
-        init=init_of,
+        init=run_start(),
     output:
         # epochs.parquet only when a soup takes ingredients: epochs (turning that on retrains the runs once),
         # ema.safetensors only when a run has ema_decay (common.smk: KEEP_EMA); tb/ (TensorBoard) is no output
