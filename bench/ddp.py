@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ THREADS = 2
 
 def _fine_tune(data: str, init: str, folder: Path, devices: int, through_launcher: bool = False) -> float:
     from soupflow.jobs.finetune import RunPaths, RunSpec, finetune
-    from soupflow.jobs.launch import launch
+    from soupflow.jobs.launch import Launch, launch
     from soupflow.plan.config import merge_defaults
     from soupflow.plan.layout import run_files
 
@@ -36,7 +35,7 @@ def _fine_tune(data: str, init: str, folder: Path, devices: int, through_launche
     hp = {**config["finetune"], "epochs": 1, "batch_size": 128, "data_fraction": 0.5}
     run, paths = RunSpec(data, init, "run-bench", hp), RunPaths(**run_files(str(folder)))
     if through_launcher:
-        launch("finetune", {"config": config, "run": asdict(run), "paths": asdict(paths), "threads": THREADS}, folder)
+        launch(Launch(finetune, config, (run, paths), THREADS), folder)
     else:
         finetune(config, run, paths, THREADS)
     return float(pd.read_parquet(paths.metrics).train_images_per_second.iloc[0])

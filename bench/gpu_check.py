@@ -243,7 +243,7 @@ def ddp(work: Path, device: str, data_root: str) -> dict:
 
     from soupflow.core.models import model_for, save_checkpoint
     from soupflow.jobs.finetune import RunPaths, RunSpec, finetune
-    from soupflow.jobs.launch import launch
+    from soupflow.jobs.launch import Launch, launch
     from soupflow.plan.config import DEFAULTS, merge_defaults
     from soupflow.plan.layout import run_files
     from soupflow.store.datasets import open_data, prepare
@@ -264,8 +264,7 @@ def ddp(work: Path, device: str, data_root: str) -> dict:
         run = RunSpec(data, str(work / "init.safetensors"), "run-ddp", hp)
         started = time.perf_counter()
         if way == "launcher":
-            launch("finetune", {"config": config, "run": asdict(run), "paths": asdict(paths), "threads": 2},
-                   work / way)
+            launch(Launch(finetune, config, (run, paths), 2), work / way)
         else:
             finetune(config, run, paths, 2)
         row = pd.read_parquet(paths.metrics).iloc[0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from soupflow.core.models import (
 from soupflow.core.resume import Preempted, forget, job_resume, state_beside
 from soupflow.core.train import TrainResult, fine_tuning_source, train
 from soupflow.jobs.context import JobContext
-from soupflow.jobs.launch import devices_per_run, launch
+from soupflow.jobs.launch import Launch, devices_per_run, launch
 from soupflow.plan.catalog import HYPERPARAMETER_NAMES
 from soupflow.plan.layout import epoch_file, run_board
 from soupflow.plan.seeds import pipeline_seed
@@ -215,8 +215,7 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     above 1 the job runs on that many processes (``soupflow.jobs.launch``); process 0 writes every file.
     """
     if devices_per_run(config) > 1 and world().size == 1:
-        launch("finetune", {"config": config, "run": asdict(run), "paths": asdict(paths), "threads": threads},
-               Path(paths.model).parent)
+        launch(Launch(finetune, config, (run, paths), threads), Path(paths.model).parent)
         return pd.read_parquet(paths.metrics).iloc[0].to_dict()
     set_threads(threads)
     hp = {name: run.hp.get(name) for name in HYPERPARAMETER_NAMES} | run.hp  # every hp_* column in every row

@@ -23,7 +23,7 @@ from soupflow.core.resume import forget, job_resume, state_beside
 from soupflow.core.train import TensorSource, fine_tuning_source, train, train_source
 from soupflow.core.weights import import_state
 from soupflow.jobs.context import JobContext
-from soupflow.jobs.launch import devices_per_run, launch
+from soupflow.jobs.launch import Launch, devices_per_run, launch
 from soupflow.plan.catalog import BN_IMAGES
 from soupflow.plan.layout import run_board
 from soupflow.plan.model_file import resolve_file
@@ -189,9 +189,7 @@ def make_init(config: dict[str, Any], paths: InitPaths, threads: int = 1) -> Non
     with different seeds would put runs in different basins and break averaging.
     """
     if devices_per_run(config) > 1 and world().size == 1 and config["model"]["init"] == "pretrain":
-        epochs = {str(epoch): path for epoch, path in paths.epochs.items()}
-        launch("init", {"config": config, "paths": {"data": paths.data, "model": paths.model, "epochs": epochs},
-                        "threads": threads}, Path(paths.model).parent)
+        launch(Launch(make_init, config, (paths,), threads), Path(paths.model).parent)
         return
     set_threads(threads)
     context = JobContext.open(config, paths.data, threads, training=True)
