@@ -59,17 +59,17 @@ def test_no_fine_tune_at_all():
 
 def test_unknown_recipe():
     message = rejected(lambda c: c["soups"].append({"recipe": "gazpacho"}))
-    assert f"soups.{len(DEFAULT['soups'])}.recipe" in message and "greedy" in message and "uniform" in message
+    assert f"soups[{len(DEFAULT['soups'])}].recipe" in message and "greedy" in message and "uniform" in message
 
 
 def test_unknown_bn_option():
     message = rejected(lambda c: c["soups"].append({"recipe": "greedy", "name": "g2", "bn": "refit"}))
-    assert f"soups.{len(DEFAULT['soups'])}.bn" in message and "keep" in message and "recompute" in message
+    assert f"soups[{len(DEFAULT['soups'])}].bn" in message and "keep" in message and "recompute" in message
 
 
 def test_unknown_augmentation_value():
     message = rejected(lambda c: c["grid"].update(augmentation=["flip", "mixup"]))
-    assert "grid.augmentation.1" in message and "flip_shift" in message
+    assert "grid.augmentation[1]" in message and "flip_shift" in message
 
 
 def test_unknown_timm_model():
@@ -195,7 +195,7 @@ def test_the_schema_takes_its_lists_of_names_from_the_catalog():
     assert list(schema["$defs"]["hyperparameters"]["properties"]) == list(HYPERPARAMETER_NAMES)
     assert list(schema["properties"]["grid"]["properties"]) == list(HYPERPARAMETER_NAMES)
     for change, key in [(lambda c: c["data"].update(name="imagenet"), "data.name"),
-                        (lambda c: c["soups"].append({"recipe": "fondue"}), "soups.15.recipe"),
+                        (lambda c: c["soups"].append({"recipe": "fondue"}), "soups[15].recipe"),
                         (lambda c: c["grid"].update(dropout=[0.1]), "grid.dropout"),
                         (lambda c: c.update(search={"n": 1, "space": {"dropout": {"distribution": "uniform"}}}),
                          "search.space"),
@@ -346,7 +346,7 @@ def test_every_recipe_takes_its_own_options_and_the_entry_options():
 
     for name, traits in RECIPES.items():
         entry = {**{key: SOUP_OPTIONS[key] for key in (*ENTRY_OPTIONS, *traits.takes) if SOUP_OPTIONS.get(key) is not None},
-                 **traits.options, "recipe": name, "name": f"{name}_all"}
+                 **traits.defaults, "recipe": name, "name": f"{name}_all"}
         if traits.needs_base:
             entry["base"] = "best_individual"
         config = copy.deepcopy(DEFAULT)
@@ -354,3 +354,23 @@ def test_every_recipe_takes_its_own_options_and_the_entry_options():
         resolve_config(config, check_paths=False, check_model=False)
     assert set(SOUP_OPTIONS) <= set(ENTRY_OPTIONS).union(*(t.takes for t in RECIPES.values())), \
         "every shared option is read by some recipe"
+
+
+def test_a_recipes_option_records_are_the_schemas_soup_keys_and_their_bounds_hold():
+    """The schema's recipe options come from the recipes' Option records: each record's values are what the
+    parse accepts, and a value outside them is rejected naming the key."""
+    from soupflow.plan.catalog import RECIPES
+    from soupflow.plan.config import load_schema
+
+    keys = load_schema()["properties"]["soups"]["items"]["properties"]
+    for traits in RECIPES.values():
+        for option in traits.options:
+            assert {k: v for k, v in keys[option.name].items() if k != "description"} == option.schema
+    bad = [({"recipe": "pruned", "passes": 0}, "soups[0].passes"),
+           ({"recipe": "learned", "granularity": "layer"}, "soups[0].granularity"),
+           ({"recipe": "learned", "lr": 0}, "soups[0].lr")]
+    for entry, key in bad:
+        config = copy.deepcopy(DEFAULT)
+        config["soups"] = [entry]
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            resolve_config(config, check_paths=False, check_model=False)

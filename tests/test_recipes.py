@@ -324,14 +324,16 @@ def linear_kitchen(n_runs, seed, bounded, hardest_first=False):
     if hardest_first:
         evaluator.order_hardest_first([evaluator.logits(ing.load()) for ing in ingredients])
     evaluator.images_scored = 0
-    kitchen = Kitchen(ingredients, evaluator.select, bounded=evaluator.select if bounded else None)
+    kitchen = Kitchen(ingredients, evaluator.select, bounded=evaluator.select if bounded else None,
+                      init=lambda: {"1.weight": torch.randn(3, 16, generator=torch.Generator().manual_seed(7)) * 2})
     return kitchen, evaluator
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("recipe, options", [("greedy", {}), ("greedy", {"tie": "gt"}), ("greedy", {"metric": "loss"}),
                                              ("pruned", {"passes": 2}), ("pruned", {"metric": "loss"}),
-                                             ("greedy_random", {"repeats": 2}), ("pruned_random", {"repeats": 2})])
+                                             ("greedy_random", {"repeats": 2}), ("pruned_random", {"repeats": 2}),
+                                             ("task_arithmetic", {"scales": [0.05, 0.125, 0.3, 1.0, 3.0]})])
 @pytest.mark.parametrize("hardest_first", [False, True])
 def test_early_rejection_changes_no_decision_and_evaluates_fewer_images(recipe, options, seed, hardest_first):
     """Exact early rejection: the same accepted sets and the same accept/reject trace as full passes; the
@@ -414,3 +416,33 @@ def test_hardest_first_puts_the_images_every_candidate_gets_wrong_first():
     wrong = sum((evaluator.logits(ing.load()).argmax(1) != evaluator.labels).long() for ing in kitchen.ingredients)
     counts = wrong[evaluator._selection_order()[:50]]
     assert counts.tolist() == sorted(counts.tolist(), reverse=True) and counts[0] == wrong.max()
+
+
+def test_task_arithmetic_is_the_start_plus_the_scaled_sum_of_task_vectors_at_the_best_val_scale():
+    """θ0 + λ·Σᵢ(θᵢ − θ0), computed directly; the λ served is the one with the best val score (ties: the
+    smaller). Early rejection changes no decision: test_early_rejection_changes_no_decision_…"""
+    kitchen = make_kitchen()
+    kitchen.init = lambda: {"w": torch.full((4,), 0.5)}
+    top = kitchen.ranked("accuracy")[:3]
+    scales = [0.1, 1 / 3, 0.5, 1.0]
+    soup = cook("task_arithmetic", kitchen, {"k": 3, "scales": scales})[0]
+    start = torch.full((4,), 0.5, dtype=torch.float64)
+    direct = {scale: (start + scale * sum(i.load()["w"].double() - start for i in top)).float() for scale in scales}
+    values = {scale: score({"w": w}).accuracy for scale, w in direct.items()}
+    best = min(scales, key=lambda scale: (-values[scale], scale))
+    assert torch.allclose(soup.state()["w"], direct[best], atol=1e-6)
+    assert [row.alpha for row in soup.trace] == scales and [row.accepted for row in soup.trace] == [
+        scale == best for scale in scales]
+    assert all(row.val_score == pytest.approx(values[row.alpha]) for row in soup.trace)
+    assert soup.ingredients == [i.name for i in top]
+    uniform = average(i.load() for i in top)["w"]
+    assert torch.allclose(direct[1 / 3], uniform, atol=1e-6)  # λ = 1/k is the uniform soup
+
+
+def test_task_arithmetic_averages_buffers_instead_of_extrapolating_them():
+    kitchen = constructed_stock({"w": 0.0, "bn.running_var": 0.0})
+    kitchen.buffers = frozenset({"bn.running_var"})
+    state = cook("task_arithmetic", kitchen, {"scales": [1.0]})[0].state()
+    ingredients = [i.load() for i in kitchen.ingredients]
+    assert torch.allclose(state["bn.running_var"], average(ingredients)["bn.running_var"])
+    assert torch.allclose(state["w"], sum(i["w"] for i in ingredients))  # θ0 = 0: the plain sum at λ = 1

@@ -20,8 +20,7 @@ from soupflow.core.models import channels_last_input
 from soupflow.plan.catalog import RECIPES, SOUP_OPTIONS
 from soupflow.store.prepared import PreparedData
 
-GRANULARITIES = ("module", "tensor")
-LEARNED = RECIPES["learned"].options  # the learned recipe's option defaults
+LEARNED = RECIPES["learned"].defaults  # the learned recipe's option defaults
 
 
 @dataclass(frozen=True)

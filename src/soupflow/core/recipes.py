@@ -19,6 +19,7 @@ Recipes (names as in config):
   (Jang et al. 2024); no selection beyond k.
 - ``learned``: per-layer softmax mixing weights over the k best, fitted on val by gradient descent
   (``soupflow.core.learned``); k × the model must fit in ``max_memory_mb``.
+- ``task_arithmetic``: θ0 + λ·Σᵢ (θᵢ − θ0) over the k best, λ chosen on val from ``scales`` (Ilharco et al.).
 - ``wise_ft``: θ(α) = (1 − α)·θ0 + α·θ_base along a grid of α, the α chosen on val (Wortsman et al.'s WiSE-FT);
   the base is another soup of the config (a soup or the best individual).
 """
@@ -488,6 +489,40 @@ def wise_ft(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
             best = (scores, state, row)
     best[2].accepted = True
     return [Soup(list(names), None, best[0], trace, selection_passes=len(trace), weights=best[1])]
+
+
+@register("task_arithmetic")
+def task_arithmetic(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
+    """Task arithmetic (Ilharco et al. 2023): θ(λ) = θ0 + λ·Σᵢ (θᵢ − θ0) over the ``k`` best ingredients by val
+    (all by default), for each λ of ``scales``; the best val score wins (ties: the smaller λ). Σᵢ (θᵢ − θ0) is
+    k·(mean − θ0), so θ(λ) = interpolate(θ0, mean, k·λ): λ = 1/k is the uniform soup, larger λ extrapolate.
+    With ``early_rejection`` a λ's val pass stops once it cannot beat the best so far. Buffers (BatchNorm
+    statistics) are no task vectors: averaged as in ``uniform`` (extrapolated, a running variance can turn
+    negative); ``bn: recompute`` re-estimates them."""
+    metric, k = options["metric"], options["k"]
+    start = _anchor(kitchen, "task_arithmetic")
+    chosen, total = kitchen.ranked(metric)[:k], StateSum()
+    for ingredient in chosen:
+        total.add(ingredient.load())
+    mean, names = total.mean(), [ingredient.name for ingredient in chosen]
+    best: tuple[Scores, StateDict, TraceRow] | None = None
+    trace, passes = [], 0
+    for step, scale in enumerate(sorted(float(s) for s in options["scales"])):
+        state = interpolate(start, mean, {name: 1.0 if name in kitchen.buffers else scale * total.count
+                                          for name in mean})
+        bar = Bar(metric, best[0].value(metric), strict=True) if best and options["early_rejection"] else None
+        scores, evaluated = kitchen.score([*names, f"task vectors × {scale:g}"], state, bar)
+        passes += evaluated
+        row = TraceRow.scored(step, f"lambda {scale:g}", False, total.count, scores, metric, kind="alpha",
+                              alpha=scale, stopped_early=scores is None)
+        log.info("task arithmetic lambda %g: val %s %s", scale, metric, _shown(scores, metric))
+        if scores is not None:
+            kitchen.observe(row, state)
+            if best is None or scores.value(metric) > best[0].value(metric):
+                best = (scores, state, row)
+        trace.append(row)
+    best[2].accepted = True
+    return [Soup(names, total, best[0], trace, selection_passes=passes, weights=best[1])]
 
 
 @register("learned")

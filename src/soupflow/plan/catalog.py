@@ -16,7 +16,7 @@ Parse time: no numpy, torch or timm here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -78,24 +78,40 @@ SCHEDULES = HAND_WRITTEN_SCHEDULES + TIMM_SCHEDULES
 
 
 @dataclass(frozen=True)
+class Option:
+    """An option a recipe declares for its soup entries: its default, the JSON schema of its values (the
+    config schema's ``soups`` items get it from here, ``config.load_schema``) and what it means."""
+
+    name: str
+    default: Any
+    schema: dict[str, Any]
+    meaning: str
+
+
+@dataclass(frozen=True)
 class RecipeTraits:
     """What the workflow must know of a recipe before any job runs: whether it is a baseline or ablation
     rather than a soup to deploy (figures leave those out), whether it reads the weights the fine-tunes
     started from (the soup rule then takes the init as an input) or another soup of the config (``base``),
-    and its option defaults beyond ``SOUP_OPTIONS``."""
+    its own options (``Option`` records) and the options of every entry it reads."""
 
     name: str
     baseline: bool = False
     needs_start: bool = False
     needs_base: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
     #: the options of ``SOUP_OPTIONS`` beyond ``ENTRY_OPTIONS`` that the recipe reads (their defaults live there)
     takes: tuple[str, ...] = ()
 
     @property
+    def defaults(self) -> dict[str, Any]:
+        """The recipe's own options at their defaults."""
+        return {option.name: option.default for option in self.options}
+
+    @property
     def allowed(self) -> tuple[str, ...]:
         """Every key a soup entry of this recipe may set: an entry's own, the shared ones it reads, its own."""
-        return (*ENTRY_OPTIONS, *self.takes, *self.options)
+        return (*ENTRY_OPTIONS, *self.takes, *self.defaults)
 
 
 #: WiSE-FT's mixing coefficients when a wise_ft entry gives no ``alphas``: 0, 0.1, …, 1
@@ -107,22 +123,65 @@ ENTRY_OPTIONS = ("name", "recipe", "metric", "bn", "bn_images", "ingredients")
 _GREEDY = ("tie", "early_rejection", "max_ingredients")
 _PRUNED = ("early_rejection", "max_ingredients")
 
+#: the learned recipe's mixing groups: one set of weights per module, or per tensor
+GRANULARITIES = ("module", "tensor")
+_COUNT = {"type": "integer", "minimum": 1}
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+REPEATS = Option("repeats", 5, _COUNT, "shuffled orders tried; the best on val is kept")
+PASSES = Option("passes", 3, _COUNT, "passes of removals over the ingredients")
+LEARNED_OPTIONS = (
+    Option("epochs", 3, _COUNT, "passes over the val split while fitting the mixing weights"),
+    Option("lr", 0.05, _POSITIVE, "Adam's learning rate for the mixing logits"),
+    Option("batch_size", 500, _COUNT, "val images per fitting step"),
+    Option("granularity", "module", {"type": "string", "enum": list(GRANULARITIES)},
+           "one set of mixing weights per module, or per tensor"),
+    Option("max_memory_mb", 4096, _POSITIVE, "the most memory the k ingredients may take together"),
+)
+WISE_FT_OPTIONS = (
+    Option("base", "best_individual", {"type": "string"}, "the name of the soup entry to interpolate toward"),
+    Option("alphas", list(WISE_FT_ALPHAS), {"type": "array", "minItems": 1, "items": {"type": "number"}},
+           "the mixing coefficients tried, 0 = the start, 1 = the base"),
+)
+
+#: task arithmetic's λ when an entry gives no ``scales``: the summed task vectors' scale, chosen on val
+TASK_SCALES = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+SCALES = Option("scales", list(TASK_SCALES),
+                {"type": "array", "minItems": 1, "items": {"type": "number", "exclusiveMinimum": 0}},
+                "the scales λ of the summed task vectors tried (θ0 + λ·Σ(θᵢ − θ0); λ = 1/k is the uniform soup)")
+
 RECIPES: dict[str, RecipeTraits] = {traits.name: traits for traits in (
     RecipeTraits("uniform"),
     RecipeTraits("greedy", takes=_GREEDY),
-    RecipeTraits("greedy_random", options={"repeats": 5}, takes=(*_GREEDY, "seed")),
-    RecipeTraits("pruned", options={"passes": 3}, takes=_PRUNED),
-    RecipeTraits("pruned_random", options={"passes": 3, "repeats": 5}, takes=(*_PRUNED, "seed")),
-    RecipeTraits("topk", options={"k": 2}),
+    RecipeTraits("greedy_random", options=(REPEATS,), takes=(*_GREEDY, "seed")),
+    RecipeTraits("pruned", options=(PASSES,), takes=_PRUNED),
+    RecipeTraits("pruned_random", options=(PASSES, REPEATS), takes=(*_PRUNED, "seed")),
+    RecipeTraits("topk", options=(Option("k", 2, _COUNT, "the k best ingredients by val"),)),
     RecipeTraits("best_individual", baseline=True),
     RecipeTraits("self_soup", baseline=True),
     RecipeTraits("untrained", baseline=True, takes=("seed",)),
     RecipeTraits("model_stock", needs_start=True, takes=("k",)),
-    RecipeTraits("wise_ft", needs_start=True, needs_base=True,
-                 options={"base": "best_individual", "alphas": list(WISE_FT_ALPHAS)}),
-    RecipeTraits("learned", options={"epochs": 3, "lr": 0.05, "batch_size": 500, "granularity": "module",
-                                     "max_memory_mb": 4096}, takes=("k", "seed")),
+    RecipeTraits("wise_ft", needs_start=True, needs_base=True, options=WISE_FT_OPTIONS),
+    RecipeTraits("learned", options=LEARNED_OPTIONS, takes=("k", "seed")),
+    RecipeTraits("task_arithmetic", needs_start=True, options=(SCALES,), takes=("k", "early_rejection")),
 )}
+
+
+def recipe_option_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON schema of every recipe's own options, for the config schema's soup entries: each option once,
+    described with the recipes that take it (docs/keys.md shows their defaults). An option two recipes declare
+    has one schema."""
+    schemas: dict[str, dict[str, Any]] = {}
+    holders: dict[str, list[str]] = {}
+    for traits in RECIPES.values():
+        for option in traits.options:
+            if option.name in schemas and schemas[option.name]["schema"] != option.schema:
+                raise RuntimeError(f"recipe option {option.name!r} is declared with two schemas")
+            schemas.setdefault(option.name, {"schema": option.schema, "meaning": option.meaning})
+            holders.setdefault(option.name, []).append(traits.name)
+    return {name: {**entry["schema"], "description": f"{', '.join(holders[name])}"
+                                                      f"{' only' if len(holders[name]) == 1 else ''} - {entry['meaning']}."}
+            for name, entry in schemas.items()}
+
 
 #: train images BatchNorm statistics are re-estimated on (a soup's ``bn: recompute``, ``model.init_bn: recompute``)
 BN_IMAGES = 2000
@@ -146,7 +205,7 @@ SOUP_OPTIONS: dict[str, Any] = {
 def soup_options(entry: dict[str, Any]) -> dict[str, Any]:
     """A soup entry of the config with every option it leaves out at its default (its name included)."""
     traits = RECIPES[entry["recipe"]]
-    return {**SOUP_OPTIONS, **traits.options, "name": entry["recipe"], **entry}
+    return {**SOUP_OPTIONS, **traits.defaults, "name": entry["recipe"], **entry}
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from soupflow.plan.catalog import (
     RECIPES,
     SCHEDULES,
     SOUP_INGREDIENTS,
+    recipe_option_schemas,
 )
 from soupflow.plan.checks import check_runs, check_semantics
 from soupflow.plan.errors import ConfigError
@@ -95,8 +96,9 @@ def merge_defaults(user: dict[str, Any], defaults: dict[str, Any] = DEFAULTS) ->
 
 
 def _key_path(error) -> str:
-    parts = [str(p) for p in error.absolute_path]
-    return ".".join(parts) if parts else "(top level)"
+    """Where in the config: ``soups[3].recipe`` (a list's items by index, as the semantic checks name them)."""
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+    return key.lstrip(".") or "(top level)"
 
 
 def _describe(error) -> str:
@@ -141,6 +143,22 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _add_recipe_options(entry: dict[str, Any]) -> None:
+    """A soup entry's keys: the shared ones the schema file spells, and every recipe's own options from their
+    ``catalog.Option`` records. A recipe option named like a shared key (topk's ``k``) only sets its default,
+    so its values must be the shared key's."""
+    for name, schema in recipe_option_schemas().items():
+        shared = entry.get(name)
+        if shared is None:
+            entry[name] = schema
+        elif _values(shared) != _values(schema):
+            raise RuntimeError(f"{SCHEMA_PATH}: soups option {name!r} differs from the recipe's Option record")
+
+
+def _values(schema: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in schema.items() if key != "description"}
+
+
 @functools.lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:
     """The JSON schema, with its lists of names filled in from ``soupflow.plan.catalog`` (the one source):
@@ -159,6 +177,7 @@ def load_schema() -> dict[str, Any]:
     top["data"]["properties"]["name"]["enum"] = list(DATASETS)
     top["data"]["properties"]["format"]["enum"] = list(DATA_FORMATS)
     top["soups"]["items"]["properties"]["recipe"]["enum"] = list(RECIPES)
+    _add_recipe_options(top["soups"]["items"]["properties"])
     top["soups"]["items"]["properties"]["ingredients"]["enum"] = list(SOUP_INGREDIENTS)
     top["analysis"]["properties"]["corruptions"]["properties"]["types"]["items"]["enum"] = list(CORRUPTIONS)
     top["analysis"]["properties"]["bn"]["items"]["enum"] = list(BN_STATISTICS)

@@ -105,7 +105,7 @@ def _recipe_defaults() -> dict[str, str]:
     """Each recipe-only option's defaults, with the recipes that have each: ``"5 (greedy_random, pruned_random)"``."""
     holders: dict[str, dict[str, list[str]]] = {}
     for recipe, traits in RECIPES.items():
-        for option, value in traits.options.items():
+        for option, value in traits.defaults.items():
             holders.setdefault(option, {}).setdefault(_shown(value), []).append(recipe)
     return {option: "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
             for option, by_value in holders.items()}
