@@ -357,8 +357,7 @@ def _pretend_finished(work: Path, config: dict) -> None:
         [path for files in soups for path in files.values()],
         [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")] + [results / "metrics/timm_configs.txt"]
         + [layout.timm_config(path) for path in checkpoints],
-        [results / f"plots/{p}.png" for p in ("soups_vs_ingredients", "val_heatmap", "greedy_ingredients",
-                                              "pruned_passes", "wise_ft", "learning_curves")]
+        [*layout.plot_files(f"{results}/plots").values(), results / f"plots/{layout.LEARNING_CURVES}.png"]
         + [results / "summary.txt", results / "summary.csv"],
     ]
     stages = [[Path(path) for path in stage] for stage in stages]
@@ -388,7 +387,7 @@ R = "results/runs/{{run_id}}"
 S = "results/soups/{{s}}"
 CHECKPOINTS = ["results/init/model.safetensors", *expand(R + "/model.safetensors", run_id=RUNS, allow_missing=True),
                *expand(S + "/model.safetensors", s=SOUPS)]
-PLOTS = ["soups_vs_ingredients", "val_heatmap", "greedy_ingredients", "pruned_passes", "wise_ft"]
+PLOTS = {plots}
 rule all:
     input: "results/summary.txt", "results/plots/learning_curves.png", "results/metrics/timm_configs.txt",
            "results/config.yaml", expand("results/plots/{{p}}.png", p=PLOTS)
@@ -456,7 +455,9 @@ def _floor(work: Path, points: int) -> tuple[float, str]:
     ``bench_dag`` checks that its job stats are the workflow's."""
     folder = work / f"floor{points}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "Snakefile").write_text(FLOOR_SNAKEFILE.format(points=points))
+    from soupflow.plan.layout import PLOTS
+
+    (folder / "Snakefile").write_text(FLOOR_SNAKEFILE.format(points=points, plots=list(PLOTS.values())))
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(folder / "Snakefile"), "--directory",
                           str(folder), "--cores", "1", "-n", "--quiet", "rules"], capture_output=True, text=True)

@@ -5,31 +5,12 @@ rule plots:
         soups=rules.soups_table.output[0],
         trace=rules.trace_table.output[0],
     output:
-        soups=report(
-            f"{PIPELINE.plots}/soups_vs_ingredients.png",
-            caption="../report/soups_vs_ingredients.rst",
-            category="Plots",
-        ),
-        heatmap=report(
-            f"{PIPELINE.plots}/val_heatmap.png",
-            caption="../report/val_heatmap.rst",
-            category="Plots",
-        ),
-        greedy=report(
-            f"{PIPELINE.plots}/greedy_ingredients.png",
-            caption="../report/greedy_ingredients.rst",
-            category="Plots",
-        ),
-        pruned=report(
-            f"{PIPELINE.plots}/pruned_passes.png",
-            caption="../report/pruned_passes.rst",
-            category="Plots",
-        ),
-        wise_ft=report(
-            f"{PIPELINE.plots}/wise_ft.png",
-            caption="../report/wise_ft.rst",
-            category="Plots",
-        ),
+        **{
+            name: report(
+                path, caption=f"../report/{layout.PLOTS[name]}.rst", category="Plots"
+            )
+            for name, path in layout.plot_files(PIPELINE.plots).items()
+        },
     log:
         f"{PIPELINE.logs}/plots.log",
     conda:
@@ -48,8 +29,8 @@ rule learning_curves:
         runs=rules.run_table.output[0],
     output:
         report(
-            f"{PIPELINE.plots}/learning_curves.png",
-            caption="../report/learning_curves.rst",
+            f"{PIPELINE.plots}/{layout.LEARNING_CURVES}.png",
+            caption=f"../report/{layout.LEARNING_CURVES}.rst",
             category="Plots",
         ),
     log:

@@ -10,10 +10,7 @@ rule soups:
     input:
         unpack(soups_inputs),
     output:
-        model=each_soup("model"),
-        metrics=each_soup("metrics"),
-        trace=each_soup("trace"),
-        outputs=each_soup("outputs"),
+        **{kind: each_soup(kind) for kind in SOUP_FILES},  # layout.soup_files: model, metrics, trace, outputs
     log:
         f"{PIPELINE.logs}/soups.log",
     conda:

@@ -92,6 +92,18 @@ def soup_files(folder: str) -> dict[str, str]:
             "trace": f"{folder}/trace.parquet", "outputs": f"{folder}/outputs.safetensors"}
 
 
+#: the figures of rule plots: {output name: file stem}; each has its report caption in
+#: ``workflow/report/<stem>.rst`` (``soupflow.report.figures.plot_all`` draws them by output name)
+PLOTS = {"soups": "soups_vs_ingredients", "heatmap": "val_heatmap", "greedy": "greedy_ingredients",
+         "pruned": "pruned_passes", "wise_ft": "wise_ft"}
+LEARNING_CURVES = "learning_curves"  # rule learning_curves' figure
+
+
+def plot_files(folder: str) -> dict[str, str]:
+    """Every figure rule plots draws, by output name (``PLOTS``)."""
+    return {name: f"{folder}/{stem}.png" for name, stem in PLOTS.items()}
+
+
 def runs_table(folder: str = f"{RESULTS}/metrics") -> str:
     """Every run's metrics and the paths of its files (rule run_table): the soups' list of ingredients."""
     return f"{folder}/runs.parquet"
