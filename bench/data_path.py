@@ -169,7 +169,7 @@ def fresh_model(data_path: str):
 
 def replanned(work: Path, root: Path) -> dict[str, int]:
     """What ``snakemake -n`` plans for a finished files workflow once an image is added to its folder."""
-    from run import _config, _job_count, _pretend_finished, _snakemake
+    from dag import _config, _job_count, _pretend_finished, _snakemake
 
     folder = work / "replan"
     config = {**_config(20), "data": {**DATA, "root": str(root), "pretrain_fraction": 0.5}, "model": MODEL}

@@ -42,7 +42,7 @@ def _fine_tune(data: str, init: str, folder: Path, devices: int, through_launche
 
 
 def bench_ddp(work: Path) -> pd.DataFrame:
-    from run import prepared_data
+    from common import prepared_data
 
     from soupflow.core.models import model_for, save_checkpoint
     from soupflow.store.datasets import open_data

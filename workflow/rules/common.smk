@@ -10,7 +10,7 @@ sys.path.insert(
 from snakemake.exceptions import WorkflowError
 
 from soupflow.plan import layout
-from soupflow.plan.catalog import GPU_RULES, RECIPES
+from soupflow.plan.catalog import RECIPES
 from soupflow.plan.config import resolve_config
 from soupflow.plan.errors import ConfigError
 from soupflow.plan.gpus import visible_gpus
@@ -25,7 +25,6 @@ from soupflow.plan.params import (
     image_folders,
     kept_epochs,
     pipelines,
-    soup_base,
     soup_specs,
     tracked,
     untracked,

@@ -1,0 +1,214 @@
+"""The workflow's scale (``bench/run.py --only dag``): ``snakemake -n`` on large grids against a floor of shell
+rules with the workflow's own DAG shape, and what a finished workflow plans when one grid point is added."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+import pandas as pd
+import yaml
+from common import ROOT
+
+
+def _config(points: int) -> dict:
+    lrs = [round(0.001 * (i + 1), 6) for i in range(10)]
+    seeds = list(range(points // 10))
+    return {"data": {"name": "fashion_mnist", "root": common.FASHION, "pretrain_fraction": 0.3}, "model": {"name": "test_resnet"},
+            "finetune": {"epochs": 1}, "pretrain": {"epochs": 1},
+            "grid": {"lr": lrs, "seed": seeds}, "soups": [{"recipe": "uniform"}, {"recipe": "greedy"}]}
+
+
+def _snakemake(work: Path, config: dict, *args: str) -> tuple[float, str]:
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", str(path),
+                          "--directory", str(work), "--cores", "1", *args], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return time.perf_counter() - start, out.stdout + out.stderr
+
+
+def _job_count(output: str, rule: str) -> int:
+    import re
+
+    match = re.search(rf"^{rule}\s+(\d+)$", output.split("Job stats:", 1)[-1], re.M)
+    return int(match.group(1)) if match else 0
+
+
+def _pretend_finished(work: Path, config: dict) -> None:
+    """Create every output of the default target, oldest first, as if the workflow had run."""
+    from soupflow.plan import layout
+    from soupflow.plan.config import resolve_config
+    from soupflow.plan.grid import expand_runs
+    from soupflow.plan.params import kept_epochs, soup_specs
+
+    resolved = resolve_config(config, check_model=False)
+    results = work / layout.RESULTS
+    runs = [layout.run_files(f"{work}/{layout.RUNS}/{run}") for run in expand_runs(resolved)]
+    soups = [layout.soup_files(f"{work}/{layout.SOUPS}/{soup}") for soup in soup_specs(resolved)]
+    checkpoints = [layout.init_file(f"{work}/{layout.INIT}")] + [f["model"] for f in runs + soups]
+    stages = [
+        [*layout.data_files(f"{work}/{layout.DATA}", resolved["data"]["format"]).values(), results / "config.yaml"],
+        [layout.init_file(f"{work}/{layout.INIT}"),
+         *[layout.epoch_file(f"{work}/{layout.INIT}", e) for e in kept_epochs(resolved)]],
+        [path for files in runs for path in files.values()],
+        [layout.runs_table(f"{results}/metrics")],
+        [path for files in soups for path in files.values()],
+        [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")] + [results / "metrics/timm_configs.txt"]
+        + [layout.timm_config(path) for path in checkpoints],
+        [*layout.plot_files(f"{results}/plots").values(), results / f"plots/{layout.LEARNING_CURVES}.png"]
+        + [results / "summary.txt", results / "summary.csv"],
+    ]
+    stages = [[Path(path) for path in stage] for stage in stages]
+    # Snakemake notices a changed *set* of inputs through its metadata records; write the one of the job that
+    # reads every run (the runs table) as a real run would have, so that a new run is noticed as it would be.
+    run_inputs = [str(Path(files[kind]).relative_to(work)) for kind in ("metrics", "model", "outputs") for files in runs]
+    readers = {stages[3][0]: {"rule": "run_table", "input": run_inputs}}
+    folder = work / ".snakemake" / "metadata"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, record in readers.items():
+        name = base64.b64encode(str(path.relative_to(work)).encode()).decode()
+        record["input"] = sorted(record["input"])  # Snakemake compares the sorted list
+        (folder / name).write_text(json.dumps(record | {"incomplete": False, "record_format_version": 6}))
+    stamp = time.time() - 1000
+    for stage in stages:
+        for path in stage:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            os.utime(path, (stamp, stamp))
+        stamp += 10
+
+
+FLOOR_SNAKEFILE = """
+RUNS = [f"run-{{i:010x}}" for i in range({points})]
+SOUPS = ["uniform", "greedy"]
+R = "results/runs/{{run_id}}"
+S = "results/soups/{{s}}"
+CHECKPOINTS = ["results/init/model.safetensors", *expand(R + "/model.safetensors", run_id=RUNS, allow_missing=True),
+               *expand(S + "/model.safetensors", s=SOUPS)]
+PLOTS = {plots}
+rule all:
+    input: "results/summary.txt", "results/plots/learning_curves.png", "results/metrics/timm_configs.txt",
+           "results/config.yaml", expand("results/plots/{{p}}.png", p=PLOTS)
+rule resolved_config:
+    output: "results/config.yaml"
+    shell: "touch {{output}}"
+rule prepare_data:
+    output: "results/data/dataset.safetensors", "results/data/splits.json"
+    shell: "touch {{output}}"
+rule init:
+    input: "results/data/dataset.safetensors"
+    output: "results/init/model.safetensors"
+    shell: "touch {{output}}"
+rule finetune:
+    input: "results/data/dataset.safetensors", "results/init/model.safetensors"
+    output: R + "/model.safetensors", R + "/outputs.safetensors", R + "/history.parquet", R + "/metrics.parquet", R + "/config.yaml"
+    log: R + "/train.log"
+    shell: "touch {{output}} {{log}}"
+rule run_table:
+    input: expand(R + "/{{f}}", run_id=RUNS, f=["metrics.parquet", "model.safetensors", "outputs.safetensors"])
+    output: "results/metrics/runs.parquet"
+    shell: "touch {{output}}"
+rule learning_curves:
+    input: expand(R + "/history.parquet", run_id=RUNS)
+    output: "results/plots/learning_curves.png"
+    shell: "touch {{output}}"
+rule soups:
+    input: "results/data/dataset.safetensors", "results/metrics/runs.parquet"
+    output: expand(S + "/{{f}}", s=SOUPS, f=["model.safetensors", "metrics.parquet", "trace.parquet", "outputs.safetensors"])
+    shell: "touch {{output}}"
+rule soups_table:
+    input: "results/metrics/runs.parquet", expand(S + "/metrics.parquet", s=SOUPS)
+    output: "results/metrics/soups.parquet"
+    shell: "touch {{output}}"
+rule trace_table:
+    input: expand(S + "/trace.parquet", s=SOUPS)
+    output: "results/metrics/soup_trace.parquet"
+    shell: "touch {{output}}"
+rule timm_configs:
+    input: "results/data/dataset.safetensors", CHECKPOINTS
+    output: "results/metrics/timm_configs.txt", [path.rsplit("/", 1)[0] + "/config.json" for path in CHECKPOINTS]
+    shell: "touch {{output}}"
+rule plots:
+    input: "results/metrics/runs.parquet", "results/metrics/soups.parquet", "results/metrics/soup_trace.parquet"
+    output: expand("results/plots/{{p}}.png", p=PLOTS)
+    shell: "touch {{output}}"
+rule summary:
+    input: "results/metrics/runs.parquet", "results/metrics/soups.parquet"
+    output: "results/summary.txt", "results/summary.csv"
+    shell: "touch {{output}}"
+"""
+
+
+def _job_stats(output: str) -> dict[str, int]:
+    """The ``Job stats`` table of a ``snakemake -n`` output: {rule: jobs}."""
+    table = output.split("Job stats:", 1)[-1].split("\n\n", 1)[0]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if name != "total"}
+
+
+def _floor(work: Path, points: int) -> tuple[float, str]:
+    """``snakemake -n`` on shell rules of the workflow's DAG shape (the same rules, jobs and outputs per job:
+    data, config → init → N fine-tunes with five outputs and a log → runs table, learning curves → one soups
+    job → tables, plots, summary; one timm_configs job with a config.json per checkpoint): the engine's own
+    cost, with no config validation, grid expansion, params, input functions or wildcards but the run's.
+    ``bench_dag`` checks that its job stats are the workflow's."""
+    folder = work / f"floor{points}"
+    folder.mkdir(parents=True, exist_ok=True)
+    from soupflow.plan.layout import PLOTS
+
+    (folder / "Snakefile").write_text(FLOOR_SNAKEFILE.format(points=points, plots=list(PLOTS.values())))
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(folder / "Snakefile"), "--directory",
+                          str(folder), "--cores", "1", "-n", "--quiet", "rules"], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return time.perf_counter() - start, out.stdout + out.stderr
+
+
+def bench_dag(work: Path) -> pd.DataFrame:
+    rows = []
+    for points in (1000, 10000):
+        folder = work / f"dag{points}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ours, floors = [], []
+        for _ in range(3):  # in turns, so that a slower minute of the machine hits both alike; medians
+            ours.append(_snakemake(folder, _config(points), "-n", "--quiet", "rules"))
+            floors.append(_floor(work, points))
+        (seconds, output), (floor, floor_output) = sorted(ours)[1], sorted(floors)[1]
+        if _job_stats(output) != _job_stats(floor_output):
+            raise RuntimeError(f"the floor's DAG is not the workflow's: {_job_stats(floor_output)} vs "
+                               f"{_job_stats(output)}")
+        rows.append({"check": f"snakemake -n, {points} grid points (median of 3)", "seconds": seconds,
+                     "goal_seconds": 10 if points == 1000 else 60, "finetune_jobs": _job_count(output, "finetune"),
+                     "floor_seconds": floor})
+    folder = work / "dag1000"
+    config = _config(1000)
+    _pretend_finished(folder, config)
+    _, output = _snakemake(folder, config, "-n", "--quiet", "rules")
+    finished = _job_count(output, "finetune")
+    grown = json.loads(json.dumps(config))
+    grown["runs"] = [{"lr": 0.123, "seed": 0}]  # exactly one new grid point
+    seconds, output = _snakemake(folder, grown, "-n", "--quiet", "rules")
+    rows.append({"check": "finished 1000 points, nothing changed", "seconds": float("nan"), "goal_seconds": float("nan"),
+                 "finetune_jobs": finished, "floor_seconds": float("nan")})
+    rows.append({"check": "finished 1000 points + 1 point", "seconds": seconds, "goal_seconds": 10,
+                 "finetune_jobs": _job_count(output, "finetune"), "floor_seconds": float("nan")})
+    table = pd.DataFrame(rows)
+    print("\nworkflow scale (snakemake -n, this machine)")
+    for row in table.itertuples():
+        goal = f" (goal < {row.goal_seconds:.0f} s)" if row.goal_seconds == row.goal_seconds else ""
+        timing = f"{row.seconds:.1f} s{goal}, " if row.seconds == row.seconds else ""
+        floor = row.floor_seconds
+        versus = (f"; shell-rule floor of the same DAG (same rules, jobs, outputs) {floor:.1f} s -> ratio {row.seconds / floor:.2f} (goal <= 1.2)"
+                  if floor == floor else "")
+        print(f"  {row.check}: {timing}{row.finetune_jobs} fine-tunes scheduled{versus}")
+    return table
