@@ -65,7 +65,7 @@ def _pretend_finished(work: Path, config: dict) -> None:
         [path for files in soups for path in files.values()],
         [results / f"metrics/{t}.parquet" for t in ("soups", "soup_trace")] + [results / "metrics/timm_configs.txt"]
         + [layout.timm_config(path) for path in checkpoints],
-        [*layout.plot_files(f"{results}/plots").values(), results / f"plots/{layout.LEARNING_CURVES}.png"]
+        [*layout.plot_files(f"{results}/plots").values(), layout.learning_curves_file(f"{results}/plots")]
         + [results / "summary.txt", results / "summary.csv"],
     ]
     stages = [[Path(path) for path in stage] for stage in stages]

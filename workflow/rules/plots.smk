@@ -29,8 +29,8 @@ rule learning_curves:
         runs=rules.run_table.output[0],
     output:
         report(
-            f"{PIPELINE.plots}/{layout.LEARNING_CURVES}.png",
-            caption=f"../report/{layout.LEARNING_CURVES}.rst",
+            layout.learning_curves_file(PIPELINE.plots),
+            caption="../report/learning_curves.rst",
             category="Plots",
         ),
     log:

@@ -35,7 +35,7 @@ from soupflow.plan.layout import epoch_file, run_board
 from soupflow.plan.seeds import pipeline_seed
 from soupflow.store.io import atomic_link, atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
 from soupflow.store.prepared import DataError
-from soupflow.store.tables import EMA_COLUMNS, EPOCH_SCHEMA, history_table, metrics_row_table
+from soupflow.store.tables import EPOCH_SCHEMA, RunMetrics, history_table, metrics_row_table
 
 log = logging.getLogger("soupflow")
 
@@ -139,39 +139,38 @@ def _train_run(context: JobContext, run: RunSpec, model: torch.nn.Module, paths:
         return TrainResult("failed", 0, 0, 0.0, 0.0, float("nan")), f"{type(failure).__name__}: {failure}"[:500]
 
 
-def _scored_row(context: JobContext, model: torch.nn.Module, row: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Val and test scores into ``row`` (status ``diverged`` when logits are not finite); the cached outputs."""
+def _scored_row(context: JobContext, model: torch.nn.Module, row: RunMetrics) -> dict[str, torch.Tensor]:
+    """Val and test scores into ``row`` (status ``diverged`` when logits are not finite; a failed run's stay
+    NaN: its model scores as the init); the cached outputs."""
     outputs = {}
     for split in ("val", "test"):
         evaluator = context.evaluator(split, model=model)
         logits, features = evaluator.outputs(features=True)
         scores = scores_from_logits(logits, evaluator.labels)
-        if row["status"] == "ok" and not torch.isfinite(logits).all():
-            row["status"] = "diverged"
-        row[f"{split}_accuracy"], row[f"{split}_loss"] = scores.accuracy, scores.loss
+        if row.status == "ok" and not torch.isfinite(logits).all():
+            row.status = "diverged"
+        if row.status != "failed":
+            row.set_scores(split, scores.accuracy, scores.loss)
         outputs[f"{split}_logits"], outputs[f"{split}_features"] = logits, features
-    if row["status"] == "failed":  # the scores above are the init's: do not let them pass for the run's
-        row.update({f"{split}_{name}": float("nan") for split in ("val", "test") for name in ("accuracy", "loss")})
     return outputs
 
 
-def _scored_ema(context: JobContext, ema: dict[str, torch.Tensor] | None, row: dict[str, Any],
+def _scored_ema(context: JobContext, ema: dict[str, torch.Tensor] | None, row: RunMetrics,
                 outputs: dict[str, torch.Tensor]) -> None:
     """The moving average's val and test scores into ``row`` (``ema_*``, null without one) and its logits into
     the cached outputs (``ema_val_logits``, ``ema_test_logits``): what soups with ``ingredients: ema`` rank,
     report and ensemble by without running it again. Scored on a model of its own: ``model`` stays the run's."""
-    row.update({name: None for name, _ in EMA_COLUMNS})
-    if ema is None or row["status"] == "failed":
+    if ema is None or row.status == "failed":
         return
     model = context.model()
     for split in ("val", "test"):
         evaluator = context.evaluator(split, model=model)
         logits = evaluator.logits(ema)
         scores = scores_from_logits(logits, evaluator.labels)
-        row[f"ema_{split}_accuracy"], row[f"ema_{split}_loss"] = scores.accuracy, scores.loss
+        row.set_scores(f"ema_{split}", scores.accuracy, scores.loss)
         outputs[f"ema_{split}_logits"] = logits
-    log.info("%s: moving average of the weights: val accuracy %.4f, test accuracy %.4f", row["run_id"],
-             row["ema_val_accuracy"], row["ema_test_accuracy"])
+    log.info("%s: moving average of the weights: val accuracy %.4f, test accuracy %.4f", row.run_id,
+             row.ema_val_accuracy, row.ema_test_accuracy)
 
 
 def _save_ema(paths: RunPaths, ema: dict[str, torch.Tensor] | None, meta: dict[str, str], decay: Any) -> None:
@@ -187,13 +186,11 @@ def _save_ema(paths: RunPaths, ema: dict[str, torch.Tensor] | None, meta: dict[s
     save_checkpoint(ema, paths.ema, {**meta, "weights": "ema", "ema_decay": str(decay)})
 
 
-def _row(run: RunSpec, result: TrainResult, error: str, model: torch.nn.Module, device: torch.device) -> dict:
-    """The run's metrics row (``tables.RUN_SCHEMA``) before scoring: hyperparameters and training figures."""
-    return {"run_id": run.run_id, **{f"hp_{k}": v for k, v in run.hp.items()}, "status": result.status,
-            "error": error, "resumed_from_step": result.resumed_from_step, "epochs_done": result.epochs_done,
-            "train_loss": result.train_loss, "train_seconds": result.seconds,
-            "train_images_per_second": result.images_per_second, "n_parameters": count_parameters(model),
-            "device": device.type, "images_skipped": 0} | {name: None for name, _ in EMA_COLUMNS}
+def _row(run: RunSpec, result: TrainResult, error: str, model: torch.nn.Module, device: torch.device) -> RunMetrics:
+    """The run's metrics row before scoring: hyperparameters and training figures."""
+    return RunMetrics(run.run_id, run.hp, result.status, error, result.resumed_from_step, result.epochs_done,
+                      result.train_loss, result.seconds, result.images_per_second, count_parameters(model),
+                      device.type)
 
 
 def training_model(model_config: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
@@ -229,26 +226,26 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     row = _row(run, result, error, model, context.device)
     outputs = _scored_row(context, model, row)
     _scored_ema(context, result.ema, row, outputs)
-    row["images_skipped"] = context.data.skipped  # unreadable images passed over (data.skip_corrupt)
-    log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run.run_id, row["status"],
-             row["val_accuracy"], row["test_accuracy"], result.seconds)
-    meta = checkpoint_metadata(config["model"], context.data, run_id=run.run_id, status=row["status"],
+    row.images_skipped = context.data.skipped  # unreadable images passed over (data.skip_corrupt)
+    log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run.run_id, row.status,
+             row.val_accuracy, row.test_accuracy, result.seconds)
+    meta = checkpoint_metadata(config["model"], context.data, run_id=run.run_id, status=row.status,
                                device=context.device.type, precision=result.precision)  # what the run trained on
     save_checkpoint(model.state_dict(), paths.model, meta)
     _save_ema(paths, result.ema, meta, hp["ema_decay"])
     atomic_save_safetensors(outputs, paths.outputs)
     if result.steps:  # the run's own val scores (the last epoch's point) beside its learning curve
-        add_scalars(paths.board, result.steps, {"val/accuracy": row["val_accuracy"],
-                                                "val/ema_accuracy": row["ema_val_accuracy"]})
+        add_scalars(paths.board, result.steps, {"val/accuracy": row.val_accuracy,
+                                                "val/ema_accuracy": row.ema_val_accuracy})
     atomic_write_yaml({"run_id": run.run_id, "hyperparameters": hp, "model": config["model"],
                        "data": config["data"]["name"], "init": run.init}, paths.config)
     history = result.history
     if history and history[-1]["epoch"] == int(hp["epochs"]):  # the last epoch's weights are the run's: scored above
-        history[-1]["val_accuracy"] = row["val_accuracy"]
+        history[-1]["val_accuracy"] = row.val_accuracy
     atomic_write_parquet(history_table(run.run_id, history), paths.history)
     if paths.epochs:
-        table = _epoch_table(run, paths, context.evaluator("val", model=model), row["status"] == "ok")
+        table = _epoch_table(run, paths, context.evaluator("val", model=model), row.status == "ok")
         atomic_write_parquet(table, paths.epochs)
-    atomic_write_parquet(metrics_row_table([row]), paths.metrics)
+    atomic_write_parquet(metrics_row_table([row.columns()]), paths.metrics)
     forget(state_beside(paths.model))
-    return row
+    return row.columns()

@@ -96,12 +96,16 @@ def soup_files(folder: str) -> dict[str, str]:
 #: ``workflow/report/<stem>.rst`` (``soupflow.report.figures.plot_all`` draws them by output name)
 PLOTS = {"soups": "soups_vs_ingredients", "heatmap": "val_heatmap", "greedy": "greedy_ingredients",
          "pruned": "pruned_passes", "wise_ft": "wise_ft"}
-LEARNING_CURVES = "learning_curves"  # rule learning_curves' figure
 
 
 def plot_files(folder: str) -> dict[str, str]:
     """Every figure rule plots draws, by output name (``PLOTS``)."""
     return {name: f"{folder}/{stem}.png" for name, stem in PLOTS.items()}
+
+
+def learning_curves_file(folder: str) -> str:
+    """Rule learning_curves' figure (its report caption: ``workflow/report/learning_curves.rst``)."""
+    return f"{folder}/learning_curves.png"
 
 
 def runs_table(folder: str = f"{RESULTS}/metrics") -> str:

@@ -7,6 +7,7 @@ data set (``pyarrow.dataset``, polars, DuckDB on ``results/runs/*/metrics.parque
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pandas as pd
@@ -20,19 +21,55 @@ ARROW_TYPES = {float: pa.float64(), int: pa.int64(), str: pa.string(), bool: pa.
 #: The column type of every hyperparameter, from its kind in the catalog.
 HYPERPARAMETER_TYPES: dict[str, pa.DataType] = {hp.name: ARROW_TYPES[hp.kind] for hp in HYPERPARAMETERS}
 
-#: The scores of a run's moving average of its weights (hyperparameter ``ema_decay``; null for runs without
-#: one, and absent from metrics written before it was added: the runs table aligns such parts by name).
-EMA_COLUMNS = [(f"ema_{split}_{name}", pa.float64()) for split in ("val", "test") for name in ("accuracy", "loss")]
+NAN = float("nan")
 
+
+@dataclass
+class RunMetrics:
+    """A fine-tune's metrics row (``runs/<run_id>/metrics.parquet``): ``RUN_SCHEMA`` is made from these fields,
+    the hyperparameters spread as ``hp_<name>`` columns after ``run_id``. Scores stay NaN unless the job sets
+    them (a failed run: its model would score as the init); ``ema_*`` stay null for a run without a moving
+    average of its weights (absent from metrics written before it was added: the runs table aligns by name)."""
+
+    run_id: str
+    hp: dict[str, Any]
+    status: str
+    error: str
+    resumed_from_step: int
+    epochs_done: int
+    train_loss: float
+    train_seconds: float
+    train_images_per_second: float
+    n_parameters: int
+    device: str
+    images_skipped: int = 0
+    val_accuracy: float = NAN
+    val_loss: float = NAN
+    test_accuracy: float = NAN
+    test_loss: float = NAN
+    ema_val_accuracy: float | None = None
+    ema_val_loss: float | None = None
+    ema_test_accuracy: float | None = None
+    ema_test_loss: float | None = None
+
+    def set_scores(self, prefix: str, accuracy: float, loss: float) -> None:
+        """``<prefix>_accuracy`` and ``<prefix>_loss`` (prefix ``val``, ``test``, ``ema_val``, ``ema_test``)."""
+        setattr(self, f"{prefix}_accuracy", accuracy)
+        setattr(self, f"{prefix}_loss", loss)
+
+    def columns(self) -> dict[str, Any]:
+        """The row as ``RUN_SCHEMA``'s columns."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        hp = values.pop("hp")
+        return {"run_id": values.pop("run_id"), **{f"hp_{k}": v for k, v in hp.items()}, **values}
+
+
+#: Arrow types of RunMetrics' field annotations (``from __future__ import annotations``: they are strings)
+_FIELD_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "float | None": pa.float64()}
 RUN_SCHEMA = pa.schema(
     [("run_id", pa.string())]
     + [(f"hp_{name}", kind) for name, kind in HYPERPARAMETER_TYPES.items()]
-    + [("status", pa.string()), ("error", pa.string()), ("resumed_from_step", pa.int64()),
-       ("epochs_done", pa.int64()), ("train_loss", pa.float64()), ("train_seconds", pa.float64()),
-       ("train_images_per_second", pa.float64()), ("n_parameters", pa.int64()), ("device", pa.string()),
-       ("images_skipped", pa.int64())]
-    + [(f"{split}_{name}", pa.float64()) for split in ("val", "test") for name in ("accuracy", "loss")]
-    + EMA_COLUMNS
+    + [(f.name, _FIELD_TYPES[f.type]) for f in fields(RunMetrics) if f.name not in ("run_id", "hp")]
 )
 
 
