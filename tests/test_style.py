@@ -71,6 +71,10 @@ def _names_of(body: str) -> set[str]:
     names = set(re.findall(FILE_NAME, body))
     for function in re.findall(r"layout\.(\w+)\(", body):
         names.update(re.findall(FILE_NAME, inspect.getsource(getattr(layout, function))))
+        if len(inspect.signature(getattr(layout, function)).parameters) == 1:  # a folder's files, spelt by fields
+            made = getattr(layout, function)("folder")
+            paths = made.values() if isinstance(made, dict) else [made]
+            names.update(re.findall(FILE_NAME, " ".join(f'"{path}"' for path in paths)))
     return names
 
 

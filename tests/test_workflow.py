@@ -236,7 +236,7 @@ def test_invalid_config_is_rejected_before_any_job(tmp_path):
     bad["soups"].append({"recipe": "minestrone"})
     result = snakemake(tmp_path, bad)
     assert result.returncode != 0
-    assert f"soups.{len(SMOKE['soups'])}.recipe" in result.stderr and "greedy_random" in result.stderr
+    assert f"soups[{len(SMOKE['soups'])}].recipe" in result.stderr and "greedy_random" in result.stderr
     assert not (tmp_path / "results").exists()
 
 

@@ -116,44 +116,15 @@ rule analysis:
         metrics=each_analysed_run("metrics"),
         sanity=rules.soup_sanity.output[0],
     output:
-        pairs=f"{RESULTS}/analysis/pairs.parquet",
-        correlations=f"{RESULTS}/analysis/correlations.parquet",
-        triplets=f"{RESULTS}/analysis/triplets.parquet",
-        transitivity=f"{RESULTS}/analysis/transitivity.parquet",
-        embedding=f"{RESULTS}/analysis/embedding.parquet",
-        robustness=f"{RESULTS}/analysis/robustness.parquet",
-        shared_training=f"{RESULTS}/analysis/shared_training.parquet",
-        headline=f"{RESULTS}/analysis/headline.parquet",
-        similarity_png=report(
-            f"{RESULTS}/analysis/plots/similarity.png",
-            caption="../report/analysis/similarity.rst",
-            category="Analysis",
-        ),
-        similarity_positive_png=report(
-            f"{RESULTS}/analysis/plots/similarity_positive.png",
-            caption="../report/analysis/similarity_positive.rst",
-            category="Analysis",
-        ),
-        transitivity_png=report(
-            f"{RESULTS}/analysis/plots/transitivity.png",
-            caption="../report/analysis/transitivity.rst",
-            category="Analysis",
-        ),
-        embedding_png=report(
-            f"{RESULTS}/analysis/plots/embedding.png",
-            caption="../report/analysis/embedding.rst",
-            category="Analysis",
-        ),
-        shared_training_png=report(
-            f"{RESULTS}/analysis/plots/shared_training.png",
-            caption="../report/analysis/shared_training.rst",
-            category="Analysis",
-        ),
-        corrupted_png=report(
-            f"{RESULTS}/analysis/plots/corrupted.png",
-            caption="../report/analysis/corrupted.rst",
-            category="Analysis",
-        ),
+        **layout.analysis_tables(f"{RESULTS}/analysis"),
+        **{
+            name: report(
+                path,
+                caption=f"../report/analysis/{name.removesuffix('_png')}.rst",
+                category="Analysis",
+            )
+            for name, path in layout.analysis_plots(f"{RESULTS}/analysis").items()
+        },
     log:
         f"{RESULTS}/logs/analysis/analysis.log",
     conda:

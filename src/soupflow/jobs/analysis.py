@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from soupflow.core import analysis
+from soupflow.plan.layout import AnalysisPlots, AnalysisTables
 from soupflow.report.analysis_figures import plot_analysis_figures
 from soupflow.store.io import atomic_write_parquet
 
@@ -25,32 +26,6 @@ class AnalysisInputs:
     chunks: list[str]
     metrics: list[str]
     sanity: str
-
-
-@dataclass(frozen=True)
-class AnalysisTables:
-    """The analysis' Parquet tables, as the analysis rule names them."""
-
-    pairs: str
-    correlations: str
-    triplets: str
-    transitivity: str
-    embedding: str
-    robustness: str
-    shared_training: str
-    headline: str
-
-
-@dataclass(frozen=True)
-class AnalysisPlots:
-    """The analysis' figures (``soupflow.report.analysis_figures``), as the analysis rule names them."""
-
-    similarity: str
-    similarity_positive: str
-    transitivity: str
-    embedding: str
-    shared_training: str
-    corrupted: str
 
 
 def _correlations(pairs: pd.DataFrame) -> pd.DataFrame:

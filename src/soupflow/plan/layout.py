@@ -6,7 +6,8 @@ own with the same functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 RESULTS = "results"
 
@@ -122,3 +123,57 @@ def pooled_files(folder: str = RESULTS) -> dict[str, str]:
     """Each soup against the best individual pooled over the replicates (rule pooled): table, text, figure."""
     return {"table": f"{folder}/metrics/pooled.parquet", "text": f"{folder}/pooled.txt",
             "figure": f"{folder}/plots/replicates.png"}
+
+
+class FolderFiles:
+    """A record whose fields are the files of one folder, each named by its field through ``PATTERN``."""
+
+    PATTERN: ClassVar[str]  # ``{folder}`` and ``{name}`` (the field's)
+
+    @classmethod
+    def under(cls, folder: str) -> "FolderFiles":
+        return cls(**{f.name: cls.PATTERN.format(folder=folder, name=f.name) for f in fields(cls)})
+
+    def files(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class AnalysisTables(FolderFiles):
+    """The analysis' Parquet tables (rule analysis, ``soupflow.jobs.analysis.analyse``): ``<field>.parquet``."""
+
+    PATTERN = "{folder}/{name}.parquet"
+
+    pairs: str
+    correlations: str
+    triplets: str
+    transitivity: str
+    embedding: str
+    robustness: str
+    shared_training: str
+    headline: str
+
+
+@dataclass(frozen=True)
+class AnalysisPlots(FolderFiles):
+    """The analysis' figures (``soupflow.report.analysis_figures``): ``plots/<field>.png``, each with its report
+    caption in ``workflow/report/analysis/<field>.rst``. The rule names them ``<field>_png``."""
+
+    PATTERN = "{folder}/plots/{name}.png"
+
+    similarity: str
+    similarity_positive: str
+    transitivity: str
+    embedding: str
+    shared_training: str
+    corrupted: str
+
+
+def analysis_tables(folder: str) -> dict[str, str]:
+    """Rule analysis' tables by output name."""
+    return AnalysisTables.under(folder).files()
+
+
+def analysis_plots(folder: str) -> dict[str, str]:
+    """Rule analysis' figures by output name (``<figure>_png``)."""
+    return {f"{name}_png": path for name, path in AnalysisPlots.under(folder).files().items()}
