@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,7 @@ def launch(request: Launch, folder: str | Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".launch.pickle"
     logs = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    path.write_bytes(pickle.dumps(Launch(request.function, request.config, request.arguments, request.threads,
-                                         logs)))
+    path.write_bytes(pickle.dumps(replace(request, logs=logs)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": str(max(1, request.threads // devices))}
     gpus = visible_gpus()
