@@ -74,7 +74,7 @@ def run(config: dict, data, init: dict, hp: dict, sample: torch.Tensor) -> dict:
     model = model_for(data, config["model"])
     model.load_state_dict(init)
     gap = statistics_gap(model, sample)
-    seeded = {**hp, "seed": pipeline_seed(config, hp["seed"]), "sync_bn": False}
+    seeded = {**hp, "seed": pipeline_seed(config, hp["seed"])}
     result = train(model, fine_tuning_source(data, seeded), data, seeded, torch.device("cpu"), name="probe", log_every=1000)
     dead, majority = dead_and_majority(model, sample)
     val = Evaluator(model, data, "val", torch.device("cpu")).scores().accuracy

@@ -221,7 +221,7 @@ def bench_train(work: Path, steps: int, device: str = "auto", precisions: list[s
     """soupflow's ``train()`` vs a bare loop (and a per-sample DataLoader) on ``device``; ``precisions`` default
     to fp32, and bf16 on CUDA; ``augmentations`` to all of ``AUGMENTATIONS``; medians of ``repeats`` in turns."""
     from soupflow.core.models import model_for, pick_device, set_threads
-    from soupflow.core.train import AUGMENTATIONS, TensorSource, train
+    from soupflow.core.train import AUGMENTATIONS, TensorSource, TrainingOptions, train
     from soupflow.store.data import TensorData
 
     set_threads(os.cpu_count())
@@ -252,7 +252,7 @@ def bench_train(work: Path, steps: int, device: str = "auto", precisions: list[s
     def soupflow(augmentation="none", precision="fp32"):
         settings = hp | {"augmentation": augmentation}
         return lambda: train(fresh(), TensorSource.of(images[:n], labels[:n], settings), data, settings, device,
-                             name="bench", precision=precision).images_per_second
+                             name="bench", options=TrainingOptions(precision=precision)).images_per_second
 
     _bare_loop(fresh(), images, labels, data, batch, 5, device)  # warm-up (allocator, kernels)
     soupflow()()

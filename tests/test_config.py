@@ -185,6 +185,25 @@ def test_a_data_root_without_the_data_set_is_rejected_before_any_job(tmp_path):
     assert "train-images-idx3-ubyte" in message
 
 
+def test_every_training_reads_one_typed_record_of_hyperparameters_with_the_catalogs_defaults():
+    """Fine-tunes, pretraining and tests all build ``Hyperparameters``: the finetune section's defaults are the
+    record's, pretraining takes only the hyperparameters of its section, numbers get their kind, and a key that
+    is not a hyperparameter is refused rather than ignored."""
+    from dataclasses import asdict
+
+    from soupflow.plan.catalog import Hyperparameters
+    from soupflow.plan.config import DEFAULTS
+
+    assert asdict(Hyperparameters()) == DEFAULTS["finetune"]
+    pretraining = Hyperparameters.of_section(DEFAULTS["pretrain"])
+    assert (pretraining.lr, pretraining.augmentation, pretraining.nesterov) == (0.05, "flip_shift", True)
+    assert not hasattr(pretraining, "keep_every")
+    made = Hyperparameters.of({"lr": 1, "epochs": 3.0})
+    assert type(made.lr) is float and type(made.epochs) is int and made.momentum == 0.9
+    with pytest.raises(KeyError, match="sync_bn"):
+        Hyperparameters.of({"lr": 0.1, "sync_bn": True})
+
+
 def test_the_schema_takes_its_lists_of_names_from_the_catalog():
     """The catalog is the one source: the schema's hyperparameters name the same keys (checked when it loads),
     and a name the catalog lacks is rejected wherever a list of names applies."""

@@ -127,7 +127,7 @@ def test_a_shared_fine_tune_is_a_fine_tune_of_the_pretrained_init_that_the_runs_
     data = TensorData(data_path)
     model = model_for(data, plain["model"])
     model.load_state_dict(load_file(str(tmp_path / "plain.safetensors")))
-    hp = {**plain["finetune"], "epochs": 2, "lr": 0.03, "seed": pipeline_seed(plain, 0), "sync_bn": False}
+    hp = {**plain["finetune"], "epochs": 2, "lr": 0.03, "seed": pipeline_seed(plain, 0)}
     assert train(model, fine_tuning_source(data, hp), data, hp, torch.device("cpu")).status == "ok"
     expected, got = model.state_dict(), load_file(str(tmp_path / "shared.safetensors"))
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)

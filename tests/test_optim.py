@@ -16,8 +16,18 @@ from timm.scheduler import CosineLRScheduler, create_scheduler_v2
 
 from soupflow.core.models import channels_last, channels_last_input
 from soupflow.core.resume import Progress, Resume
-from soupflow.core.train import Loop, Numerics, Saver, Schedule, TensorSource, lr_factor, make_optimizer, train
-from soupflow.plan.catalog import HAND_WRITTEN_SCHEDULES, HYPERPARAMETER_DEFAULTS
+from soupflow.core.train import (
+    Loop,
+    Numerics,
+    Saver,
+    Schedule,
+    TensorSource,
+    TrainingOptions,
+    lr_factor,
+    make_optimizer,
+    train,
+)
+from soupflow.plan.catalog import HAND_WRITTEN_SCHEDULES, HYPERPARAMETER_DEFAULTS, Hyperparameters
 from soupflow.plan.config import resolve_config
 from soupflow.plan.errors import ConfigError
 
@@ -238,7 +248,8 @@ def test_clip_grad_bounds_the_norm_of_the_gradient_the_optimizer_steps_on():
     for clip in (None, 0.05):
         hp = _hp(clip_grad=clip, batch_size=64, epochs=1)
         torch.manual_seed(0)
-        loop = Loop.create(MLP(), TensorSource.of(images, labels, hp), FakeData(), hp, CPU, "fp32")
+        loop = Loop.create(MLP(), TensorSource.of(images, labels, hp), FakeData(), Hyperparameters.of(hp), CPU,
+                           TrainingOptions(precision="fp32"))
         loop.step(images, labels, 0)
         norms[clip] = torch.norm(torch.stack([p.grad.norm() for p in loop.model.parameters()])).item()
     assert norms[None] > 0.05 and norms[0.05] == pytest.approx(0.05, rel=1e-4)
@@ -247,12 +258,13 @@ def test_clip_grad_bounds_the_norm_of_the_gradient_the_optimizer_steps_on():
 def test_fp16_trains_on_the_cpu_and_the_scalers_state_resumes(tmp_path):
     images, labels = _images(128)
     hp = _hp(batch_size=32, epochs=2)
-    result, _ = _trained(MLP, hp, images, labels, precision="fp16")
+    result, _ = _trained(MLP, hp, images, labels, options=TrainingOptions(precision="fp16"))
     assert result.status == "ok" and result.precision == "fp16"
     assert result.epoch_losses[-1] < result.epoch_losses[0]
 
     resume = Resume(str(tmp_path / "resume.pt"))
-    loops = [Loop.create(MLP(), TensorSource.of(images, labels, hp), FakeData(), hp, CPU, "fp16") for _ in range(2)]
+    loops = [Loop.create(MLP(), TensorSource.of(images, labels, hp), FakeData(), Hyperparameters.of(hp), CPU,
+                         TrainingOptions(precision="fp16")) for _ in range(2)]
     assert isinstance(loops[0].numerics.scaler, torch.amp.GradScaler)
     loops[0].step(images[:32], labels[:32], 0)
     loops[0].numerics.scaler.update(1024.0)  # as after overflows: what a resumed loop must not forget
@@ -263,9 +275,10 @@ def test_fp16_trains_on_the_cpu_and_the_scalers_state_resumes(tmp_path):
 
 
 def test_without_fp16_there_is_no_scaler_and_bf16_stays_what_auto_picks():
-    assert Numerics.create({}, CPU, "auto").dtype is None and Numerics.create({}, CPU, "fp32").scaler is None
-    assert Numerics.create({}, torch.device("cuda"), "auto").precision == "bf16"
-    assert Numerics.create({}, CPU, "fp16").precision == "fp16"
+    defaults = Hyperparameters()
+    assert Numerics.create(defaults, CPU, "auto").dtype is None and Numerics.create(defaults, CPU, "fp32").scaler is None
+    assert Numerics.create(defaults, torch.device("cuda"), "auto").precision == "bf16"
+    assert Numerics.create(defaults, CPU, "fp16").precision == "fp16"
 
 
 @pytest.mark.parametrize("kind", ["tanh", "wsd"])

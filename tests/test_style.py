@@ -1,6 +1,7 @@
 """The workflow stays as Snakemake's catalog asks: `snakemake --lint` and `snakefmt` clean."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,17 +24,19 @@ def test_snakefmt_leaves_every_rule_file_as_it_is():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_the_gpu_rules_of_the_catalog_take_a_gpu_and_both_profiles_give_them_resources():
+def test_the_rules_that_take_a_gpu_get_threads_and_gpus_from_both_profiles():
+    """A rule's ``resources: gpu=`` is the one place that says it runs a model; each profile must give every
+    such rule its threads and (but for the training rules, which ask for ``devices_per_run`` themselves) a
+    GPU, and no other rule one."""
     import yaml
 
-    from soupflow.plan.catalog import GPU_RULES
-
-    gpu_rules = set(GPU_RULES)
-    takes = {rule for rule, body in _rule_bodies().items() if "gpu=GPU_JOB" in body or "gpu=gpus_per_run" in body}
-    assert takes == gpu_rules
+    gpu_rules = {rule for rule, body in _rule_bodies().items() if re.search(r"\bgpu=(GPU_JOB|gpus_per_run)\b", body)}
+    assert {"init", "finetune", "soups"} <= gpu_rules
     for name in ("local", "slurm"):
         profile = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
-        asked = {rule for rule, resources in profile["set-resources"].items() if "gpu" in (resources or {})}
+        named = {rule: (resources or {}).get("gpu") for rule, resources in profile["set-resources"].items()}
+        asked = {rule for rule, gpus in named.items() if gpus is not None}  # a GPU, or 0 on purpose (CPU nodes)
+        assert {rule for rule, gpus in named.items() if gpus} <= gpu_rules, name
         assert gpu_rules - {"init", "finetune"} <= asked and gpu_rules <= set(profile["set-threads"]), name
         assert not {"init", "finetune"} & asked, name  # they ask for training.devices_per_run GPUs themselves
 

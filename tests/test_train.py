@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from soupflow.core.train import AUGMENTATIONS, TensorSource, lr_factor, random_flip, random_shift, train
+from soupflow.plan.catalog import Hyperparameters
 
 
 def test_flip_mirrors_some_images_and_keeps_the_rest():
@@ -176,7 +177,7 @@ def test_mixup_targets_are_soft_label_mixtures_with_the_smoothing_inside():
     from soupflow.core.train import BatchMixing
 
     images, labels = torch.randn(8, 1, 4, 4), torch.arange(8) % 4
-    mixing = BatchMixing.create({"mixup": 0.4, "label_smoothing": 0.1, "seed": 2}, FakeData(), torch.device("cpu"))
+    mixing = BatchMixing.create(Hyperparameters(mixup=0.4, label_smoothing=0.1, seed=2), FakeData(), torch.device("cpu"))
     mixed, targets = mixing(images.clone(), labels, step=5)  # timm mixes in place
     assert targets.shape == (8, 4) and torch.allclose(targets.sum(1), torch.ones(8))
     assert targets.min() >= 0.1 / 4 - 1e-6  # smoothing: no class at zero

@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
@@ -35,9 +36,12 @@ from soupflow.core.resume import (
     restore,
     save_state,
 )
-from soupflow.plan.catalog import HAND_WRITTEN_SCHEDULES, HYPERPARAMETER_DEFAULTS
+from soupflow.plan.catalog import HAND_WRITTEN_SCHEDULES, Hyperparameters
 from soupflow.store.files import FileData, TrainTransform, image_seed
 from soupflow.store.prepared import PreparedData, run_share
+
+#: what the training functions take: the typed record, or a mapping of some hyperparameters (tests, benchmarks)
+HyperparameterValues = Hyperparameters | Mapping[str, Any]
 
 log = logging.getLogger("soupflow")
 
@@ -90,9 +94,9 @@ class TensorSource:
     generator: torch.Generator = field(default_factory=torch.Generator)
 
     @classmethod
-    def of(cls, images: torch.Tensor, labels: torch.Tensor, hp: dict[str, Any]) -> "TensorSource":
-        """uint8 NCHW ``images`` and their labels, augmented as ``hp["augmentation"]`` says."""
-        return cls(images, labels, AUGMENTATIONS[hp.get("augmentation", "none")])
+    def of(cls, images: torch.Tensor, labels: torch.Tensor, hp: HyperparameterValues) -> "TensorSource":
+        """uint8 NCHW ``images`` and their labels, augmented as ``hp.augmentation`` says."""
+        return cls(images, labels, AUGMENTATIONS[Hyperparameters.of(hp).augmentation])
 
     @property
     def size(self) -> int:
@@ -129,34 +133,31 @@ class FileSource:
                                 lambda i: image_seed(self.seed, epoch, first + i * place.size + place.rank))
 
 
-def train_source(data: PreparedData, split: str, hp: dict[str, Any], share: torch.Tensor | None = None) -> TrainSource:
+def train_source(data: PreparedData, split: str, hp: HyperparameterValues,
+                 share: torch.Tensor | None = None) -> TrainSource:
     """A loop's training images: the split of ``data`` (its ``share`` of indices, or all), augmented as the
     hyperparameters say, in the way of the data's format."""
+    hp = Hyperparameters.of(hp)
     if isinstance(data, FileData):
-        transform = TrainTransform(hflip=0.5 if "flip" in hp.get("augmentation", "none") else 0.0,
-                                   crop_scale=hp.get("crop_scale"), auto_augment=hp.get("auto_augment"))
-        return FileSource(data, split, share, transform, int(hp.get("seed", 0)))
+        transform = TrainTransform(hflip=0.5 if "flip" in hp.augmentation else 0.0,
+                                   crop_scale=hp.crop_scale, auto_augment=hp.auto_augment)
+        return FileSource(data, split, share, transform, hp.seed)
     images, labels = data.split(split)
     if share is not None:
         images, labels = images[share], labels[share]
     return TensorSource.of(images, labels, hp)
 
 
-def fine_tuning_source(data: PreparedData, hp: dict[str, Any]) -> TrainSource:
+def fine_tuning_source(data: PreparedData, hp: HyperparameterValues) -> TrainSource:
     """A fine-tune's training images: its own share of the train split (``data_fraction``, drawn with its seed)."""
-    share = run_share(data.labels("train").shape[0], hp.get("data_fraction"), int(hp["seed"]))
+    hp = Hyperparameters.of(hp)
+    share = run_share(data.labels("train").shape[0], hp.data_fraction, hp.seed)
     return train_source(data, "train", hp, share)
 
 
 # ---------------------------------------------------------------- optimiser and schedule
-def hyperparameter(hp: dict[str, Any], name: str) -> Any:
-    """``hp[name]``, or the catalog's default where ``hp`` lacks it (a fine-tune's ``hp`` carries every default;
-    pretraining and tests build their own): one source for the defaults."""
-    return hp.get(name, HYPERPARAMETER_DEFAULTS[name])
-
-
-def make_optimizer(model: torch.nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
-    """The optimiser ``hp["optimizer"]`` names (any of ``timm.optim.list_optimizers()``, or ``lookahead_<name>``),
+def make_optimizer(model: torch.nn.Module, hp: HyperparameterValues) -> torch.optim.Optimizer:
+    """The optimiser ``hp.optimizer`` names (any of ``timm.optim.list_optimizers()``, or ``lookahead_<name>``),
     built by timm's ``create_optimizer_v2`` with the run's lr, weight decay and ``momentum`` (where the optimiser
     takes one). ``nesterov`` goes to every optimiser with a ``nesterov`` argument, so that the run's recorded
     value is what it trained with (timm's names ``sgd`` and ``momentum``, ``lars`` and ``nlars`` differ only in
@@ -168,15 +169,14 @@ def make_optimizer(model: torch.nn.Module, hp: dict[str, Any]) -> torch.optim.Op
     layer-wise groups, whose ``lr_scale`` multiplies the schedule's lr (``Loop.step``)."""
     from timm.optim import create_optimizer_v2  # here: importing timm.optim costs seconds
 
-    momentum = float(hyperparameter(hp, "momentum"))
+    hp = Hyperparameters.of(hp)
     options = {}
-    if _takes_nesterov(hp["optimizer"]):
-        options["nesterov"] = bool(hyperparameter(hp, "nesterov")) and momentum > 0  # torch: Nesterov needs momentum
-    grouped = hp.get("layer_decay") is not None or hp.get("wd_norm_bias") is False
-    return create_optimizer_v2(model if grouped else model.parameters(), hp["optimizer"], lr=hp["lr"],
-                               weight_decay=hp["weight_decay"], momentum=momentum,
-                               filter_bias_and_bn=hp.get("wd_norm_bias") is False, layer_decay=hp.get("layer_decay"),
-                               **options)
+    if _takes_nesterov(hp.optimizer):
+        options["nesterov"] = bool(hp.nesterov) and hp.momentum > 0  # torch: Nesterov needs momentum
+    grouped = hp.layer_decay is not None or hp.wd_norm_bias is False
+    return create_optimizer_v2(model if grouped else model.parameters(), hp.optimizer, lr=hp.lr,
+                               weight_decay=hp.weight_decay, momentum=hp.momentum,
+                               filter_bias_and_bn=hp.wd_norm_bias is False, layer_decay=hp.layer_decay, **options)
 
 
 def _takes_nesterov(name: str) -> bool:
@@ -216,16 +216,17 @@ class TrainResult:
     ema: dict[str, torch.Tensor] | None = None  # the moving average of the weights (``ema_decay``), else None
 
 
-def make_ema(model: torch.nn.Module, hp: dict[str, Any]) -> Any:
-    """timm's ``ModelEmaV3`` of ``model`` (on its device, fp32) with decay ``hp["ema_decay"]``, or None when
+def make_ema(model: torch.nn.Module, hp: HyperparameterValues) -> Any:
+    """timm's ``ModelEmaV3`` of ``model`` (on its device, fp32) with decay ``hp.ema_decay``, or None when
     the run keeps no moving average. ``Loop.update_ema`` updates it after every optimiser step ``s`` (counted
     from 1) as timm's training script does: ``ema = d_s * ema + (1 - d_s) * weights`` with ``d_1 = 0`` (the
     first step copies the weights) and ``d_s = ema_decay`` after; BatchNorm statistics are averaged alike."""
-    if hp.get("ema_decay") is None:
+    decay = Hyperparameters.of(hp).ema_decay
+    if decay is None:
         return None
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(model, decay=float(hp["ema_decay"]))
+    return ModelEmaV3(model, decay=float(decay))
 
 
 def freeze_batchnorm_statistics(model: torch.nn.Module) -> None:
@@ -294,10 +295,10 @@ class Numerics:
     clip: float | None = None
 
     @classmethod
-    def create(cls, hp: dict[str, Any], device: torch.device, precision: str) -> "Numerics":
+    def create(cls, hp: Hyperparameters, device: torch.device, precision: str) -> "Numerics":
         dtype = autocast_dtype(device, precision)
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-        return cls(device.type, dtype, scaler, int(hp.get("grad_accum_steps") or 1), hp.get("clip_grad"))
+        return cls(device.type, dtype, scaler, hp.grad_accum_steps or 1, hp.clip_grad)
 
     @property
     def precision(self) -> str:
@@ -360,17 +361,17 @@ class BatchMixing:
     seed: int = 0
 
     @classmethod
-    def create(cls, hp: dict[str, Any], data: PreparedData, device: torch.device) -> "BatchMixing":
-        mixing = cls(seed=int(hp.get("seed", 0)))
-        if hp.get("random_erase"):
+    def create(cls, hp: Hyperparameters, data: PreparedData, device: torch.device) -> "BatchMixing":
+        mixing = cls(seed=hp.seed)
+        if hp.random_erase:
             from timm.data.random_erasing import RandomErasing
 
-            mixing.erase = RandomErasing(float(hp["random_erase"]), mode="pixel", device=str(device))
-        if hp.get("mixup") or hp.get("cutmix"):
+            mixing.erase = RandomErasing(float(hp.random_erase), mode="pixel", device=str(device))
+        if hp.mixup or hp.cutmix:
             from timm.data import Mixup
 
-            mixing.mixup = Mixup(mixup_alpha=float(hp.get("mixup") or 0.0), cutmix_alpha=float(hp.get("cutmix") or 0.0),
-                                 label_smoothing=float(hp.get("label_smoothing", 0.0)), num_classes=data.num_classes)
+            mixing.mixup = Mixup(mixup_alpha=float(hp.mixup or 0.0), cutmix_alpha=float(hp.cutmix or 0.0),
+                                 label_smoothing=float(hp.label_smoothing), num_classes=data.num_classes)
         return mixing
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,34 +407,29 @@ class Loop:
     epochs: int
     smoothing: float
     numerics: Numerics
-    hp: dict[str, Any]
+    hp: Hyperparameters
     name: str = "train"  # in progress lines
     log_every: int = 50  # steps between progress lines
     ema: Any = None  # timm's ModelEmaV3 of ``model`` (``make_ema``), or None
     board: Board = field(default_factory=Board)  # TensorBoard scalars (a no-op unless opened)
 
     @classmethod
-    def create(cls, model: torch.nn.Module, source: TrainSource, data: PreparedData, hp: dict[str, Any],
-               device: torch.device, precision: str, compile: bool = False) -> "Loop":
-        """(Seven parameters: the five of ``train``'s task and its numerics, as ``train`` receives them;
-        ``compile``: the module that trains is ``torch.compile``'d, ``training.compile``.)"""
-        generator = torch.Generator().manual_seed(int(hp.get("seed", 0)))
+    def create(cls, model: torch.nn.Module, source: TrainSource, data: PreparedData, hp: Hyperparameters,
+               device: torch.device, options: TrainingOptions) -> "Loop":
+        """(Six parameters: the five of ``train``'s task and the job's ``training:`` options.)"""
+        generator = torch.Generator().manual_seed(hp.seed)
         if isinstance(source, TensorSource):
             source.generator = generator  # one stream: the epoch's order, then each batch's augmentation
-        torch.manual_seed(int(hp.get("seed", 0)))
+        torch.manual_seed(hp.seed)
         channels_last(model.to(device)).train()
-        if hp.get("bn_statistics") == "frozen":
+        if hp.bn_statistics == "frozen":
             freeze_batchnorm_statistics(model)
-        batch_size = int(hp["batch_size"])
-        steps_per_epoch = max(1, source.size // batch_size)  # drop the ragged last batch: stable BatchNorm
-        schedule = Schedule(hp["lr"], steps_per_epoch * int(hp["epochs"]), hyperparameter(hp, "schedule"),
-                            float(hyperparameter(hp, "warmup_fraction")))  # counted in optimiser steps
-        net = wrap(model, device, bool(hp.get("sync_bn")))
-        net = torch.compile(net) if compile else net
+        steps_per_epoch = max(1, source.size // hp.batch_size)  # drop the ragged last batch: stable BatchNorm
+        net = wrap(model, device, options.sync_bn)
+        net = torch.compile(net) if options.compile else net
         return cls(model, net, source, data, device, make_optimizer(model, hp), generator,
-                   BatchMixing.create(hp, data, device), schedule, batch_size, steps_per_epoch,
-                   int(hp["epochs"]), float(hp.get("label_smoothing", 0.0)), Numerics.create(hp, device, precision),
-                   hp)
+                   BatchMixing.create(hp, data, device), run_schedule(hp, steps_per_epoch), hp.batch_size,
+                   steps_per_epoch, hp.epochs, hp.label_smoothing, Numerics.create(hp, device, options.precision), hp)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
         """One optimisation step on a uint8 batch (in ``numerics.accumulate`` micro-batches); the loss,
@@ -509,27 +505,44 @@ class Clock:
         return time.perf_counter() - self.start
 
 
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How a job trains, whatever it trains: the config's ``training:`` section's ``precision`` (``Numerics``),
+    ``compile`` (the module that trains is ``torch.compile``'d) and ``sync_bn`` (``distributed.wrap``)."""
+
+    precision: str = "auto"
+    compile: bool = False
+    sync_bn: bool = False
+
+    @classmethod
+    def of(cls, training: dict[str, Any]) -> "TrainingOptions":
+        """The options of a config's ``training:`` section."""
+        return cls(training["precision"], training["compile"], training["sync_bn"])
+
+
 def train(model: torch.nn.Module, source: TrainSource, data: PreparedData,
-          hp: dict[str, Any], device: torch.device, name: str = "train",
+          hp: HyperparameterValues, device: torch.device, name: str = "train",
           on_epoch_end: Callable[[int, torch.nn.Module], float | None] | None = None,
-          log_every: int = 50, resume: Resume | None = None, precision: str = "auto",
-          compile: bool = False, tensorboard: str | None = None) -> TrainResult:
-    """Train ``model`` in place on the batches of ``source`` (``train_source``) with hyperparameters ``hp``.
+          log_every: int = 50, resume: Resume | None = None, options: TrainingOptions = TrainingOptions(),
+          tensorboard: str | None = None) -> TrainResult:
+    """Train ``model`` in place on the batches of ``source`` (``train_source``) with hyperparameters ``hp``
+    (``Hyperparameters``, or a mapping of some of them: the catalog's defaults fill the rest).
 
     Stops early with status ``diverged`` as soon as the loss is not finite. ``on_epoch_end(epoch, model)``
     is called after each finished epoch (on process 0); a number it returns is the epoch's val accuracy in
     ``TrainResult.history``. With ``resume``, the full state is saved at epoch ends (and every
     ``resume.every_steps`` steps, and on SIGTERM/SIGUSR1), and a rerun continues from it: with the same seed
-    the final weights equal those of an uninterrupted run (on CPU). ``precision`` and ``compile`` are
-    ``training.precision`` and ``training.compile`` (``Numerics``, ``Loop.create``). With ``hp["ema_decay"]``
+    the final weights equal those of an uninterrupted run (on CPU). ``options`` are the job's ``training:``
+    settings (``TrainingOptions``). With ``hp.ema_decay``
     the loop keeps a moving average of the weights (``make_ema``; saved and resumed with the state), returned
     as ``TrainResult.ema``. With ``tensorboard`` (a folder), process 0 writes the progress lines' loss, lr and
     img/s and each epoch's val accuracy there as TensorBoard scalars (``soupflow.core.board``), by step.
-    (Twelve parameters: the five of the task, then seven options that callers name or leave out.)
+    (Eleven parameters: the five of the task, then six options that callers name or leave out.)
     """
-    loop = replace(Loop.create(model, source, data, hp, device, precision, compile), name=name, log_every=log_every)
+    hp = Hyperparameters.of(hp)
+    loop = replace(Loop.create(model, source, data, hp, device, options), name=name, log_every=log_every)
     loop.ema = make_ema(model, hp)  # after Loop.create: a copy of the model as it trains, on its device
-    saver = Saver(resume, fingerprint(hp, source.size, resume.start if resume else ""), loop)
+    saver = Saver(resume, fingerprint(hp.as_dict(), source.size, resume.start if resume else ""), loop)
     progress = saver.restore(name)
     loop.board = Board.open(tensorboard, progress.step)
     try:
@@ -573,7 +586,7 @@ def _epoch_end(loop: Loop, on_epoch_end: Callable[[int, torch.nn.Module], float 
         value = on_epoch_end(epoch, loop.model)
     clock.start += time.perf_counter() - started
     loop.model.train()
-    if loop.hp.get("bn_statistics") == "frozen":
+    if loop.hp.bn_statistics == "frozen":
         freeze_batchnorm_statistics(loop.model)
     return math.nan if value is None else float(value)
 
@@ -640,18 +653,22 @@ def _result(loop: Loop, progress: Progress, clock: Clock, status: str, epochs_do
     return result
 
 
-def epoch_history(losses: list[float], ends: list[float], hp: dict[str, Any], steps_per_epoch: int,
+def run_schedule(hp: Hyperparameters, steps_per_epoch: int) -> Schedule:
+    """The learning rate of every optimiser step of a training with ``hp``."""
+    return Schedule(hp.lr, steps_per_epoch * hp.epochs, hp.schedule, hp.warmup_fraction)
+
+
+def epoch_history(losses: list[float], ends: list[float], hp: Hyperparameters, steps_per_epoch: int,
                   scores: list[float] = ()) -> list[dict]:
     """One row per epoch: mean train loss, the learning rate at the epoch's last step, wall seconds, img/s, and
     the epoch's val accuracy (``scores``, what ``on_epoch_end`` returned; nan where there is none, e.g. the
     epochs a state saved by an older soupflow had done before it was resumed)."""
-    schedule = Schedule(hp["lr"], steps_per_epoch * int(hp["epochs"]), hyperparameter(hp, "schedule"),
-                        float(hyperparameter(hp, "warmup_fraction")))
+    schedule = run_schedule(hp, steps_per_epoch)
     rows, previous = [], 0.0
     scores = [math.nan] * (len(losses) - len(scores)) + list(scores)[-len(losses):] if losses else []
     for epoch, (loss, end, score) in enumerate(zip(losses, ends, scores), start=1):
         rows.append({"epoch": epoch, "train_loss": loss, "lr": schedule.at(epoch * steps_per_epoch - 1), "seconds": end,
-                     "images_per_second": steps_per_epoch * int(hp["batch_size"]) / max(end - previous, 1e-9),
+                     "images_per_second": steps_per_epoch * hp.batch_size / max(end - previous, 1e-9),
                      "val_accuracy": score})
         previous = end
     return rows

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ from soupflow.core.models import (
     set_threads,
 )
 from soupflow.core.resume import Preempted, forget, job_resume, state_beside
-from soupflow.core.train import TrainResult, fine_tuning_source, train
+from soupflow.core.train import TrainingOptions, TrainResult, fine_tuning_source, train
 from soupflow.jobs.context import JobContext
 from soupflow.jobs.launch import Launch, devices_per_run, launch
-from soupflow.plan.catalog import HYPERPARAMETER_NAMES
+from soupflow.plan.catalog import Hyperparameters
 from soupflow.plan.layout import epoch_file, run_board
 from soupflow.plan.seeds import pipeline_seed
 from soupflow.store.io import atomic_link, atomic_save_safetensors, atomic_write_parquet, atomic_write_yaml
@@ -77,7 +77,10 @@ class RunSpec:
     data: str
     init: str
     run_id: str
-    hp: dict[str, Any]
+    hp: Hyperparameters  # a mapping of hyperparameter names (the rule's params) is read as the typed record
+
+    def __post_init__(self):
+        object.__setattr__(self, "hp", Hyperparameters.of(self.hp))
 
 
 #: val images the learning curve scores after each epoch but the last (a seeded sample: about one val pass per
@@ -110,7 +113,7 @@ def _epoch_table(run: RunSpec, paths: RunPaths, evaluator: Evaluator, ok: bool) 
     """Val scores of the epoch checkpoints a fine-tune kept (none for a run that is not ok); each ``path``
     relative to the table's folder, so that the table alone says where its checkpoints are."""
     rows = []
-    for epoch in range(1, int(run.hp["epochs"])) if ok else []:
+    for epoch in range(1, run.hp.epochs) if ok else []:
         path = Path(epoch_file(str(paths.epochs_folder), epoch))
         scores = evaluator.scores(load_checkpoint(path))
         rows.append({"run_id": run.run_id, "epoch": epoch, "path": os.path.relpath(path, Path(paths.epochs).parent),
@@ -121,16 +124,15 @@ def _epoch_table(run: RunSpec, paths: RunPaths, evaluator: Evaluator, ok: bool) 
 def _train_run(context: JobContext, run: RunSpec, model: torch.nn.Module, paths: RunPaths) -> tuple[TrainResult, str]:
     """Train ``model`` in place; the result and, for a run that could not train, its error (model = init)."""
     config, data = context.config, context.data
-    seeded = {**run.hp, "seed": pipeline_seed(config, run.hp["seed"]),  # the row keeps the run's own seed
-              "sync_bn": config["training"]["sync_bn"]}
+    seeded = replace(run.hp, seed=pipeline_seed(config, run.hp.seed))  # the row keeps the run's own seed
     source = fine_tuning_source(data, seeded)
-    log.info("fine-tune %s on %d images, %s: %s", run.run_id, source.size, context.device, json.dumps(run.hp))
-    end = _epoch_end(context, paths.epochs_folder, int(run.hp["epochs"]))
+    log.info("fine-tune %s on %d images, %s: %s", run.run_id, source.size, context.device,
+             json.dumps(run.hp.as_dict()))
+    end = _epoch_end(context, paths.epochs_folder, run.hp.epochs)
     try:
         return train(model, source, data, seeded, context.device, name=run.run_id, on_epoch_end=end,
                      resume=job_resume(config, state_beside(paths.model), run.init),
-                     precision=config["training"]["precision"], compile=config["training"]["compile"],
-                     tensorboard=paths.board), ""
+                     options=TrainingOptions.of(config["training"]), tensorboard=paths.board), ""
     except (Preempted, KeyboardInterrupt) + INFRASTRUCTURE_ERRORS:
         raise  # killed, disk full, I/O, out of memory: the job fails and a rerun retries (resuming saved state)
     except Exception as failure:  # a run that cannot train (bad hyperparameters, ...) is a result too
@@ -188,17 +190,17 @@ def _save_ema(paths: RunPaths, ema: dict[str, torch.Tensor] | None, meta: dict[s
 
 def _row(run: RunSpec, result: TrainResult, error: str, model: torch.nn.Module, device: torch.device) -> RunMetrics:
     """The run's metrics row before scoring: hyperparameters and training figures."""
-    return RunMetrics(run.run_id, run.hp, result.status, error, result.resumed_from_step, result.epochs_done,
+    return RunMetrics(run.run_id, run.hp.as_dict(), result.status, error, result.resumed_from_step, result.epochs_done,
                       result.train_loss, result.seconds, result.images_per_second, count_parameters(model),
                       device.type)
 
 
-def training_model(model_config: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+def training_model(model_config: dict[str, Any], hp: Hyperparameters) -> dict[str, Any]:
     """The model config a run trains: with its ``drop_path_rate`` (stochastic depth; the state dict, and so
     every checkpoint and soup, is the same architecture's)."""
-    if hp.get("drop_path_rate") is None:
+    if hp.drop_path_rate is None:
         return model_config
-    return {**model_config, "kwargs": {**model_config["kwargs"], "drop_path_rate": hp["drop_path_rate"]}}
+    return {**model_config, "kwargs": {**model_config["kwargs"], "drop_path_rate": hp.drop_path_rate}}
 
 
 def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int = 1) -> dict[str, Any]:
@@ -215,8 +217,7 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
         launch(Launch(finetune, config, (run, paths), threads), Path(paths.model).parent)
         return pd.read_parquet(paths.metrics).iloc[0].to_dict()
     set_threads(threads)
-    hp = {name: run.hp.get(name) for name in HYPERPARAMETER_NAMES} | run.hp  # every hp_* column in every row
-    run = RunSpec(run.data, run.init, run.run_id, hp)
+    hp = run.hp
     context = JobContext.open(config, run.data, threads, training=True)
     model = model_for(context.data, training_model(config["model"], hp))
     model.load_state_dict(load_checkpoint(run.init))
@@ -232,15 +233,15 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     meta = checkpoint_metadata(config["model"], context.data, run_id=run.run_id, status=row.status,
                                device=context.device.type, precision=result.precision)  # what the run trained on
     save_checkpoint(model.state_dict(), paths.model, meta)
-    _save_ema(paths, result.ema, meta, hp["ema_decay"])
+    _save_ema(paths, result.ema, meta, hp.ema_decay)
     atomic_save_safetensors(outputs, paths.outputs)
     if result.steps:  # the run's own val scores (the last epoch's point) beside its learning curve
         add_scalars(paths.board, result.steps, {"val/accuracy": row.val_accuracy,
                                                 "val/ema_accuracy": row.ema_val_accuracy})
-    atomic_write_yaml({"run_id": run.run_id, "hyperparameters": hp, "model": config["model"],
+    atomic_write_yaml({"run_id": run.run_id, "hyperparameters": hp.as_dict(), "model": config["model"],
                        "data": config["data"]["name"], "init": run.init}, paths.config)
     history = result.history
-    if history and history[-1]["epoch"] == int(hp["epochs"]):  # the last epoch's weights are the run's: scored above
+    if history and history[-1]["epoch"] == hp.epochs:  # the last epoch's weights are the run's: scored above
         history[-1]["val_accuracy"] = row.val_accuracy
     atomic_write_parquet(history_table(run.run_id, history), paths.history)
     if paths.epochs:

@@ -7,7 +7,7 @@ import copy
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,11 @@ from soupflow.core.models import checkpoint_metadata, has_batchnorm, load_checkp
 from soupflow.core.pretext import PRETEXT_TASKS, fresh_head, uses_labels
 from soupflow.core.probe import linear_probe
 from soupflow.core.resume import forget, job_resume, state_beside
-from soupflow.core.train import TensorSource, fine_tuning_source, train, train_source
+from soupflow.core.train import TensorSource, TrainingOptions, fine_tuning_source, train, train_source
 from soupflow.core.weights import import_state
 from soupflow.jobs.context import JobContext
 from soupflow.jobs.launch import Launch, devices_per_run, launch
-from soupflow.plan.catalog import BN_IMAGES
+from soupflow.plan.catalog import BN_IMAGES, Hyperparameters
 from soupflow.plan.layout import run_board
 from soupflow.plan.model_file import resolve_file
 from soupflow.plan.seeds import pipeline_seed
@@ -85,8 +85,8 @@ def _pretrain(context: JobContext, model: torch.nn.Module, paths: InitPaths, kee
     A pretext task (not labels) ends with a fresh head, so fine-tunes learn the real classes from scratch."""
     config, data = context.config, context.data
     task = config["pretrain"]["task"]
-    hp = {**config["pretrain"], "nesterov": True, "label_smoothing": 0.0, "warmup_fraction": 0.3,
-          "seed": pipeline_seed(config, config["pretrain"]["seed"]), "sync_bn": config["training"]["sync_bn"]}
+    hp = Hyperparameters.of_section(config["pretrain"])  # nesterov, no smoothing, 30 % warm-up: the defaults
+    hp = replace(hp, seed=pipeline_seed(config, hp.seed))
     if uses_labels(task):
         source = train_source(data, "pretrain", hp)
     else:  # a pretext task turns the images in memory (data.format tensors: checked at parse time)
@@ -103,8 +103,7 @@ def _pretrain(context: JobContext, model: torch.nn.Module, paths: InitPaths, kee
     result = train(learner, source, data, hp, context.device, name="pretrain",
                    on_epoch_end=lambda epoch, trained: keep(epoch, trained, head),
                    resume=job_resume(config, state_beside(paths.model), paths.data),
-                   precision=config["training"]["precision"], compile=config["training"]["compile"],
-                   tensorboard=init_board(paths, "pretrain"))
+                   options=TrainingOptions.of(config["training"]), tensorboard=init_board(paths, "pretrain"))
     if result.status != "ok":
         raise RuntimeError("pretraining diverged; lower pretrain.lr")
     model.load_state_dict({**learner.state_dict(), **head})
@@ -167,14 +166,13 @@ def _shared_finetune(context: JobContext, model: torch.nn.Module, paths: InitPat
     ("Too Salty"'s shared training), with the finetune section's settings at the given epochs and lr."""
     config = context.config
     shared = config["model"]["shared_finetune"]
-    hp = {**config["finetune"], "epochs": shared["epochs"], "lr": shared["lr"],
-          "seed": pipeline_seed(config, config["finetune"]["seed"]), "sync_bn": config["training"]["sync_bn"]}
+    hp = Hyperparameters.of(config["finetune"])
+    hp = replace(hp, epochs=shared["epochs"], lr=shared["lr"], seed=pipeline_seed(config, hp.seed))
     source = fine_tuning_source(context.data, hp)
-    log.info("shared fine-tune of the init on %d images: %d epochs at lr %g", source.size, hp["epochs"], hp["lr"])
+    log.info("shared fine-tune of the init on %d images: %d epochs at lr %g", source.size, hp.epochs, hp.lr)
     result = train(model, source, context.data, hp, context.device, name="shared fine-tune",
                    resume=job_resume(config, shared_resume_state(paths.model), paths.data),
-                   precision=config["training"]["precision"], compile=config["training"]["compile"],
-                   tensorboard=init_board(paths, "shared_finetune"))
+                   options=TrainingOptions.of(config["training"]), tensorboard=init_board(paths, "shared_finetune"))
     if result.status != "ok":
         raise RuntimeError("the shared fine-tune diverged; lower model.shared_finetune.lr")
     scores = context.evaluator("val", model=model).scores()

@@ -1,13 +1,14 @@
 """Every list of names soupflow knows, written once, with the attributes of each entry.
 
-- ``HYPERPARAMETERS``: what one fine-tune is configured by (a grid axis, a ``runs:`` key, a random-search
+- ``Hyperparameters`` (a typed record; ``HYPERPARAMETERS`` lists its fields): what one training is configured by (a grid axis, a ``runs:`` key, a random-search
   dimension and an ``hp_*`` column of the runs table), with its kind and default;
 - ``RECIPES``: the soup recipes with their traits (the functions are registered against these names in
   ``soupflow.core.recipes``, which refuses a name that is not here);
 - ``DATASETS``: the data set readers (``data.name``); ``CORRUPTIONS``: the corruption types of the analysis;
 - ``SOUP_OPTIONS``: the defaults of a soup entry's options, for every recipe;
-- ``SOUP_INGREDIENTS``: what a soup entry's ``ingredients`` option may pool;
-- ``GPU_RULES``: the rules whose jobs run a model and take a GPU when there is one.
+- ``SOUP_INGREDIENTS``: what a soup entry's ``ingredients`` option may pool.
+
+(Which rules take a GPU is said by each rule's ``resources: gpu=``, once; the profiles are checked against them.)
 
 The JSON schema's lists of names are generated from these (``soupflow.plan.config.load_schema``); the
 hyperparameters' constraints stay in the schema, and tests check that both name the same keys.
@@ -16,8 +17,9 @@ Parse time: no numpy, torch or timm here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, get_args, get_type_hints
 
 
 @dataclass(frozen=True)
@@ -31,35 +33,76 @@ class Hyperparameter:
     default: Any = None
 
 
-HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
-    Hyperparameter("lr", float, 0.01),
-    Hyperparameter("weight_decay", float, 1e-4),
-    Hyperparameter("epochs", int, 2),
-    Hyperparameter("batch_size", int, 128),
-    Hyperparameter("label_smoothing", float, 0.0),
-    Hyperparameter("augmentation", str, "none"),
-    Hyperparameter("optimizer", str, "sgd"),
-    Hyperparameter("momentum", float, 0.9),
-    Hyperparameter("nesterov", bool, True),
-    Hyperparameter("schedule", str, "onecycle"),
-    Hyperparameter("warmup_fraction", float, 0.3),
-    Hyperparameter("seed", int, 0),
-    Hyperparameter("branch_epoch", int),
-    Hyperparameter("perturbation", str),
-    Hyperparameter("bn_statistics", str),
-    Hyperparameter("data_fraction", float),
-    Hyperparameter("mixup", float),
-    Hyperparameter("cutmix", float),
-    Hyperparameter("crop_scale", float),
-    Hyperparameter("auto_augment", str),
-    Hyperparameter("random_erase", float),
-    Hyperparameter("drop_path_rate", float),
-    Hyperparameter("layer_decay", float),
-    Hyperparameter("wd_norm_bias", bool),
-    Hyperparameter("grad_accum_steps", int),
-    Hyperparameter("clip_grad", float),
-    Hyperparameter("ema_decay", float),
-)
+@dataclass(frozen=True)
+class Hyperparameters:
+    """What one training is configured by: a fine-tune's grid point (``finetune:`` overlaid with its axes),
+    pretraining (``pretrain:``) and the shared fine-tune alike. The fields, in the order tables show them, are
+    the hyperparameters: each a grid axis, a ``runs:`` key, a random-search dimension and an ``hp_*`` column of
+    the runs table, with its kind and the default ``finetune:`` starts from (None: off). Adding one here is
+    all the plan, the schema and the tables need; the trainer reads it by name."""
+
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    epochs: int = 2
+    batch_size: int = 128
+    label_smoothing: float = 0.0
+    augmentation: str = "none"
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.3
+    seed: int = 0
+    branch_epoch: int | None = None
+    perturbation: str | None = None
+    bn_statistics: str | None = None
+    data_fraction: float | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
+    crop_scale: float | None = None
+    auto_augment: str | None = None
+    random_erase: float | None = None
+    drop_path_rate: float | None = None
+    layer_decay: float | None = None
+    wd_norm_bias: bool | None = None
+    grad_accum_steps: int | None = None
+    clip_grad: float | None = None
+    ema_decay: float | None = None
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> Hyperparameters:
+        """The record of a mapping of hyperparameter names (a run's ``hp``, a test's dict), the catalog's
+        defaults where it is silent; a key that is not a hyperparameter is an error, not ignored."""
+        if isinstance(values, cls):
+            return values
+        unknown = sorted(set(values) - set(HYPERPARAMETER_NAMES))
+        if unknown:
+            raise KeyError(f"not hyperparameters: {', '.join(unknown)}; allowed: {', '.join(HYPERPARAMETER_NAMES)}")
+        return cls(**{name: _canonical(name, value) for name, value in values.items()})
+
+    @classmethod
+    def of_section(cls, section: Mapping[str, Any]) -> Hyperparameters:
+        """The hyperparameters a config section sets (``pretrain:`` also has keys of its own, e.g. ``task``)."""
+        return cls(**{name: value for name, value in section.items() if name in HYPERPARAMETER_NAMES})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every hyperparameter by name (the run's ``hp_*`` columns, its config.yaml, a resume fingerprint)."""
+        return {name: getattr(self, name) for name in HYPERPARAMETER_NAMES}
+
+
+def _canonical(name: str, value: Any) -> Any:
+    """A number as the hyperparameter's kind (a learning rate written 1 is 1.0); anything else as it is."""
+    kind = HYPERPARAMETER_KINDS[name]
+    return kind(value) if value is not None and kind in (int, float) else value
+
+
+def _kind(annotation: Any) -> type:
+    """``float`` of ``float`` and of ``float | None``."""
+    return next(kind for kind in get_args(annotation) or (annotation,) if kind is not type(None))
+
+
+HYPERPARAMETERS: tuple[Hyperparameter, ...] = tuple(
+    Hyperparameter(f.name, _kind(get_type_hints(Hyperparameters)[f.name]), f.default) for f in fields(Hyperparameters))
 #: what only the files data path can do: per-image PIL transforms in the loader's workers
 FILES_ONLY_HYPERPARAMETERS = ("crop_scale", "auto_augment")
 
@@ -244,5 +287,3 @@ CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "pix
 #: the name the corrupted test copy is scored under, beside "val" and "test"
 CORRUPTED_SPLIT = "corrupted"
 
-#: rules whose jobs run a model: each takes one GPU where the machine has any (common.smk, both profiles)
-GPU_RULES = ("init", "finetune", "soups", "pair_soups", "corrupted_outputs", "soup_sanity")
