@@ -169,7 +169,7 @@ def fresh_model(data_path: str):
 
 def replanned(work: Path, root: Path) -> dict[str, int]:
     """What ``snakemake -n`` plans for a finished files workflow once an image is added to its folder."""
-    from dag import _config, _job_count, _pretend_finished, _snakemake
+    from dag import _config, _job_count, _snakemake, touch_finished
 
     folder = work / "replan"
     config = {**_config(20), "data": {**DATA, "root": str(root), "pretrain_fraction": 0.5}, "model": MODEL}
@@ -177,7 +177,7 @@ def replanned(work: Path, root: Path) -> dict[str, int]:
     for split in ("train", "test"):  # the folder is older than the results pretended next
         for classes in (root / split).iterdir():
             os.utime(classes, (time.time() - 5000, time.time() - 5000))
-    _pretend_finished(folder, config)
+    touch_finished(folder, config)
     _, before = _snakemake(folder, config, "-n", "--quiet", "rules")
     added = next((root / "train").iterdir()) / "0000000-added.jpg"
     added.write_bytes(next(added.parent.glob("*.jpg")).read_bytes())

@@ -7,10 +7,10 @@ results/bench/<section>.parquet.
     .venv/bin/python bench/run.py --only data   # the files data path on 2,000 vs 20,000 224 px JPEGs
     .venv/bin/python bench/run.py --only ddp    # a fine-tune on 1 and 2 processes through torch.distributed
     .venv/bin/python bench/run.py --only selection --results results   # after `snakemake --cores 2`
-    .venv/bin/python bench/run.py --only phase --results results       # the soups phase, per soup vs one job
-    .venv/bin/python bench/run.py --only loader  # files loader vs tensors at 1/2/4 workers; 224 px job memory
 
-Ratios are taken side by side in one run on one machine; nothing here is a pass/fail test.
+Ratios are taken side by side in one run on one machine, against a baseline this checkout runs itself;
+nothing here is a pass/fail test. Studies (calibrating the default, comparisons with an earlier commit's
+code) are in ``studies/``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from common import prepared_data  # noqa: E402
 from dag import bench_dag  # noqa: E402
 from data_path import bench_data  # noqa: E402
 from ddp import bench_ddp  # noqa: E402
-from loader import bench_loader  # noqa: E402
-from soups_phase import bench_soups_phase  # noqa: E402
 
 DEFAULT_MODEL = {"name": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}}
 FULL_MODEL = {"name": "resnet10t", "kwargs": {}}  # 5.4M parameters: state dicts that dominate memory
@@ -346,8 +344,8 @@ def _names(listed: str | None) -> list[str] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data", "ddp", "phase", "loader"], action="append")
-    parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection, phase)")
+    parser.add_argument("--only", choices=["soups", "train", "dag", "selection", "data", "ddp"], action="append")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="a finished workflow (selection)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput figure")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="train: where to train")
@@ -374,9 +372,7 @@ def main() -> None:
             table = {"soups": lambda: bench_soups(work), "train": lambda: bench_train(work, args.steps, args.device, _names(args.precisions),
                                                                   _names(args.augmentations), args.repeats),
                      "dag": lambda: bench_dag(work), "data": lambda: bench_data(work), "ddp": lambda: bench_ddp(work),
-                     "selection": lambda: bench_selection(work, Path(args.results)),
-                     "phase": lambda: bench_soups_phase(out, Path(args.results)),
-                     "loader": lambda: bench_loader(work)}[section]()
+                     "selection": lambda: bench_selection(work, Path(args.results))}[section]()
             table["machine"] = machine()
             atomic_write_parquet(table, out / f"{section}.parquet")
     print(f"\nwritten: {', '.join(str(out / f'{s}.parquet') for s in sections)}")

@@ -333,7 +333,8 @@ def linear_kitchen(n_runs, seed, bounded, hardest_first=False):
 @pytest.mark.parametrize("recipe, options", [("greedy", {}), ("greedy", {"tie": "gt"}), ("greedy", {"metric": "loss"}),
                                              ("pruned", {"passes": 2}), ("pruned", {"metric": "loss"}),
                                              ("greedy_random", {"repeats": 2}), ("pruned_random", {"repeats": 2}),
-                                             ("task_arithmetic", {"scales": [0.05, 0.125, 0.3, 1.0, 3.0]})])
+                                             ("task_arithmetic", {"scales": [0.05, 0.125, 0.3, 1.0, 3.0]}),
+                                             ("ties", {}), ("dare", {}), ("breadcrumbs", {})])
 @pytest.mark.parametrize("hardest_first", [False, True])
 def test_early_rejection_changes_no_decision_and_evaluates_fewer_images(recipe, options, seed, hardest_first):
     """Exact early rejection: the same accepted sets and the same accept/reject trace as full passes; the
@@ -446,3 +447,96 @@ def test_task_arithmetic_averages_buffers_instead_of_extrapolating_them():
     ingredients = [i.load() for i in kitchen.ingredients]
     assert torch.allclose(state["bn.running_var"], average(ingredients)["bn.running_var"])
     assert torch.allclose(state["w"], sum(i["w"] for i in ingredients))  # θ0 = 0: the plain sum at λ = 1
+
+
+# ---------------------------------------------------------------- TIES, DARE, breadcrumbs against a direct computation
+def _ranked_positions(values: list[float]) -> list[int]:
+    """Positions by decreasing magnitude, ties to the earlier position."""
+    return sorted(range(len(values)), key=lambda i: (-abs(values[i]), i))
+
+
+def _band(values: list[float], density: float, gamma: float = 0.0) -> list[float]:
+    order = _ranked_positions(values)
+    skip = min(len(values) - 1, round(gamma * len(values)))
+    kept = set(order[skip:skip + max(1, round(density * len(values)))])
+    return [v if i in kept else 0.0 for i, v in enumerate(values)]
+
+
+def _direct_ties(vectors: list[list[float]], density: float) -> list[float]:
+    trimmed = [_band(v, density) for v in vectors]
+    merged = []
+    for entries in zip(*trimmed):
+        elected = (sum(entries) > 0) - (sum(entries) < 0)
+        agreeing = [e for e in entries if e != 0 and ((e > 0) - (e < 0)) == elected]
+        merged.append(sum(agreeing) / len(agreeing) if agreeing else 0.0)
+    return merged
+
+
+def _direct_dare(vectors: dict[str, list[float]], shape, drop: float, seed: int) -> list[float]:
+    import zlib
+
+    merged = [0.0] * len(next(iter(vectors.values())))
+    for name, values in vectors.items():
+        keep = torch.rand(shape, generator=torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode())),
+                          dtype=torch.float64).flatten() >= drop
+        merged = [m + (v / (1 - drop) if k else 0.0) for m, v, k in zip(merged, values, keep.tolist())]
+    return merged
+
+
+@pytest.mark.parametrize("recipe, options", [("ties", {"density": 0.3}), ("ties", {"density": 1.0, "k": 4}),
+                                             ("dare", {"drop": 0.4, "seed": 3}), ("dare", {"drop": 0.0, "k": 2}),
+                                             ("breadcrumbs", {"density": 0.5, "gamma": 0.1})])
+def test_task_vector_merges_equal_a_direct_computation_at_every_scale_and_serve_the_best(recipe, options):
+    """Each λ's candidate is θ0 + λ·τ with τ computed here element by element from the paper's definition; the
+    trace scores exactly those candidates and the soup is the one with the best val score (ties: smaller λ)."""
+    kitchen, _ = linear_kitchen(6, 2, bounded=False)
+    options = {"scales": [0.25, 0.5, 1.0, 1.5], **options}
+    soup = cook(recipe, kitchen, dict(options))[0]
+    start = kitchen.init()["1.weight"].double()
+    chosen = kitchen.ranked("accuracy")[:options.get("k")]
+    vectors = {i.name: (i.load()["1.weight"].double() - start).flatten().tolist() for i in chosen}
+    from soupflow.plan.catalog import RECIPES as TRAITS
+
+    defaults = TRAITS[recipe].defaults | options
+    if recipe == "ties":
+        merged = _direct_ties(list(vectors.values()), defaults["density"])
+    elif recipe == "dare":
+        merged = _direct_dare(vectors, start.shape, defaults["drop"], defaults.get("seed", 0))
+    else:
+        bands = [_band(v, defaults["density"], defaults["gamma"]) for v in vectors.values()]
+        merged = [sum(entries) for entries in zip(*bands)]
+    tau = torch.tensor(merged, dtype=torch.float64).view(start.shape)
+    direct = {scale: (start + scale * tau).float() for scale in options["scales"]}
+    values = {scale: kitchen.select({"1.weight": w}).accuracy for scale, w in direct.items()}
+    assert [row.alpha for row in soup.trace] == options["scales"]
+    assert all(row.val_score == pytest.approx(values[row.alpha]) for row in soup.trace)
+    best = min(options["scales"], key=lambda scale: (-values[scale], scale))
+    assert torch.allclose(soup.state()["1.weight"], direct[best], atol=1e-6)
+    assert [row.accepted for row in soup.trace] == [scale == best for scale in options["scales"]]
+    assert soup.ingredients == [i.name for i in chosen]
+
+
+def test_ties_at_full_density_with_agreeing_signs_is_the_mean_task_vector():
+    """Nothing trimmed and every sign agreeing: the disjoint mean is the plain mean, λ = 1 the uniform soup."""
+    kitchen = constructed_stock({"w": 0.0})
+    for ingredient in kitchen.ingredients:  # all task vectors positive
+        weights = {"w": ingredient.load()["w"].abs() + 0.1}
+        ingredient.load = lambda w=weights: {k: v.clone() for k, v in w.items()}
+    state = cook("ties", kitchen, {"density": 1.0, "scales": [1.0]})[0].state()
+    assert torch.allclose(state["w"], average(i.load() for i in kitchen.ingredients)["w"], atol=1e-6)
+
+
+def test_task_vector_merges_average_buffers_and_dare_is_seeded_by_the_ingredients_name():
+    kitchen = constructed_stock({"w": 0.0, "bn.running_var": 0.0})
+    kitchen.buffers = frozenset({"bn.running_var"})
+    ingredients = [i.load() for i in kitchen.ingredients]
+    for recipe in ("ties", "dare", "breadcrumbs"):
+        state = cook(recipe, kitchen, {"scales": [1.0]})[0].state()
+        assert torch.allclose(state["bn.running_var"], average(ingredients)["bn.running_var"]), recipe
+    again = cook("dare", kitchen, {"scales": [1.0], "seed": 1})[0].state()["w"]
+    assert torch.equal(again, cook("dare", kitchen, {"scales": [1.0], "seed": 1})[0].state()["w"])
+    assert not torch.equal(again, cook("dare", kitchen, {"scales": [1.0], "seed": 2})[0].state()["w"])
+    from soupflow.core.task_vectors import dare, dare_generator
+
+    dropped = dare(torch.ones(100_000, dtype=torch.float64), 0.7, dare_generator(0, "run"))
+    assert abs(float((dropped == 0).double().mean()) - 0.7) < 0.01 and abs(float(dropped.mean()) - 1) < 0.02

@@ -42,9 +42,9 @@ def test_the_rules_that_take_a_gpu_get_threads_and_gpus_from_both_profiles():
 
 
 def test_ruff_finds_nothing():
-    """pyflakes and import order over the package, the scripts, the benchmarks and the tests (pyproject.toml)."""
+    """pyflakes and import order over the package, the scripts, the benchmarks, the studies and the tests (pyproject.toml)."""
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    result = subprocess.run([ruff, "check", "src", "workflow", "bench", "tests"], cwd=ROOT, capture_output=True,
+    result = subprocess.run([ruff, "check", "src", "workflow", "bench", "studies", "tests"], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
 

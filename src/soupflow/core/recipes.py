@@ -20,6 +20,11 @@ Recipes (names as in config):
 - ``learned``: per-layer softmax mixing weights over the k best, fitted on val by gradient descent
   (``soupflow.core.learned``); k × the model must fit in ``max_memory_mb``.
 - ``task_arithmetic``: θ0 + λ·Σᵢ (θᵢ − θ0) over the k best, λ chosen on val from ``scales`` (Ilharco et al.).
+- ``ties``: θ0 + λ·τ, τ the TIES merge of the k best task vectors: trimmed to the top ``density``, signs
+  elected, disjoint mean (Yadav et al.); λ from ``scales``.
+- ``dare``: θ0 + λ·Σᵢ DARE(θᵢ − θ0): entries dropped with probability ``drop``, rescaled (Yu et al.).
+- ``breadcrumbs``: θ0 + λ·Σᵢ band(θᵢ − θ0): the ``gamma`` largest and the smallest entries zeroed, ``density``
+  kept (Davari & Belilovsky).
 - ``wise_ft``: θ(α) = (1 − α)·θ0 + α·θ_base along a grid of α, the α chosen on val (Wortsman et al.'s WiSE-FT);
   the base is another soup of the config (a soup or the best individual).
 """
@@ -31,9 +36,12 @@ import random
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+import torch
+
 from soupflow.core.average import StateDict, StateSum, UnitDirections, interpolate, model_stock_ratio
 from soupflow.core.evaluate import Bar, Partial, Scores
 from soupflow.core.learned import state_megabytes
+from soupflow.core.task_vectors import SignElection, dare, dare_generator, magnitude_band, moved, task_vector
 from soupflow.plan.catalog import RECIPES as CATALOG
 from soupflow.plan.catalog import RecipeTraits, soup_options
 
@@ -491,31 +499,22 @@ def wise_ft(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
     return [Soup(list(names), None, best[0], trace, selection_passes=len(trace), weights=best[1])]
 
 
-@register("task_arithmetic")
-def task_arithmetic(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
-    """Task arithmetic (Ilharco et al. 2023): θ(λ) = θ0 + λ·Σᵢ (θᵢ − θ0) over the ``k`` best ingredients by val
-    (all by default), for each λ of ``scales``; the best val score wins (ties: the smaller λ). Σᵢ (θᵢ − θ0) is
-    k·(mean − θ0), so θ(λ) = interpolate(θ0, mean, k·λ): λ = 1/k is the uniform soup, larger λ extrapolate.
-    With ``early_rejection`` a λ's val pass stops once it cannot beat the best so far. Buffers (BatchNorm
-    statistics) are no task vectors: averaged as in ``uniform`` (extrapolated, a running variance can turn
-    negative); ``bn: recompute`` re-estimates them."""
-    metric, k = options["metric"], options["k"]
-    start = _anchor(kitchen, "task_arithmetic")
-    chosen, total = kitchen.ranked(metric)[:k], StateSum()
-    for ingredient in chosen:
-        total.add(ingredient.load())
-    mean, names = total.mean(), [ingredient.name for ingredient in chosen]
+def _scale_search(kitchen: Kitchen, options: dict[str, Any], chosen: list[Ingredient], total: StateSum,
+                  candidate: Callable[[float], StateDict], label: str) -> list[Soup]:
+    """The task-vector merges' selection: ``candidate(λ)`` for each λ of ``scales``, the best val score wins
+    (ties: the smaller λ). With ``early_rejection`` a λ's val pass stops once it cannot beat the best so far.
+    Every λ is a trace row (kind ``alpha``, λ in ``alpha``) with its test figures when it was scored."""
+    metric, names = options["metric"], [ingredient.name for ingredient in chosen]
     best: tuple[Scores, StateDict, TraceRow] | None = None
     trace, passes = [], 0
     for step, scale in enumerate(sorted(float(s) for s in options["scales"])):
-        state = interpolate(start, mean, {name: 1.0 if name in kitchen.buffers else scale * total.count
-                                          for name in mean})
+        state = candidate(scale)
         bar = Bar(metric, best[0].value(metric), strict=True) if best and options["early_rejection"] else None
-        scores, evaluated = kitchen.score([*names, f"task vectors × {scale:g}"], state, bar)
+        scores, evaluated = kitchen.score([*names, f"{label} × {scale:g}"], state, bar)
         passes += evaluated
         row = TraceRow.scored(step, f"lambda {scale:g}", False, total.count, scores, metric, kind="alpha",
                               alpha=scale, stopped_early=scores is None)
-        log.info("task arithmetic lambda %g: val %s %s", scale, metric, _shown(scores, metric))
+        log.info("%s lambda %g: val %s %s", label, scale, metric, _shown(scores, metric))
         if scores is not None:
             kitchen.observe(row, state)
             if best is None or scores.value(metric) > best[0].value(metric):
@@ -523,6 +522,100 @@ def task_arithmetic(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
         trace.append(row)
     best[2].accepted = True
     return [Soup(names, total, best[0], trace, selection_passes=passes, weights=best[1])]
+
+
+def _weight_names(kitchen: Kitchen, state: StateDict) -> list[str]:
+    """The tensors of ``state`` that have a task direction: floating weights, not buffers."""
+    return [name for name, tensor in state.items() if tensor.is_floating_point() and name not in kitchen.buffers]
+
+
+@register("task_arithmetic")
+def task_arithmetic(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
+    """Task arithmetic (Ilharco et al. 2023): θ(λ) = θ0 + λ·Σᵢ (θᵢ − θ0) over the ``k`` best ingredients by val
+    (all by default), for each λ of ``scales`` (``_scale_search``). Σᵢ (θᵢ − θ0) is k·(mean − θ0), so
+    θ(λ) = interpolate(θ0, mean, k·λ): λ = 1/k is the uniform soup, larger λ extrapolate. Buffers (BatchNorm
+    statistics) are no task vectors: averaged as in ``uniform`` (extrapolated, a running variance can turn
+    negative); ``bn: recompute`` re-estimates them."""
+    start = _anchor(kitchen, "task_arithmetic")
+    chosen, total = kitchen.ranked(options["metric"])[:options["k"]], StateSum()
+    for ingredient in chosen:
+        total.add(ingredient.load())
+    mean = total.mean()
+    return _scale_search(kitchen, options, chosen, total, lambda scale: interpolate(
+        start, mean, {name: 1.0 if name in kitchen.buffers else scale * total.count for name in mean}), "task vectors")
+
+
+def _sparsified_sum(kitchen: Kitchen, chosen: list[Ingredient], start: StateDict,
+                    sparsify: Callable[[Ingredient, str, torch.Tensor], torch.Tensor]) -> tuple[StateDict, StateSum]:
+    """Σᵢ sparsify(τᵢ) per weight tensor, streamed (one ingredient in memory at a time), and the plain sum of
+    the ingredients (whose mean gives the buffers)."""
+    merged: StateDict = {}
+    total = StateSum()
+    for ingredient in chosen:
+        weights = ingredient.load()
+        total.add(weights)
+        for name in _weight_names(kitchen, weights):
+            vector = sparsify(ingredient, name, task_vector(weights[name], start[name]))
+            merged[name] = merged[name] + vector if name in merged else vector
+    return merged, total
+
+
+@register("dare")
+def dare_merge(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
+    """DARE (Yu et al. 2024) with task arithmetic: each ingredient's task vector has every entry dropped with
+    probability ``drop`` and the rest rescaled by 1 / (1 − drop) (seeded by the entry's ``seed`` and the
+    ingredient's name), then θ(λ) = θ0 + λ·Σᵢ DARE(τᵢ), λ from ``scales`` chosen on val. Buffers: the mean."""
+    start, drop, seed = _anchor(kitchen, "dare"), float(options["drop"]), int(options["seed"])
+    chosen = kitchen.ranked(options["metric"])[:options["k"]]
+    streams: dict[str, torch.Generator] = {}
+
+    def sparsify(ingredient: Ingredient, name: str, vector: torch.Tensor) -> torch.Tensor:
+        stream = streams.setdefault(ingredient.name, dare_generator(seed, ingredient.name))  # tensors in order
+        return dare(vector, drop, stream)
+
+    merged, total = _sparsified_sum(kitchen, chosen, start, sparsify)
+    mean = total.mean()
+    return _scale_search(kitchen, options, chosen, total, lambda scale: moved(start, merged, scale, mean),
+                         f"dare p={drop:g} seed {seed}")
+
+
+@register("breadcrumbs")
+def breadcrumbs(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
+    """Model Breadcrumbs (Davari & Belilovsky 2024) with task arithmetic: per tensor of each task vector, the
+    ``gamma`` largest entries by magnitude (outliers) and everything below the next ``density`` of them
+    (noise) are zeroed (``magnitude_band``), then θ(λ) = θ0 + λ·Σᵢ band(τᵢ), λ from ``scales`` chosen on val.
+    Buffers: the mean."""
+    start, density, gamma = _anchor(kitchen, "breadcrumbs"), float(options["density"]), float(options["gamma"])
+    chosen = kitchen.ranked(options["metric"])[:options["k"]]
+    merged, total = _sparsified_sum(
+        kitchen, chosen, start, lambda _, name, vector: vector * magnitude_band(vector, density, gamma))
+    mean = total.mean()
+    return _scale_search(kitchen, options, chosen, total, lambda scale: moved(start, merged, scale, mean),
+                         f"breadcrumbs density {density:g} gamma {gamma:g}")
+
+
+@register("ties")
+def ties(kitchen: Kitchen, options: dict[str, Any]) -> list[Soup]:
+    """TIES-merging (Yadav et al. 2023): each task vector trimmed to its top ``density`` entries by magnitude
+    per tensor, each entry's sign elected by the sum of the trimmed vectors, then the disjoint mean of the
+    entries that agree with it (``SignElection``); θ(λ) = θ0 + λ·merged, λ from ``scales`` chosen on val (the
+    paper's λ = 1 is among the defaults). Two streamed passes over the ingredients. Buffers: the mean."""
+    start, density = _anchor(kitchen, "ties"), float(options["density"])
+    chosen, total, election = kitchen.ranked(options["metric"])[:options["k"]], StateSum(), SignElection()
+
+    def trimmed(weights: StateDict) -> StateDict:
+        vectors = {name: task_vector(weights[name], start[name]) for name in _weight_names(kitchen, weights)}
+        return {name: vector * magnitude_band(vector, density) for name, vector in vectors.items()}
+
+    for ingredient in chosen:
+        weights = ingredient.load()
+        total.add(weights)
+        election.vote(trimmed(weights))
+    for ingredient in chosen:
+        election.agree(trimmed(ingredient.load()))
+    merged, mean = election.merged(), total.mean()
+    return _scale_search(kitchen, options, chosen, total, lambda scale: moved(start, merged, scale, mean),
+                         f"ties density {density:g}")
 
 
 @register("learned")

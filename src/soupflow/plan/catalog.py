@@ -18,7 +18,7 @@ Parse time: no numpy, torch or timm here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, get_args, get_type_hints
 
 
@@ -190,7 +190,24 @@ WISE_FT_OPTIONS = (
 TASK_SCALES = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 SCALES = Option("scales", list(TASK_SCALES),
                 {"type": "array", "minItems": 1, "items": {"type": "number", "exclusiveMinimum": 0}},
-                "the scales λ of the summed task vectors tried (θ0 + λ·Σ(θᵢ − θ0); λ = 1/k is the uniform soup)")
+                "the scales λ tried, chosen on val: θ0 + λ·τ, τ the merged task vector (task_arithmetic, dare, "
+                "breadcrumbs: the sum of the k task vectors, λ = 1/k the uniform soup; ties: their disjoint mean)")
+
+#: TIES' λ when an entry gives no ``scales``: its merged vector is a mean, so λ = 1 (the paper's) is in the middle
+TIES_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+_FRACTION = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+_DENSITY_MEANING = ("the share of each task vector's entries kept per tensor (ties: the largest by magnitude; "
+                    "breadcrumbs: the largest after the gamma largest)")
+#: the options of the sparsifying task-vector merges; λ (``scales``) chosen on val for each
+TIES_OPTIONS = (Option("density", 0.2, _FRACTION, _DENSITY_MEANING), replace(SCALES, default=list(TIES_SCALES)))
+DARE_OPTIONS = (Option("drop", 0.5, {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                       "the probability p each task-vector entry is dropped with; the rest are scaled by 1/(1 - p)"),
+                SCALES)
+BREADCRUMBS_OPTIONS = (Option("density", 0.9, _FRACTION, _DENSITY_MEANING),
+                       Option("gamma", 0.01, {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                              "the share of each task vector's largest entries (outliers) zeroed per tensor"),
+                       SCALES)
+_TASK_VECTORS = ("k", "early_rejection")
 
 RECIPES: dict[str, RecipeTraits] = {traits.name: traits for traits in (
     RecipeTraits("uniform"),
@@ -205,7 +222,10 @@ RECIPES: dict[str, RecipeTraits] = {traits.name: traits for traits in (
     RecipeTraits("model_stock", needs_start=True, takes=("k",)),
     RecipeTraits("wise_ft", needs_start=True, needs_base=True, options=WISE_FT_OPTIONS),
     RecipeTraits("learned", options=LEARNED_OPTIONS, takes=("k", "seed")),
-    RecipeTraits("task_arithmetic", needs_start=True, options=(SCALES,), takes=("k", "early_rejection")),
+    RecipeTraits("task_arithmetic", needs_start=True, options=(SCALES,), takes=_TASK_VECTORS),
+    RecipeTraits("ties", needs_start=True, options=TIES_OPTIONS, takes=_TASK_VECTORS),
+    RecipeTraits("dare", needs_start=True, options=DARE_OPTIONS, takes=(*_TASK_VECTORS, "seed")),
+    RecipeTraits("breadcrumbs", needs_start=True, options=BREADCRUMBS_OPTIONS, takes=_TASK_VECTORS),
 )}
 
 

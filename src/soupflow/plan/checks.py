@@ -16,9 +16,10 @@ from soupflow.plan.catalog import (
     RECIPES,
 )
 from soupflow.plan.errors import ConfigError
-from soupflow.plan.model_file import WeightsError, resolve_file
+from soupflow.plan.model_file import WeightsError, checkpoint_kind, resolve_file
 from soupflow.plan.one_folder import class_folders, count_images, images_needed, is_one_folder
 from soupflow.plan.params import kept_epochs, soup_base, soup_name
+from soupflow.plan.pool import check_pool_files, pool_checkpoints, soup_only
 from soupflow.plan.timm_names import (
     check_model_kwargs,
     check_model_name,
@@ -45,19 +46,6 @@ def _check_model_file(model: dict[str, Any]) -> None:
     if kind is None:
         raise ConfigError(f"config key 'model.file' is {spec!r}, whose first bytes are neither a safetensors header "
                           "nor a torch checkpoint (zip or pickle); allowed: a .safetensors or torch.save file")
-
-
-def checkpoint_kind(path: str) -> str | None:
-    """What a checkpoint file is, from its first bytes: "safetensors" (an 8-byte little-endian header length,
-    then a JSON object), "zip" (torch.save since 1.6) or "pickle" (older torch.save); None for anything else."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    size = os.path.getsize(path)
-    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
-        return "safetensors"
-    if head[:4] == b"PK\x03\x04":
-        return "zip"
-    return "pickle" if head[:1] == b"\x80" else None
 
 
 def _check_branch_epochs(config: dict[str, Any]) -> None:
@@ -161,7 +149,8 @@ def _check_fractions(config: dict[str, Any]) -> None:
     if data["pretrain_fraction"] + data["val_fraction"] + data["test_fraction"] >= 1:
         raise ConfigError("config keys 'data.pretrain_fraction' + 'data.val_fraction' + 'data.test_fraction' must be "
                           "< 1 so that images remain to fine-tune on")
-    if config["model"]["init"] == "pretrain" and data["pretrain_fraction"] <= 0 and not data["pretrain_classes"]:
+    pretrains = config["model"]["init"] == "pretrain" and not soup_only(config)
+    if pretrains and data["pretrain_fraction"] <= 0 and not data["pretrain_classes"]:
         raise ConfigError("config key 'data.pretrain_fraction' must be > 0 when model.init is 'pretrain'")
 
 
@@ -362,10 +351,28 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
         check_pretrained_name(config["model"])
         check_optimizer_names(written(config, "optimizer") + [("pretrain.optimizer", config["pretrain"]["optimizer"])])
     _check_soups(config["soups"])
+    _check_pool(config, check_model, check_paths)
     _check_hyperparameter_names(config)
     _check_perturbations(config)
     _check_search(config["search"])
     _check_branch_epochs(config)
+
+
+def _check_pool(config: dict[str, Any], check_model: bool, check_paths: bool) -> None:
+    """Outside checkpoints: files that exist and fit the model (``plan.pool.check_pool_files``); a recipe that
+    needs θ0 has one (``pool.start``, or the init the grid's runs start from); no soup pools epoch checkpoints
+    the outside files do not have."""
+    if not config["pool"]["checkpoints"]:
+        return
+    if check_paths:
+        check_pool_files(config, pool_checkpoints(config), check_model)
+    for index, soup in enumerate(config["soups"]):
+        if soup_only(config) and RECIPES[soup["recipe"]].needs_start and config["pool"]["start"] is None:
+            raise ConfigError(f"config key 'soups[{index}].recipe' is {soup['recipe']!r}, which needs the weights the "
+                              "checkpoints were fine-tuned from; allowed: set pool.start, or a recipe without a start")
+        if soup.get("ingredients") == "epochs":
+            raise ConfigError(f"config key 'soups[{index}].ingredients' is 'epochs', but the pool's checkpoints keep no "
+                              "epochs; allowed: final or ema with pool.checkpoints")
 
 
 def _check_accumulation(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
@@ -409,6 +416,6 @@ def check_runs(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
     if set(drawn) - set(kept_epochs(config)):  # what the keys checked above cannot hold: random-search draws
         raise ConfigError(f"config key 'search.space.branch_epoch' draws {drawn}; allowed values: "
                           f"{', '.join(map(str, kept_epochs(config)))} (use distribution: choice)")
-    if not runs:
+    if not runs and not config["pool"]["checkpoints"]:
         raise ConfigError("config keys 'grid', 'runs' and 'search.n' describe no fine-tune; allowed: at least one "
-                          "grid axis value, run or draw")
+                          "grid axis value, run or draw (or outside checkpoints: pool.checkpoints)")

@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "runs": [],
     "search": {"n": 0, "seed": 0, "space": {}},
     "soups": [{"recipe": "uniform"}, {"recipe": "greedy"}],
+    "pool": {"checkpoints": [], "start": None},
     "training": {"precision": "auto", "checkpoint_every_steps": 200, "devices_per_run": 1, "sync_bn": False,
                  "compile": False, "workers": None},
     "evaluation": {"batch_size": "auto", "memory_mb": 1024, "device": "auto"},

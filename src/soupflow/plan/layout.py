@@ -114,6 +114,10 @@ def runs_table(folder: str = f"{RESULTS}/metrics") -> str:
     return f"{folder}/runs.parquet"
 
 
+#: the weights files timm's ``local-dir:<folder>`` reads, in the order it looks for them (soupflow writes the first)
+LOCAL_DIR_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 def timm_config(checkpoint: str) -> str:
     """timm's ``config.json`` beside a checkpoint (``local-dir:`` loads the folder)."""
     return f"{checkpoint.rsplit('/', 1)[0]}/config.json"

@@ -10,9 +10,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from soupflow.plan.errors import ConfigError
+from soupflow.plan.model_file import checkpoint_kind, safetensors_shapes
 
 
 def check_model_name(model: dict[str, Any]) -> None:
@@ -107,29 +108,40 @@ def check_model_kwargs(model: dict[str, Any]) -> None:
         version = importlib.metadata.version("timm")
     except importlib.metadata.PackageNotFoundError:
         return
-    key = hashlib.sha1(json.dumps([version, model["name"], model["kwargs"]], sort_keys=True).encode()).hexdigest()
-    verdict = _cache_folder() / f"kwargs-{key}.txt"
-    with contextlib.suppress(OSError):
-        text = verdict.read_text()
-        if text:
-            _raise_unless_ok(text)
-            return
+    _raise_unless_ok(cached_verdict("kwargs", [version, model["name"], model["kwargs"]],
+                                    lambda: _kwargs_verdict(model)))
+
+
+def _kwargs_verdict(model: dict[str, Any]) -> str:
     import timm  # here: only for kwargs not checked before (2.6 s)
 
     try:
         timm.create_model(model["name"], pretrained=False, **model["kwargs"])
-        text = "ok"
+        return "ok"
     except Exception as error:  # a model rejects an argument in many ways (TypeError, AssertionError, ...)
-        text = (f"config key 'model.kwargs' is {model['kwargs']}, which timm's {model['name']!r} does not take "
+        return (f"config key 'model.kwargs' is {model['kwargs']}, which timm's {model['name']!r} does not take "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); allowed: its "
                 "create_model arguments")
+
+
+def cached_verdict(kind: str, identity: list[Any], compute: Callable[[], str]) -> str:
+    """``compute()``'s verdict ("ok" or an error text) on what ``identity`` names (a timm version, a model, a
+    file's size and time...), cached under ~/.cache/soupflow: a check that needs timm runs once, not on every
+    parse. Written atomically; an unwritable cache only costs the check again."""
+    key = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    verdict = _cache_folder() / f"{kind}-{key}.txt"
+    with contextlib.suppress(OSError):
+        text = verdict.read_text()
+        if text:
+            return text
+    text = compute()
     with contextlib.suppress(OSError):
         verdict.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=verdict.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, verdict)
-    _raise_unless_ok(text)
+    return text
 
 
 def _raise_unless_ok(text: str) -> None:
@@ -157,3 +169,46 @@ def check_pretrained_name(model: dict[str, Any]) -> None:
     hint = f"{', '.join(tags)} (timm.list_pretrained('{arch}.*'))" if tags else "a name of timm.list_pretrained()"
     raise ConfigError(f"config key 'model.name' is {name!r}, which timm has no pretrained weights of (model.init: "
                       f"timm); allowed: {hint}, or model.init: pretrain")
+
+
+def checkpoint_fit(model: dict[str, Any], channels: int, classes: int | None, path: str) -> str:
+    """"ok", or what differs between a checkpoint file's tensors and those of ``model`` built for ``channels``
+    and ``classes`` (None: unknown yet; the classifier's rows are then not compared): names, then shapes.
+    Imports timm and torch: call it through ``cached_verdict``."""
+    expected, classifier = _model_shapes(model, channels, classes or 2)
+    found = _file_shapes(path)
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        return (f"{len(missing)} of its tensors missing ({', '.join(missing[:3])}), {len(unexpected)} unexpected "
+                f"({', '.join(unexpected[:3])})")
+    for name, shape in expected.items():
+        head = classes is None and name.startswith(classifier)  # the data's classes are not known yet
+        if found[name] != shape and not (head and found[name][1:] == shape[1:]):
+            return f"{name} is {found[name]}, the model's {shape}"
+    return "ok"
+
+
+def _model_shapes(model: dict[str, Any], channels: int, classes: int) -> tuple[dict[str, list[int]], tuple[str, ...]]:
+    """The model's tensor shapes (built on the meta device: no memory, no weights) and its classifier's names."""
+    import timm  # here: only for files not checked before
+    import torch
+
+    with torch.device("meta"):
+        net = timm.create_model(model["name"], pretrained=False, num_classes=classes, in_chans=channels,
+                                **model["kwargs"])
+    classifier = net.pretrained_cfg.get("classifier") or ()
+    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return {name: list(tensor.shape) for name, tensor in net.state_dict().items()}, tuple(f"{c}." for c in classifier)
+
+
+def _file_shapes(path: str) -> dict[str, list[int]]:
+    """A checkpoint's tensor shapes: from a safetensors header (no tensor read), or a torch file's state dict."""
+    if checkpoint_kind(path) == "safetensors":
+        return safetensors_shapes(path)
+    import torch
+
+    state = torch.load(path, map_location="meta", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {name: list(tensor.shape) for name, tensor in state.items() if hasattr(tensor, "shape")}

@@ -31,14 +31,16 @@ class Style:
     marker: str
 
 
-_TAB20, _TAB20B = matplotlib.colormaps["tab20"].colors, matplotlib.colormaps["tab20b"].colors
-#: one palette of 14 hues, each as (dark, light): tab20's ten, then indigo, olive, brown and purple of tab20b
+_TAB20, _TAB20B, _TAB20C = (matplotlib.colormaps[name].colors for name in ("tab20", "tab20b", "tab20c"))
+#: one palette of 16 hues, each as (dark, light): tab20's ten, then indigo, olive, brown, purple and plum of
+#: tab20b, then tab20c's dark grey
 HUES: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...] = (
-    *((_TAB20[2 * i], _TAB20[2 * i + 1]) for i in range(10)), *((_TAB20B[4 * i], _TAB20B[4 * i + 2]) for i in range(4)))
+    *((_TAB20[2 * i], _TAB20[2 * i + 1]) for i in range(10)), *((_TAB20B[4 * i], _TAB20B[4 * i + 2]) for i in range(5)),
+    (_TAB20C[16], _TAB20C[18]))
 #: the palette's colours in the order they are handed out: every dark shade, then every light one
 PALETTE = tuple(dark for dark, _ in HUES) + tuple(light for _, light in HUES)
 #: crossed with the palette: one marker per recipe of the catalog, then more for named variants
-MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">", "h", "p", "d", "H", "8")
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">", "h", "p", "d", "H", "8", "1", "2", "3")
 RECIPE_ORDER = tuple(RECIPES)
 
 

@@ -135,7 +135,7 @@ SOUP_SCHEMA = pa.schema(
 )
 
 #: One row per candidate a recipe scored (greedy steps, pruned removals, wise_ft's α, …): ``trace.parquet``.
-#: Recipe-specific columns are null elsewhere (``pass``: pruned; ``alpha``: wise_ft's α, task_arithmetic's λ; ``ratio_*``: model_stock).
+#: Recipe-specific columns are null elsewhere (``pass``: pruned; ``alpha``: wise_ft's α, the task-vector merges' λ; ``ratio_*``: model_stock).
 TRACE_SCHEMA = pa.schema(
     [("soup", pa.string()), ("recipe", pa.string()), ("repeat", pa.int64()), ("pass", pa.int64()),
      ("step", pa.int64()), ("candidate", pa.string()), ("accepted", pa.bool_()), ("n_ingredients", pa.int64()),

@@ -5,6 +5,8 @@ the data, reads every run's cached logits and scores the sets it tries, BatchNor
 the soups job of this checkout (one process, two torch threads, one pantry, one memo of scored ingredient
 sets, BatchNorm folded into the convolutions). The old code comes from ``git archive BEFORE src``.
 Both cook every entry of the folder's resolved config from its runs table; the soups must come out the same.
+
+    .venv/bin/python studies/soups_phase.py results    # after `snakemake --cores 2`
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _before_source(work: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "src"], capture_output=True)
         if archive.returncode:
-            raise SystemExit(f"--only phase runs soupflow at {BEFORE} beside this checkout; this clone lacks it "
+            raise SystemExit(f"this study runs soupflow at {BEFORE} beside this checkout; this clone lacks it "
                              f"(a shallow clone?): {archive.stderr.decode().strip()}")
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
     return folder / "src"
@@ -103,7 +105,7 @@ def bench_soups_phase(work: Path, results: Path) -> pd.DataFrame:
     from soupflow.plan.params import soup_specs
 
     if not (results / "metrics" / "runs.parquet").exists():
-        raise SystemExit(f"--only phase needs a finished workflow: no {results}/metrics/runs.parquet")
+        raise SystemExit(f"this study needs a finished workflow: no {results}/metrics/runs.parquet")
     config = yaml.safe_load((results / "config.yaml").read_text())  # the resolved config its jobs were given
     entries = soup_specs(config)
     rows = []
@@ -135,3 +137,11 @@ def _difference(folder: Path, name: str) -> tuple[bool, float]:
         same = a.metadata().get("ingredients") == b.metadata().get("ingredients")
     x, y = (load_file(str(f)) for f in files)
     return same, max(float((x[k].double() - y[k].double()).abs().max()) for k in x if x[k].is_floating_point())
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "src"))
+    with tempfile.TemporaryDirectory(prefix="soupflow-phase-") as scratch:
+        print(bench_soups_phase(Path(scratch), Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "results")).to_string())

@@ -1,6 +1,6 @@
 """Issue 33: does the files loader feed the model, and does a 224 px job's memory stay predictable?
 
-    .venv/bin/python bench/run.py --only loader      # or this file directly: python bench/loader.py
+    .venv/bin/python studies/loader.py          # or `studies/loader.py memory`: the memory half alone
 
 Prints, in one run: a fine-tune's images/s on 224 px JPEGs streamed by 1, 2 and 4 DataLoader workers
 (``training.workers``) against the same training on the same images already in memory as tensors (the

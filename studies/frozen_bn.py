@@ -2,7 +2,7 @@
 Lite0 runs)? Fine-tune one run of a finished transfer workflow from its init, BatchNorm in training mode and
 frozen at several learning rates, with the workflow's own ``train``, and print what each run does to the net:
 
-    python bench/frozen_bn.py --results experiments/transfer/results [--epochs 30] [--lrs 0.1,0.01,0.001]
+    python studies/frozen_bn.py --results experiments/transfer/results [--epochs 30] [--lrs 0.1,0.01,0.001]
 
 Per setting: val accuracy, the share of val images given the most common class, the share of the last stage's
 ReLU channels that are dead on val (zero for every image), the mean |running mean| / running std that each

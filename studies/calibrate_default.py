@@ -1,23 +1,21 @@
-"""Calibrate the embedded default: run candidate experiments through the workflow's own job functions
-(no Snakemake; the same functions, though a job's thread count can change the last bits of a result) and print, for each variant and top-level seed, the best
-individual, the mean ingredient and every soup with its paired 95 % interval against the best individual.
+"""Calibrate the embedded default: run candidate experiments through the workflow (``snakemake --cores N``,
+one folder per variant and top-level seed) and print, for each, the best individual, the mean ingredient and
+every soup with its paired 95 % interval against the best individual.
 
-    python bench/calibrate_default.py --variants smallft_a,mixdiv --seeds 0,1,2 [--work DIR] [--out rows.jsonl]
+    python studies/calibrate_default.py --variants smallft_a,mixdiv --seeds 0,1,2 [--work DIR] [--out rows.jsonl]
 
-Data, inits and fine-tunes are cached under ``--work`` by what determines them, so variants that share a
-pretraining or runs reuse them. This is how config.yaml's default was chosen: bench/CALIBRATION.md has the table.
+A variant's folder under ``--work`` is a workflow's working directory: a rerun (other recipes, say) trains
+nothing again. This is how config.yaml's default was chosen: studies/CALIBRATION.md has the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
-import os
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -25,16 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from soupflow.jobs.finetune import RunPaths, RunSpec, finetune  # noqa: E402
-from soupflow.jobs.init import InitPaths, make_init  # noqa: E402
 from soupflow.jobs.script import setup_logging  # noqa: E402
-from soupflow.jobs.soup import CachedLogits, SoupPaths, make_soup  # noqa: E402
+from soupflow.jobs.soup import CachedLogits  # noqa: E402
 from soupflow.plan import layout  # noqa: E402
 from soupflow.plan.config import resolve_config  # noqa: E402
-from soupflow.plan.grid import expand_runs  # noqa: E402
-from soupflow.plan.params import kept_epochs, soup_base, soup_name, tracked  # noqa: E402
-from soupflow.store.datasets import open_data, prepare  # noqa: E402
-from soupflow.store.tables import write_runs_table  # noqa: E402
+from soupflow.store.datasets import open_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOUPS = [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy"}, {"recipe": "pruned"},
@@ -233,68 +226,30 @@ VARIANTS.update({
                         "finetune": {"epochs": 10}, "grid": {"lr": [0.005, 0.01, 0.02], **SEEDS_LS}},
     "transfer_warm10": {"_base": "transfer", "model": {"shared_finetune": {"epochs": 10, "lr": 0.05}},
                         "finetune": {"epochs": 15}, "grid": {"lr": [0.01, 0.02, 0.04], **SEEDS_LS}},
-    # BatchNorm statistics kept at the init's (bench/frozen_bn.py measures why these runs collapse)
+    # BatchNorm statistics kept at the init's (studies/frozen_bn.py measures why these runs collapse)
     "transfer_frozen": {"_base": "transfer", "grid": {"lr": [0.05, 0.1, 0.2], "bn_statistics": ["frozen"], **SEEDS_LS}},
 })
 
 
-def key_of(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """Where and how experiments run: the cache folder, the threads of each fine-tune and soup, and the
-    pretraining's threads, which change its last bits and so every run after it (2 is what ``snakemake
-    --cores 2`` gives the init job; the cache keys it when it is not 1)."""
-
-    work: Path
-    threads: int = 2
-    init_threads: int = 2
-
-
-def experiment(config: dict, workspace: Workspace, soups: list[dict] = SOUPS) -> pd.DataFrame:
-    """One whole experiment, cached piece by piece under ``workspace.work`` in the workflow's own file layout
-    (``soupflow.plan.layout``); returns its soups table."""
-    work, threads, init_threads = workspace.work, workspace.threads, workspace.init_threads
-    reads_model = config["data"]["normalize"] == "pretrained"  # as the prepare_data rule's params
-    data_key = key_of(config["seed"], tracked(config, "data"), *([config["model"]["name"]] if reads_model else []))
-    data = layout.data_files(str(work / "data" / data_key))
-    if not Path(data["data"]).exists():
-        prepare(config["data"], config["seed"], data["data"], data["splits"], config["model"]["name"])
-    init_key = key_of(data_key, tracked(config, "model"), tracked(config, "pretrain"), config["seed"],
-                      *([init_threads] if init_threads != 1 else []))
-    init_dir = str(work / "init" / init_key)
-    init_path = layout.init_file(init_dir)
-    runs = expand_runs(config)
-    # the branch points the grid asks for (grid axis branch_epoch), as the init rule's epoch checkpoints
-    epochs = {e: layout.epoch_file(init_dir, e) for e in kept_epochs(config)
-              if any(hp.get("branch_epoch") == e for hp in runs.values())}
-    if not Path(init_path).exists() or not all(map(os.path.exists, epochs.values())):
-        make_init(config, InitPaths(data["data"], init_path, epochs), init_threads)
-    files = []
-    for run_id, hp in runs.items():
-        paths = RunPaths(**layout.run_files(str(work / "runs" / init_key / run_id)))
-        start = epochs[hp["branch_epoch"]] if hp.get("branch_epoch") is not None else init_path
-        if not Path(paths.metrics).exists():
-            finetune(config, RunSpec(data["data"], start, run_id, hp), paths, threads)
-        files.append(paths)
-    table = layout.runs_table(str(work / "tables" / key_of(init_key, sorted(runs))))
-    write_runs_table([f.metrics for f in files], {"model": [f.model for f in files],
-                                                  "outputs": [f.outputs for f in files]}, table)
-    frames = []
-    folders = {soup_name(spec): str(work / "soups" / key_of(table, spec) / soup_name(spec)) for spec in soups}
-    for spec in soups:
-        base = soup_base(spec)
-        paths = SoupPaths(data["data"], table, init=init_path,
-                          base=layout.soup_files(folders[base])["model"] if base else None,
-                          **layout.soup_files(folders[soup_name(spec)]))
-        frames.append(make_soup(config, soup_name(spec), spec, paths, threads))
-    soups = pd.concat(frames, ignore_index=True)
-    runs_frame = pd.read_parquet(table)
-    soups.attrs["mean_ingredient_test"] = float(runs_frame[runs_frame.status == "ok"].test_accuracy.mean())
+def experiment(user: dict, folder: Path, soups: list[dict], cores: int) -> pd.DataFrame:
+    """One whole experiment run by the workflow itself: ``user`` (with ``soups``) written as the config of
+    ``folder``, then ``snakemake --cores N`` up to the soups table there (a rerun does only what is missing or
+    changed). Returns the soups table, with the mean ingredient, the best individual and the ensemble ceiling
+    in its ``attrs``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({**user, "soups": soups}, sort_keys=False))
+    metrics = layout.MAIN.metrics
+    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", str(config),
+                    "--directory", str(folder), "--cores", str(cores), f"{metrics}/soups.parquet",
+                    "--quiet", "rules"], check=True)
+    soups = pd.read_parquet(folder / metrics / "soups.parquet")
+    runs = pd.read_parquet(folder / layout.runs_table(metrics))
+    runs["outputs_file"] = [str(folder / path) for path in runs.outputs_file]
+    resolved = resolve_config(user, check_model=False)
+    soups.attrs["mean_ingredient_test"] = float(runs[runs.status == "ok"].test_accuracy.mean())
     soups.attrs["best_test"] = float(soups[soups.soup == "best_individual"].test_accuracy.iloc[0])
-    soups.attrs["ceiling"] = ceiling(runs_frame, data["data"])
+    soups.attrs["ceiling"] = ceiling(runs, str(folder / layout.data_files(data_format=resolved["data"]["format"])["data"]))
     return soups
 
 
@@ -333,10 +288,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--work", default=str(ROOT / "results" / "calibration"))
     parser.add_argument("--out", default=None, help="append rows to this JSON-lines file")
-    parser.add_argument("--threads", type=int, default=2, help="threads of each fine-tune and soup")
-    parser.add_argument("--init-threads", type=int, default=2,
-                        help="threads of the pretraining: 2 reproduces `snakemake --cores 2` exactly (its init job "
-                             "gets 2 threads); CALIBRATION.md's tables before item 14 used 1")
+    parser.add_argument("--cores", type=int, default=2, help="snakemake --cores of each experiment")
     parser.add_argument("--root", default=None, help="data.root override")
     parser.add_argument("--screen", action="store_true", help="only best_individual, uniform (and the ensemble), greedy")
     parser.add_argument("--screen-bn", action="store_true", help="--screen, and uniform and greedy with bn: recompute")
@@ -348,10 +300,9 @@ def main() -> None:
             user = deep(BASES[VARIANTS[name].get("_base", "fmnist")], {**change, "seed": seed, "soups": SOUPS})
             if args.root:
                 user["data"]["root"] = args.root
-            config = resolve_config(user, check_model=False)
             start = time.perf_counter()
             recipes = SCREEN_BN if args.screen_bn else SCREEN if args.screen else SOUPS
-            soups = experiment(config, Workspace(Path(args.work), args.threads, args.init_threads), recipes)
+            soups = experiment(user, Path(args.work) / name / str(seed), recipes, args.cores)
             row = row_of(name, seed, soups, time.perf_counter() - start)
             print("CALIBRATION " + json.dumps(row), flush=True)
             if args.out:
