@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "studies"))
 
 #: what the dry run shrinks in the smoke experiment (tests/smoke.yaml), to stay within seconds on 2 CPU cores
 DRY_SMOKE = {"data": {"max_train": 300, "max_test": 100}, "pretrain": {"epochs": 1},
@@ -144,7 +145,7 @@ def files_path(work: Path, setting: FilesSetting, data_root: str) -> dict:
     import torch
 
     from soupflow.core.models import create_model, pick_device
-    from soupflow.core.train import TensorSource, fine_tuning_source, train
+    from soupflow.core.train import TensorSource, TrainingOptions, fine_tuning_source, train
     from soupflow.store.datasets import open_data, prepare
     from soupflow.store.image_folders import export_fashion_mnist
 
@@ -177,7 +178,7 @@ def files_path(work: Path, setting: FilesSetting, data_root: str) -> dict:
     tensors, labels = tensors.to(device), labels.to(device)
     warm_hp = {**hp, "augmentation": "none"}
     warm = TensorSource.of(tensors[: 3 * setting.batch], labels[: 3 * setting.batch], warm_hp)
-    numerics = {"log_every": 10**6, "precision": setting.precision}
+    numerics = {"log_every": 10**6, "options": TrainingOptions(precision=setting.precision)}
     train(model(), warm, data, warm_hp, device, name="warm-up", **numerics)  # kernels, cudnn, allocator
     ceiling = train(model(), TensorSource.of(tensors, labels, warm_hp), data, warm_hp, device, name="tensors",
                     **numerics)

@@ -10,7 +10,7 @@ sys.path.insert(
 from snakemake.exceptions import WorkflowError
 
 from soupflow.plan import layout
-from soupflow.plan.catalog import RECIPES
+from soupflow.plan.catalog import RECIPES, soup_options
 from soupflow.plan.config import resolve_config
 from soupflow.plan.errors import ConfigError
 from soupflow.plan.gpus import visible_gpus
@@ -20,6 +20,7 @@ from soupflow.plan.grid import (
     expand_runs,
     sample_pairs,
 )
+from soupflow.plan.pool import POOL_ID_PATTERN, pool_checkpoints, pool_start
 from soupflow.plan.params import (
     fetches_weights,
     image_folders,
@@ -91,6 +92,11 @@ KEEP_EPOCHS = any(spec.get("ingredients") == "epochs" for spec in SOUPS.values()
 # trains the others once more; without any, the runs' outputs are what they always were.
 KEEP_EMA = any(hp.get("ema_decay") is not None for hp in ALL_RUNS.values())
 KEPT_EPOCHS = kept_epochs(CONFIG)  # branch points of the pretraining (0 = before it)
+# Outside checkpoints (config section pool): {pool id: its file}, scored by rule pool_checkpoint as runs are
+POOL = pool_checkpoints(CONFIG)
+POOL_START = pool_start(
+    CONFIG
+)  # θ0 of the pool's recipes that need one, or None (the init)
 
 # GPUs: each model job asks for one when the machine has any, and a plain `snakemake --cores N` (no
 # --resources gpu=…, no profile that sets it) may run as many such jobs at once as there are visible GPUs.
@@ -117,6 +123,22 @@ def gpus_per_run(wildcards):
 
 RESULTS = layout.RESULTS  # the top-level seed's pipeline, and the analysis' folders
 RUN_FOLDER = f"{PIPELINE.runs}/{{run_id}}"  # one folder per run: model, outputs, metrics, config, train.log
+POOL_FOLDER = f"{PIPELINE.pool}/{{pool_id}}"  # one folder per outside checkpoint: model, outputs, metrics
+
+
+def pool_file(wildcards):
+    """The file an outside checkpoint comes from (rule pool_checkpoint's input)."""
+    return POOL[wildcards.pool_id].file
+
+
+def run_table_files(name):
+    """One of the runs table's file columns for every row: the grid's runs, then the outside checkpoints (whose
+    moving average, were one asked for, is their own weights)."""
+    runs = expand(getattr(rules.finetune.output, name), run_id=RUNS, allow_missing=True)
+    pooled = "model" if name == "ema" else name
+    return runs + expand(
+        getattr(rules.pool_checkpoint.output, pooled), pool_id=POOL, allow_missing=True
+    )
 
 
 # One soup's files (soupflow.jobs.soup.SoupPaths), as a pattern; rule soups writes them for every soup.
@@ -135,7 +157,7 @@ def soups_inputs(wildcards):
         "runs": rules.run_table.output[0],
     }
     if any(RECIPES[spec["recipe"]].needs_start for spec in SOUPS.values()):
-        inputs["start"] = rules.init.output.model
+        inputs["start"] = POOL_START or rules.init.output.model
     return inputs
 
 

@@ -2,8 +2,11 @@
 # Plain paths (str): a rule whose input cites another rule's output object directly makes Snakemake hash this
 # whole list once per file in it (measured: 0.84 s of the 2,000-point parse, quadratic).
 PIPELINE_CHECKPOINTS = [
-    str(rules.init.output.model),
+    *(
+        [str(rules.init.output.model)] if RUNS else []
+    ),  # a soup-only workflow has no init
     *expand(rules.finetune.output.model, run_id=RUNS, allow_missing=True),
+    *expand(rules.pool_checkpoint.output.model, pool_id=POOL, allow_missing=True),
     *each_soup("model"),
 ]
 TIMM_CHECKPOINTS = {

@@ -12,14 +12,10 @@ rule run_table:
             if KEEP_EPOCHS
             else {}
         ),
-        **(
-            {"ema": expand(rules.finetune.output.ema, run_id=RUNS, allow_missing=True)}
-            if KEEP_EMA
-            else {}
-        ),
-        metrics=expand(rules.finetune.output.metrics, run_id=RUNS, allow_missing=True),
-        model=expand(rules.finetune.output.model, run_id=RUNS, allow_missing=True),
-        outputs=expand(rules.finetune.output.outputs, run_id=RUNS, allow_missing=True),
+        **({"ema": run_table_files("ema")} if KEEP_EMA else {}),
+        metrics=run_table_files("metrics"),  # the grid's runs, then the pool's checkpoints
+        model=run_table_files("model"),
+        outputs=run_table_files("outputs"),
     output:
         layout.runs_table(PIPELINE.metrics),
     log:

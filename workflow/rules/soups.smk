@@ -20,6 +20,7 @@ rule soups:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         specs=SOUPS,  # the entries as written: editing one reruns the job, which cooks only that soup
+        options={name: soup_options(spec) for name, spec in SOUPS.items()},  # and a changed default too
         cache=f"{PIPELINE.soups}/.cache",  # each soup's files under the hash of what they depend on
         config=resolved,
     script:

@@ -141,7 +141,7 @@ def _train_run(context: JobContext, run: RunSpec, model: torch.nn.Module, paths:
         return TrainResult("failed", 0, 0, 0.0, 0.0, float("nan")), f"{type(failure).__name__}: {failure}"[:500]
 
 
-def _scored_row(context: JobContext, model: torch.nn.Module, row: RunMetrics) -> dict[str, torch.Tensor]:
+def scored_row(context: JobContext, model: torch.nn.Module, row: RunMetrics) -> dict[str, torch.Tensor]:
     """Val and test scores into ``row`` (status ``diverged`` when logits are not finite; a failed run's stay
     NaN: its model scores as the init); the cached outputs."""
     outputs = {}
@@ -225,7 +225,7 @@ def finetune(config: dict[str, Any], run: RunSpec, paths: RunPaths, threads: int
     if not world().main:
         return {}  # process 0 scores the run and writes its files
     row = _row(run, result, error, model, context.device)
-    outputs = _scored_row(context, model, row)
+    outputs = scored_row(context, model, row)
     _scored_ema(context, result.ema, row, outputs)
     row.images_skipped = context.data.skipped  # unreadable images passed over (data.skip_corrupt)
     log.info("%s: status %s, val accuracy %.4f, test accuracy %.4f, %.0f s", run.run_id, row.status,

@@ -186,15 +186,17 @@ WISE_FT_OPTIONS = (
            "the mixing coefficients tried, 0 = the start, 1 = the base"),
 )
 
-#: task arithmetic's λ when an entry gives no ``scales``: the summed task vectors' scale, chosen on val
-TASK_SCALES = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+#: task arithmetic's λ when an entry gives no ``scales``: the summed task vectors' scale, chosen on val. λ = 1/k
+#: is the uniform soup of k; on the default's 12 runs val chose 0.05 (below it), so the grid reaches down to 0.01
+TASK_SCALES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 SCALES = Option("scales", list(TASK_SCALES),
                 {"type": "array", "minItems": 1, "items": {"type": "number", "exclusiveMinimum": 0}},
                 "the scales λ tried, chosen on val: θ0 + λ·τ, τ the merged task vector (task_arithmetic, dare, "
                 "breadcrumbs: the sum of the k task vectors, λ = 1/k the uniform soup; ties: their disjoint mean)")
 
-#: TIES' λ when an entry gives no ``scales``: its merged vector is a mean, so λ = 1 (the paper's) is in the middle
-TIES_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+#: TIES' λ when an entry gives no ``scales``: its merged vector is a mean, λ = 1 the paper's; on the default's
+#: runs val chose 0.25, so the grid reaches down to 0.1 (docs/recipes.md has the measurement)
+TIES_SCALES = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
 _FRACTION = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
 _DENSITY_MEANING = ("the share of each task vector's entries kept per tensor (ties: the largest by magnitude; "
                     "breadcrumbs: the largest after the gamma largest)")

@@ -26,6 +26,7 @@ class Folders:
     init = _subfolder("init")
     runs = _subfolder("runs")
     soups = _subfolder("soups")
+    pool = _subfolder("pool")
     metrics = _subfolder("metrics")
     plots = _subfolder("plots")
     logs = _subfolder("logs")
@@ -75,6 +76,13 @@ def run_files(folder: str, keep_epochs: bool = False, ema: bool = False) -> dict
              "config": f"{folder}/config.yaml"}
     files |= {"epochs": f"{folder}/epochs.parquet"} if keep_epochs else {}
     return files | ({"ema": f"{folder}/ema.safetensors"} if ema else {})
+
+
+def pool_files(folder: str) -> dict[str, str]:
+    """What scoring one outside checkpoint writes (rule pool_checkpoint; ``soupflow.jobs.pool.PoolPaths``): a
+    fine-tune's files that the runs table lists, named as a run's, so that soups read both alike."""
+    files = run_files(folder)
+    return {kind: files[kind] for kind in ("model", "outputs", "metrics")}
 
 
 def run_board(folder: str) -> str:

@@ -23,6 +23,8 @@ from soupflow.plan.model_file import checkpoint_kind
 from soupflow.plan.timm_names import cached_verdict, checkpoint_fit
 
 POOL_PREFIX = "pool-"
+#: what a pool checkpoint's id looks like (the rule's wildcard constraint): the prefix and a file-safe name
+POOL_ID_PATTERN = POOL_PREFIX + "[A-Za-z0-9_.-]+"
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def plot_soups_vs_ingredients(runs: pd.DataFrame, soups: pd.DataFrame, path: str
     fig, ax = plt.subplots(figsize=(9.5, 5.5))
     ok = runs[runs["status"] == "ok"]
     ax.scatter(ok["val_accuracy"], ok["test_accuracy"], color="0.55", marker=".", s=70, zorder=1,
-               label="fine-tuned ingredients")  # neutral: every colour and marker of the palette is a soup's
+               label="ingredients")  # neutral: every colour and marker of the palette is a soup's
     best = best_run(runs)
     if best is not None:
         ax.axhline(best.test_accuracy, ls="--", lw=1, color="grey", label="best individual (by val)")
@@ -144,8 +144,9 @@ def plot_val_heatmap(runs: pd.DataFrame, axes: list[str], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     columns = [f"hp_{a}" for a in axes]
     ok = runs[runs["status"] == "ok"]
-    if not all(c in ok for c in columns) or ok.empty:
-        empty_axes(ax, f"no runs vary {axes}")
+    ok = ok.dropna(subset=columns) if all(c in ok for c in columns) else ok.iloc[:0]  # pool checkpoints: no hp
+    if ok.empty:
+        empty_axes(ax, f"no fine-tunes vary {axes}")
     else:
         table = ok.pivot_table(index=columns[0], columns=columns[1], values="val_accuracy", aggfunc="mean")
         sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "val accuracy"})

@@ -51,6 +51,7 @@ class RunMetrics:
     ema_val_loss: float | None = None
     ema_test_accuracy: float | None = None
     ema_test_loss: float | None = None
+    source: str | None = None  # an outside checkpoint's file (config section pool); null for the grid's runs
 
     def set_scores(self, prefix: str, accuracy: float, loss: float) -> None:
         """``<prefix>_accuracy`` and ``<prefix>_loss`` (prefix ``val``, ``test``, ``ema_val``, ``ema_test``)."""
@@ -65,7 +66,8 @@ class RunMetrics:
 
 
 #: Arrow types of RunMetrics' field annotations (``from __future__ import annotations``: they are strings)
-_FIELD_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "float | None": pa.float64()}
+_FIELD_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "float | None": pa.float64(),
+                "str | None": pa.string()}
 RUN_SCHEMA = pa.schema(
     [("run_id", pa.string())]
     + [(f"hp_{name}", kind) for name, kind in HYPERPARAMETER_TYPES.items()]
