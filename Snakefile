@@ -26,6 +26,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/pool.smk"
 include: "workflow/rules/soups.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/shift.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/export.smk"
@@ -39,6 +40,7 @@ localrules:
     run_table,
     soups_table,
     trace_table,
+    shift_table,
     summary,
     timm_configs,
     learning_curves,
@@ -51,6 +53,7 @@ rule all:
         # every pipeline's (one, or one per seed of `replicates`), and the pooled table over them
         in_each(rules.summary.output),
         in_each(rules.plots.output),
+        in_each(rules.shift_plot.output) if SHIFT_SETS else [],
         rules.timm_configs.output.index,
         in_each(rules.learning_curves.output),
         in_each(rules.resolved_config.output),

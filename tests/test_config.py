@@ -96,13 +96,14 @@ def test_splits_that_leave_nothing_to_fine_tune_on_are_rejected():
 def test_tracked_params_leave_out_keys_added_later_while_they_are_at_their_neutral_default():
     """Upgrading soupflow must not rerun finished jobs: a key added to a section after results existed is absent
     from that section's rerun-triggering param while it is at its neutral value, and present when set."""
-    from soupflow.plan.params import LATE_DEFAULTS, tracked
+    from soupflow.plan.params import LATE_DEFAULTS, TRACKED_APART, tracked
 
     plain = resolve_config(copy.deepcopy(DEFAULT), check_paths=False)
     for section, late in LATE_DEFAULTS.items():
         assert set(late) <= set(plain[section]), section  # the resolved config has every default ...
         assert not set(late) & set(tracked(plain, section)), section  # ... the trigger leaves them out
-        assert tracked(plain, section) == {k: v for k, v in plain[section].items() if k not in late}
+        apart = TRACKED_APART.get(section, ())  # and the keys rules of their own track (data.shift_sets)
+        assert tracked(plain, section) == {k: v for k, v in plain[section].items() if k not in late and k not in apart}
     bigger = copy.deepcopy(DEFAULT)
     bigger["data"].update(test_fraction=0.25, pretrain_fraction=0.5)
     assert tracked(resolve_config(bigger, check_paths=False), "data")["test_fraction"] == 0.25

@@ -10,7 +10,7 @@ sys.path.insert(
 from snakemake.exceptions import WorkflowError
 
 from soupflow.plan import layout
-from soupflow.plan.catalog import RECIPES, soup_options
+from soupflow.plan.catalog import RECIPES, SHIFT_NAME_PATTERN, soup_options
 from soupflow.plan.config import resolve_config
 from soupflow.plan.errors import ConfigError
 from soupflow.plan.gpus import visible_gpus
@@ -26,6 +26,8 @@ from soupflow.plan.params import (
     image_folders,
     kept_epochs,
     pipelines,
+    shift_set_folders,
+    shift_streamed,
     soup_specs,
     tracked,
     untracked,
@@ -124,6 +126,38 @@ def gpus_per_run(wildcards):
 RESULTS = layout.RESULTS  # the top-level seed's pipeline, and the analysis' folders
 RUN_FOLDER = f"{PIPELINE.runs}/{{run_id}}"  # one folder per run: model, outputs, metrics, config, train.log
 POOL_FOLDER = f"{PIPELINE.pool}/{{pool_id}}"  # one folder per outside checkpoint: model, outputs, metrics
+
+
+# Test sets under distribution shift (data.shift_sets): one folder per set, its scores in the metrics.
+SHIFT_SETS = CONFIG["data"]["shift_sets"]
+SHIFT_FOLDER = f"{PIPELINE.shift}/{{shift}}"
+SHIFT = layout.shift_files(PIPELINE.metrics, PIPELINE.plots)
+
+
+def shift_source(wildcards):
+    """What a shift set is: an image folder, or `corruptions` (tracked: pointing a set elsewhere reprepares it)."""
+    return SHIFT_SETS[wildcards.shift]
+
+
+def shift_folders(wildcards):
+    """A shift set's class folders, the inputs of its preparation (adding an image reprepares the set)."""
+    return shift_set_folders(SHIFT_SETS[wildcards.shift])
+
+
+def shift_corruptions(wildcards):
+    """The corruptions a `corruptions` shift set applies (analysis.corruptions), or None for an image folder."""
+    return (
+        CONFIG["analysis"]["corruptions"]
+        if SHIFT_SETS[wildcards.shift] == "corruptions"
+        else None
+    )
+
+
+def shift_data(wildcards):
+    """A prepared shift set: its tensors (prepare_shift), or the listing of its streamed files (prepare_shift_listing)."""
+    streamed = shift_streamed(SHIFT_SETS[wildcards.shift], CONFIG["data"]["format"])
+    folder = SHIFT_FOLDER.format(pipeline=wildcards.pipeline, shift=wildcards.shift)
+    return layout.shift_data_file(folder, streamed)
 
 
 def pool_file(wildcards):

@@ -29,8 +29,10 @@ rule run_table:
 
 
 rule soups_table:
-    """Every soup's rows (one per repeat) in one table: the per-soup metrics of rule soup."""
+    """Every soup's rows (one per repeat) in one table: the per-soup metrics of rule soup, and each shift set's
+    scores of each soup (data.shift_sets; rule shift_table)."""
     input:
+        **({"shift": SHIFT["table"]} if SHIFT_SETS else {}),
         parts=rules.soups.output.metrics,
     output:
         f"{PIPELINE.metrics}/soups.parquet",
@@ -59,6 +61,7 @@ rule trace_table:
 rule summary:
     """The summary table printed at the end of a run (best individual, soups, ensembles)."""
     input:
+        **({"shift": SHIFT["table"]} if SHIFT_SETS else {}),
         runs=rules.run_table.output[0],
         soups=rules.soups_table.output[0],
     output:

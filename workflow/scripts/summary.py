@@ -5,4 +5,4 @@ from soupflow.report.summary import write_summary
 
 open_job(snakemake)
 log.info("%s", write_summary(snakemake.input.runs, snakemake.input.soups, snakemake.output.text,
-                             snakemake.output.table))
+                             snakemake.output.table, snakemake.input.get("shift")))

@@ -18,16 +18,18 @@ from soupflow.store.io import atomic_save_safetensors
 log = logging.getLogger("soupflow")
 
 
-def make_corrupted(spec: dict[str, Any], data_path: str, out_path: str) -> None:
-    """A seeded corrupted copy of (a sample of) the test split, as tensors (``TensorData`` reads it as split
-    'corrupted'; ``spec``: the config's ``analysis.corruptions``)."""
+def make_corrupted(spec: dict[str, Any], data_path: str, out_path: str, split: str = CORRUPTED_SPLIT) -> None:
+    """A seeded corrupted copy of (a sample of) the test split, as tensors (``TensorData`` reads it as
+    ``split``: 'corrupted' for the analysis, 'test' for a shift set; ``spec``: the config's
+    ``analysis.corruptions``)."""
     data = open_data(data_path)
-    tensors = corrupt_split(lambda rows: data.images("test", rows), data.labels("test"), spec["types"],
-                            spec["severities"], spec["max_images"], spec["seed"])
+    corrupted = corrupt_split(lambda rows: data.images("test", rows), data.labels("test"), spec["types"],
+                              spec["severities"], spec["max_images"], spec["seed"])
+    tensors = {name.replace(CORRUPTED_SPLIT, split, 1): tensor for name, tensor in corrupted.items()}
     meta = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean.flatten().tolist()),
             "std": json.dumps(data.std.flatten().tolist()), "corruption_types": json.dumps(spec["types"])}
     atomic_save_safetensors(tensors, out_path, metadata=meta)
-    log.info("corrupted test copy: %d images, %s at severities %s", tensors["corrupted_y"].numel(),
+    log.info("corrupted test copy: %d images, %s at severities %s", tensors[f"{split}_y"].numel(),
              ", ".join(spec["types"]), spec["severities"])
 
 

@@ -308,4 +308,8 @@ PRETEXT_TASKS = ("labels", "rotation")
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg")
 #: the name the corrupted test copy is scored under, beside "val" and "test"
 CORRUPTED_SPLIT = "corrupted"
+#: the value of a ``data.shift_sets`` entry that is the test split corrupted (``analysis.corruptions``), not a folder
+CORRUPTED_SHIFT = "corruptions"
+#: a shift set's name (a folder and a file name, and a column prefix of the soups table)
+SHIFT_NAME_PATTERN = "[A-Za-z0-9][A-Za-z0-9_-]*"
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from soupflow.plan.augment import check_auto_augment
 from soupflow.plan.catalog import (
+    CORRUPTED_SHIFT,
     DATASETS,
     FILES_ONLY_HYPERPARAMETERS,
     HYPERPARAMETER_NAMES,
@@ -125,6 +126,28 @@ def _check_one_folder(data: dict[str, Any]) -> None:
                               f"val_fraction {data['val_fraction']} and test_fraction {data['test_fraction']}; "
                               f"allowed: at least {needed} images in every class (one expected in each split), "
                               "or other fractions")
+
+
+def _check_shift_sets(data: dict[str, Any]) -> None:
+    """Each shift set is ``corruptions`` or a folder of class folders holding images; for image_folder data, of
+    the training classes only (other data sets' class names are checked when the set is prepared)."""
+    for name, source in data["shift_sets"].items():
+        key = f"config key 'data.shift_sets.{name}' is {source!r}"
+        if source == CORRUPTED_SHIFT:
+            continue
+        if not os.path.isdir(source) or not class_folders(source):
+            raise ConfigError(f"{key}, which is not a folder of class folders; allowed: a folder holding "
+                              f"<class>/<image> for the training classes, or {CORRUPTED_SHIFT!r}")
+        empty = [folder for folder in class_folders(source) if not count_images(os.path.join(source, folder))]
+        if empty:
+            raise ConfigError(f"{key}, whose class folder {empty[0]!r} holds no image; allowed: class folders "
+                              "with images (.jpg, .png, …)")
+        if data["name"] == "image_folder" and os.path.isdir(data.get("root") or ""):
+            root = data["root"] if is_one_folder(data["root"]) else os.path.join(data["root"], "train")
+            unknown = sorted(set(class_folders(source)) - set(class_folders(root)))
+            if unknown:
+                raise ConfigError(f"{key}, whose class folders {', '.join(unknown[:5])} are not training classes "
+                                  f"(the class folders of {root}); allowed: class folders named as those")
 
 
 def _folders(path: str) -> list[str]:
@@ -344,6 +367,7 @@ def check_semantics(config: dict[str, Any], check_model: bool = True, check_path
     if check_paths:
         _check_data_root(config["data"])
         check_class_folders(config["data"])
+        _check_shift_sets(config["data"])
         _check_model_file(config["model"])
     if check_model:
         check_model_name(config["model"])

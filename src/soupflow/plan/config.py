@@ -26,6 +26,7 @@ from soupflow.plan.catalog import (
     PRETEXT_TASKS,
     RECIPES,
     SCHEDULES,
+    SHIFT_NAME_PATTERN,
     SOUP_INGREDIENTS,
     recipe_option_schemas,
 )
@@ -51,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "max_train": None,
         "max_test": None,
         **LATE_DEFAULTS["data"],
+        "shift_sets": {},
     },
     "model": {"name": "resnet10t", "kwargs": {}, "init": "pretrain", "file": None, "head_seed": 0,
               **LATE_DEFAULTS["model"]},
@@ -177,6 +179,7 @@ def load_schema() -> dict[str, Any]:
     top["pretrain"]["properties"]["task"]["enum"] = list(PRETEXT_TASKS)
     top["data"]["properties"]["name"]["enum"] = list(DATASETS)
     top["data"]["properties"]["format"]["enum"] = list(DATA_FORMATS)
+    top["data"]["properties"]["shift_sets"]["propertyNames"] = {"pattern": f"^{SHIFT_NAME_PATTERN}$"}
     top["soups"]["items"]["properties"]["recipe"]["enum"] = list(RECIPES)
     _add_recipe_options(top["soups"]["items"]["properties"])
     top["soups"]["items"]["properties"]["ingredients"]["enum"] = list(SOUP_INGREDIENTS)

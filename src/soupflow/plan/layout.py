@@ -27,6 +27,7 @@ class Folders:
     runs = _subfolder("runs")
     soups = _subfolder("soups")
     pool = _subfolder("pool")
+    shift = _subfolder("shift")
     metrics = _subfolder("metrics")
     plots = _subfolder("plots")
     logs = _subfolder("logs")
@@ -110,6 +111,19 @@ PLOTS = {"soups": "soups_vs_ingredients", "heatmap": "val_heatmap", "greedy": "g
 def plot_files(folder: str) -> dict[str, str]:
     """Every figure rule plots draws, by output name (``PLOTS``)."""
     return {name: f"{folder}/{stem}.png" for name, stem in PLOTS.items()}
+
+
+def shift_data_file(folder: str, streamed: bool) -> str:
+    """A shift set prepared (rule prepare_shift, one folder per set): the listing of its images when they are
+    ``streamed`` (an image folder with data.format files), else its decoded tensors, as ``data_files`` names them."""
+    return data_files(folder, "files" if streamed else "tensors")["data"]
+
+
+def shift_files(metrics: str, plots: str) -> dict[str, str]:
+    """What scoring the shift sets writes: each set's scores (rule shift_scores, ``{shift}`` in the name), their
+    table (rule shift_table) and its figure (rule shift_plot)."""
+    return {"scores": f"{metrics}/shift/{{shift}}.parquet", "table": f"{metrics}/shift.parquet",
+            "figure": f"{plots}/shift.png"}
 
 
 def learning_curves_file(folder: str) -> str:

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from soupflow.plan import layout
-from soupflow.plan.catalog import RECIPES, soup_options
+from soupflow.plan.catalog import CORRUPTED_SHIFT, RECIPES, soup_options
 from soupflow.plan.one_folder import class_folders, is_one_folder
 
 #: keys added to a config section after results folders existed, at the value that changes nothing; a tracked
@@ -34,10 +34,17 @@ LATE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: keys of a section that rules of their own read and track (data.shift_sets: rule prepare_shift), left out of the
+#: section's tracked param: adding a shift set reprepares no data and retrains nothing
+TRACKED_APART: dict[str, tuple[str, ...]] = {"data": ("shift_sets",)}
+
+
 def tracked(config: dict[str, Any], section: str) -> dict[str, Any]:
-    """A config section as a rerun-triggering param: without keys at their neutral value (``LATE_DEFAULTS``)."""
-    late = LATE_DEFAULTS.get(section, {})
-    return {key: value for key, value in config[section].items() if key not in late or value != late[key]}
+    """A config section as a rerun-triggering param: without keys at their neutral value (``LATE_DEFAULTS``)
+    and those other rules track (``TRACKED_APART``)."""
+    late, apart = LATE_DEFAULTS.get(section, {}), TRACKED_APART.get(section, ())
+    return {key: value for key, value in config[section].items()
+            if key not in apart and (key not in late or value != late[key])}
 
 
 def untracked(config: dict[str, Any]) -> SimpleNamespace:
@@ -82,6 +89,18 @@ def soup_specs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def soup_base(entry: dict[str, Any]) -> str | None:
     """The soup an entry interpolates toward (wise_ft's ``base``); None for recipes that take no base."""
     return soup_options(entry)["base"] if RECIPES[entry["recipe"]].needs_base else None
+
+
+def shift_streamed(source: str, data_format: str) -> bool:
+    """Whether a shift set's images are listed and streamed (an image folder with ``data.format: files``) rather
+    than decoded into tensors (``layout.shift_data_file``)."""
+    return source != CORRUPTED_SHIFT and data_format == "files"
+
+
+def shift_set_folders(source: str) -> list[str]:
+    """A shift set's inputs: the class folders of its image folder (an image added changes its folder), none
+    for the corrupted test split."""
+    return [] if source == CORRUPTED_SHIFT else [os.path.join(source, name) for name in class_folders(source)]
 
 
 def image_folders(data: dict[str, Any]) -> list[str]:

@@ -377,3 +377,41 @@ def _plot_schedules(history: pd.DataFrame, runs: pd.DataFrame, ax: plt.Axes) -> 
         label = f"{label} ({len(ids)} runs)" if label else f"{len(ids)} runs"
         ax.plot(epochs, lrs, marker="o", color=PALETTE[index % len(PALETTE)], label=label)
     legend_outside(ax)
+
+
+def plot_shift(shift: pd.DataFrame, path: str) -> None:
+    """In distribution vs under shift, one panel per shift set: each model's paired difference to the best run
+    on the test split (x) and on the shift set (y), in points, with both 95 % intervals as bars; the runs in
+    grey, the runs' ensemble in black, every soup in its style. Above the diagonal: a gain that grows under
+    shift (the soups papers' robustness claim); above zero on y: better than the best run on shifted images."""
+    sets = list(dict.fromkeys(shift.shift_set))
+    fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(5.5 * max(1, len(sets)) + 2.5, 5), squeeze=False)
+    if not sets:
+        empty_axes(axes[0, 0], "no usable run")
+    shift = shift[~shift.recipe.isin(BASELINE_RECIPES)]  # best_individual is the best run's point
+    styles = styles_of(shift[shift.kind == "soup"].rename(columns={"model": "soup"}))
+    for ax, name in zip(axes[0], sets):
+        rows = shift[shift.shift_set == name].sort_values("kind", key=lambda kind: kind != "run", kind="stable")  # runs below
+        for row in rows.itertuples():
+            style = (dict(color="0.6", fmt=".", ms=8, alpha=0.5, lw=0.7) if row.kind == "run" else
+                     dict(color="black", fmt="X", ms=10) if row.kind == "ensemble" else
+                     dict(color=styles[row.model].color, fmt=styles[row.model].marker, ms=9, markeredgecolor="black",
+                          markeredgewidth=0.5))
+            label = {"run": "runs", "ensemble": "logit ensemble of the runs"}.get(row.kind, row.model)
+            style = {"alpha": 0.9, "lw": 1, **style}
+            ax.errorbar(row.test_acc_diff_pt, row.shift_acc_diff_pt, capsize=3,
+                        xerr=[[row.test_acc_diff_pt - row.test_acc_diff_pt_low], [row.test_acc_diff_pt_high - row.test_acc_diff_pt]],
+                        yerr=[[row.shift_acc_diff_pt - row.shift_acc_diff_pt_low], [row.shift_acc_diff_pt_high - row.shift_acc_diff_pt]],
+                        label=label if row.kind != "run" or row.best else None, **style)
+        ax.axhline(0, color="grey", lw=1, ls="--")
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        low, high = ax.get_xlim()
+        ax.plot([low, high], [low, high], color="grey", lw=0.8, ls=":", label="same gain in and out")
+        ax.set_xlim(low, high)
+        best = rows[rows.best].iloc[0]
+        ax.set(xlabel=f"test − best run's (points; best {100 * best.test_accuracy:.2f} %)",
+               ylabel=f"{name} − best run's (points; best {100 * best.shift_accuracy:.2f} %)",
+               title=f"{name}: {int(best.images)} images")
+    fig.suptitle("In distribution vs under shift: paired differences to the best run, 95 % intervals")
+    legend_outside(axes[0, -1])
+    save_figure(fig, path)

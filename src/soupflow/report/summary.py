@@ -42,6 +42,7 @@ def summary_table(runs: pd.DataFrame, soups: pd.DataFrame) -> pd.DataFrame:
                 for column in ("acc_diff_pt", "acc_diff_pt_low", "acc_diff_pt_high", "acc_p_mcnemar", "loss_diff"):
                     row[f"{prefix}{column}"] = group[f"{prefix}{column}"].mean()
                 row[f"{prefix}wins"] = int(group[f"{prefix}wins"].astype(bool).sum())
+        row |= {column: group[column].mean() for column in group if column.startswith("shift_")}  # shift sets
         row["ensemble_test_accuracy"] = group.ensemble_test_accuracy.mean()
         row["ensemble_passes"] = group.inference_passes_ensemble.mean()
         rows.append(row)
@@ -163,12 +164,47 @@ def format_pooled(table: pd.DataFrame) -> str:
             f"selection on val, reported on test\n" + shown.to_string(index=False) + "\n" + POOLED_LEGEND)
 
 
-def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str) -> str:
-    """The summary table as text (printed at the end of a run) and as numbers."""
+SHIFT_LEGEND = """\
+under shift: each model's accuracy on the in-distribution test split and on each shift set (data.shift_sets),
+with its paired difference to the best run's on the same images (points, 95 % bootstrap interval; this
+pipeline's images only: replicates say whether it holds across seeds). WINS: the interval above zero."""
+
+
+def _shift_cell(row: pd.Series, split: str) -> str:
+    """'61.23  +0.87 [+0.20, +1.50] WINS' (accuracy in %, then the paired difference to the best run)."""
+    accuracy = _pct(row[f"{split}_accuracy"])
+    if row["best"]:
+        return f"{accuracy}  (the best run)"
+    interval = f"{row[f'{split}_acc_diff_pt']:+.2f} [{row[f'{split}_acc_diff_pt_low']:+.2f}, {row[f'{split}_acc_diff_pt_high']:+.2f}]"
+    return f"{accuracy}  {interval}" + (" WINS" if row[f"{split}_wins"] else "")
+
+
+def format_shift(shift: pd.DataFrame) -> str:
+    """The shift section of the summary: the best run, the runs' ensemble and every soup, one line each, on the
+    test split and on each shift set (``soupflow.jobs.shift.shift_row``)."""
+    shown = shift[shift["best"] | shift["kind"].isin(["ensemble", "soup"])]
+    if shown.empty:
+        return ""
+    sets = list(dict.fromkeys(shown.shift_set))
+    first = shown[shown.shift_set == sets[0]].set_index("model", drop=False)
+    table = pd.DataFrame({"model": [f"{name} (best run)" if best else name for name, best in zip(first.model, first.best)],
+                          "test": [_shift_cell(row, "test") for _, row in first.iterrows()]})
+    for name in sets:
+        rows = shown[shown.shift_set == name].set_index("model", drop=False).reindex(first.index)
+        table[name] = [_shift_cell(row, "shift") if row.notna().any() else "" for _, row in rows.iterrows()]
+    return ("\nUnder distribution shift (accuracy %, and vs the best run in points):\n" + table.to_string(index=False)
+            + "\n" + SHIFT_LEGEND + "\n")
+
+
+def write_summary(runs_path: str, soups_path: str, out_text: str, out_csv: str, shift_path: str | None = None) -> str:
+    """The summary table as text (printed at the end of a run) and as numbers; with the shift sets' table
+    (``shift_path``), a section on them."""
     runs, soups = pd.read_parquet(runs_path), pd.read_parquet(soups_path)
     table = summary_table(runs, soups)
+    shift = format_shift(pd.read_parquet(shift_path)) if shift_path else ""
     text = ("soupflow summary (selection on val, reported on test)\n" + format_summary(table) + "\n"
-            + format_bn_effects(table) + format_soupability(soups) + format_retry(runs) + LEGEND)
+            + format_bn_effects(table) + format_soupability(soups) + format_retry(runs) + LEGEND + "\n" + shift)
+    text = text.rstrip("\n")
     atomic_write_text(text + "\n", out_text)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return text

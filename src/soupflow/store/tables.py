@@ -182,9 +182,13 @@ def _concatenated(paths: list[str]) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
-    """One table from many one-job tables (soups, traces), written atomically."""
+def concat_parquet(paths: list[str], out: str, shift: str | None = None) -> pd.DataFrame:
+    """One table from many one-job tables (soups, traces), written atomically; the soups table with the shift
+    sets' scores of each soup joined (``shift``: their table, ``with_shift_columns``)."""
     table = _concatenated(paths)
+    if shift is not None:
+        table = pa.Table.from_pandas(with_shift_columns(table.to_pandas(), pd.read_parquet(shift)),
+                                     preserve_index=False)
     atomic_write_parquet(table, out)
     return table.to_pandas()
 
@@ -213,3 +217,17 @@ def best_run(runs: pd.DataFrame) -> pd.Series | None:
     compared with. None when no run is usable."""
     ok = runs[runs["status"] == "ok"]
     return ok.sort_values(["val_accuracy", "run_id"], ascending=[False, True]).iloc[0] if len(ok) else None
+
+
+#: the columns of a shift set's scores (``soupflow.jobs.shift.shift_row``) the soups table carries for each set
+SHIFT_COLUMNS = ("accuracy", "acc_diff_pt", "acc_diff_pt_low", "acc_diff_pt_high", "acc_p_mcnemar", "wins")
+
+
+def with_shift_columns(soups: pd.DataFrame, shift: pd.DataFrame) -> pd.DataFrame:
+    """The soups table with each shift set's scores of every soup (``shift_<set>_accuracy``,
+    ``shift_<set>_acc_diff_pt`` and its interval, McNemar p, ``shift_<set>_wins``): one row per soup, as before."""
+    for name, scores in shift[shift["kind"] == "soup"].groupby("shift_set", sort=True):
+        columns = {f"shift_{column}": f"shift_{name}_{column}" for column in SHIFT_COLUMNS}
+        part = scores.set_index("model")[list(columns)].rename(columns=columns)
+        soups = soups.join(part, on="soup")
+    return soups
