@@ -90,3 +90,22 @@ def test_the_pooled_text_shows_each_replicates_difference():
     line = next(line for line in text.splitlines() if line.strip().startswith("uniform"))
     assert "+0.52 +0.50 -0.10 +0.60 +0.21" in line and "+0.35 [+0.05, +0.65]" in line
     assert "pooled over 5 replicates (seeds 0, 1, 2, 3, 4)" in text
+
+
+def test_the_shift_figure_names_a_collapsed_soup_instead_of_squeezing_the_others(tmp_path):
+    """A soup 28 points below the best run is named below the axes; the runs, the ensemble and a soup near
+    them are drawn on their own scale."""
+    from soupflow.report.figures import _on_scale, plot_shift
+
+    def row(kind, model, test, shift, recipe=""):
+        values = {f"{split}_acc_diff_pt{end}": value + offset for split, value in (("test", test), ("shift", shift))
+                  for end, offset in (("", 0.0), ("_low", -0.5), ("_high", 0.5))}
+        return {"shift_set": "corrupted", "kind": kind, "model": model, "recipe": recipe, "best": model == "r0",
+                "images": 100, "test_accuracy": 0.8, "shift_accuracy": 0.5, **values}
+
+    table = pd.DataFrame([row("run", "r0", 0, 0), row("run", "r1", -0.5, -1.0), row("ensemble", "ens", 1.0, 2.0),
+                          row("soup", "uniform", 0.8, 1.5, "uniform"), row("soup", "ties", -28.0, -23.0, "ties")])
+    drawn, off = _on_scale(table)
+    assert list(off.model) == ["ties"] and set(drawn.model) == {"r0", "r1", "ens", "uniform"}
+    plot_shift(table, str(tmp_path / "shift.png"))
+    assert (tmp_path / "shift.png").stat().st_size > 10_000

@@ -379,11 +379,25 @@ def _plot_schedules(history: pd.DataFrame, runs: pd.DataFrame, ax: plt.Axes) -> 
     legend_outside(ax)
 
 
+def _on_scale(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows the shift figure draws, and the soups it names instead: those whose difference on either axis
+    lies farther outside the runs' and the ensemble's span than that span is wide (at least 2 points), a
+    collapsed soup that would squeeze every other point to a dot."""
+    anchors = rows[rows.kind != "soup"]
+    off = pd.Series(False, index=rows.index)
+    for column in ("test_acc_diff_pt", "shift_acc_diff_pt"):
+        low, high = anchors[column].min(), anchors[column].max()
+        margin = max(high - low, 2.0)
+        off |= (rows.kind == "soup") & ((rows[column] < low - margin) | (rows[column] > high + margin))
+    return rows[~off], rows[off]
+
+
 def plot_shift(shift: pd.DataFrame, path: str) -> None:
     """In distribution vs under shift, one panel per shift set: each model's paired difference to the best run
     on the test split (x) and on the shift set (y), in points, with both 95 % intervals as bars; the runs in
-    grey, the runs' ensemble in black, every soup in its style. Above the diagonal: a gain that grows under
-    shift (the soups papers' robustness claim); above zero on y: better than the best run on shifted images."""
+    grey, the runs' ensemble in black, every soup in its style; a collapsed soup far off that scale is named in a
+    line below instead (``_on_scale``). Above the diagonal: a gain that grows under shift (the soups papers'
+    robustness claim); above zero on y: better than the best run on shifted images."""
     sets = list(dict.fromkeys(shift.shift_set))
     fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(5.5 * max(1, len(sets)) + 2.5, 5), squeeze=False)
     if not sets:
@@ -392,6 +406,11 @@ def plot_shift(shift: pd.DataFrame, path: str) -> None:
     styles = styles_of(shift[shift.kind == "soup"].rename(columns={"model": "soup"}))
     for ax, name in zip(axes[0], sets):
         rows = shift[shift.shift_set == name].sort_values("kind", key=lambda kind: kind != "run", kind="stable")  # runs below
+        rows, off = _on_scale(rows)
+        if len(off):
+            ax.text(0.0, -0.13, "off the scale (test, shifted): " + ", ".join(
+                f"{row.model} ({row.test_acc_diff_pt:+.1f}, {row.shift_acc_diff_pt:+.1f})" for row in off.itertuples()),
+                transform=ax.transAxes, fontsize=8, va="top", ha="left", color="0.3", wrap=True)
         for row in rows.itertuples():
             style = (dict(color="0.6", fmt=".", ms=8, alpha=0.5, lw=0.7) if row.kind == "run" else
                      dict(color="black", fmt="X", ms=10) if row.kind == "ensemble" else
