@@ -29,7 +29,7 @@ SAMPLES = {
                  "wd_norm_bias": False, "grad_accum_steps": 2, "clip_grad": 1.0, "ema_decay": 0.99},
     "data": {"name": "fashion_mnist", "root": SMOKE["data"]["root"], "download": True, "image_size": 16,
              "normalize": {"mean": [0.3], "std": [0.4]}, "pretrain_fraction": 0.3, "val_fraction": 0.25,
-             "test_fraction": 0.1, "max_train": 500, "max_test": None},
+             "test_fraction": 0.1, "max_train": 500, "max_test": None, "shift_sets": {"corrupted": "corruptions"}},
     "analysis": {"pairs": 5, "seed": 1, "jobs": 1, "color_by": "lr", "bn": ["keep"], "bn_images": 64,
                  "branching": {"epochs": [1], "perturbations": ["salty2"]},
                  "corruptions": {"types": ["contrast", "jpeg"], "severities": [2], "max_images": 50, "seed": 1}},

@@ -44,7 +44,7 @@ rule shift_scores:
         soup_models=each_soup("model"),
         soup_outputs=each_soup("outputs"),
     output:
-        SHIFT["scores"],
+        layout.shift_files(PIPELINE.metrics, PIPELINE.plots)["scores"],
     log:
         f"{PIPELINE.logs}/shift/scores_{{shift}}.log",
     wildcard_constraints:
@@ -63,9 +63,9 @@ rule shift_scores:
 rule shift_table:
     """Every shift set's scores in one table."""
     input:
-        parts=expand(SHIFT["scores"], shift=SHIFT_SETS, allow_missing=True),
+        parts=expand(rules.shift_scores.output[0], shift=SHIFT_SETS, allow_missing=True),
     output:
-        SHIFT["table"],
+        layout.shift_files(PIPELINE.metrics, PIPELINE.plots)["table"],
     log:
         f"{PIPELINE.logs}/tables/shift.log",
     conda:
@@ -79,7 +79,11 @@ rule shift_plot:
     input:
         table=rules.shift_table.output[0],
     output:
-        report(SHIFT["figure"], caption="../report/shift.rst", category="Plots"),
+        report(
+            layout.shift_files(PIPELINE.metrics, PIPELINE.plots)["figure"],
+            caption="../report/shift.rst",
+            category="Plots",
+        ),
     log:
         f"{PIPELINE.logs}/shift_plot.log",
     conda:
