@@ -23,24 +23,10 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/init.smk"
 include: "workflow/rules/finetune.smk"
-
-
-# Rules a config without outside checkpoints or shift sets does not use are left out of the workflow: each
-# rule's output patterns are matched against every file the DAG asks for (bench/run.py --only dag).
-if POOL:
-
-    include: "workflow/rules/pool.smk"
-
-
+include: "workflow/rules/pool.smk"
 include: "workflow/rules/soups.smk"
 include: "workflow/rules/metrics.smk"
-
-
-if SHIFT_SETS:
-
-    include: "workflow/rules/shift.smk"
-
-
+include: "workflow/rules/shift.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/export.smk"
@@ -54,6 +40,7 @@ localrules:
     run_table,
     soups_table,
     trace_table,
+    shift_table,
     summary,
     timm_configs,
     learning_curves,

@@ -171,7 +171,7 @@ def run_table_files(name):
     runs = expand(getattr(rules.finetune.output, name), run_id=RUNS, allow_missing=True)
     pooled = "model" if name == "ema" else name
     return runs + expand(
-        layout.pool_files(POOL_FOLDER)[pooled], pool_id=POOL, allow_missing=True
+        getattr(rules.pool_checkpoint.output, pooled), pool_id=POOL, allow_missing=True
     )
 
 

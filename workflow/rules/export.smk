@@ -6,7 +6,7 @@ PIPELINE_CHECKPOINTS = [
         [str(rules.init.output.model)] if RUNS else []
     ),  # a soup-only workflow has no init
     *expand(rules.finetune.output.model, run_id=RUNS, allow_missing=True),
-    *expand(layout.pool_files(POOL_FOLDER)["model"], pool_id=POOL, allow_missing=True),
+    *expand(rules.pool_checkpoint.output.model, pool_id=POOL, allow_missing=True),
     *each_soup("model"),
 ]
 TIMM_CHECKPOINTS = {

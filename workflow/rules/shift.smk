@@ -3,10 +3,6 @@
 # set prepares and scores that set only.
 
 
-localrules:
-    shift_table,  # seconds of pandas, where Snakemake runs
-
-
 rule prepare_shift:
     """One shift set decoded into tensors: the test split corrupted as analysis.corruptions says
     (`corruptions`), or an image folder of the training classes at the data's image shape.
