@@ -14,11 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from PIL import Image
 
 from soupflow.core.evaluate import scores_from_logits
 from soupflow.core.models import load_checkpoint, set_threads
@@ -26,7 +24,7 @@ from soupflow.core.stats import compare
 from soupflow.jobs.context import JobContext
 from soupflow.jobs.corrupted import make_corrupted
 from soupflow.plan.catalog import CORRUPTED_SHIFT
-from soupflow.store.data import TensorData
+from soupflow.store.data import TensorData, decode_images
 from soupflow.store.datasets import open_data
 from soupflow.store.files import TABLE_SCHEMA, FileData, list_folder
 from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet, open_safetensors
@@ -53,7 +51,7 @@ def prepare_shift(config: dict[str, Any], source: str, data_path: str, out_path:
         table = pa.table(columns, schema=TABLE_SCHEMA).replace_schema_metadata({"soupflow": json.dumps(meta)})
         atomic_write_parquet(table, out_path)
     else:
-        images = _decoded(source, listing.rows["path"], data.image_shape)
+        images = torch.from_numpy(decode_images(source, listing.rows["path"], data.image_shape))
         meta = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean.flatten().tolist()),
                 "std": json.dumps(data.std.flatten().tolist()), "source": os.path.abspath(source)}
         labels = torch.tensor(listing.rows["label"], dtype=torch.int64)
@@ -61,17 +59,6 @@ def prepare_shift(config: dict[str, Any], source: str, data_path: str, out_path:
     log.info("shift set %s: %d images of %d classes (%d non-image files ignored)", source, len(listing),
              len(set(listing.rows["label"])), listing.skipped)
     return len(listing)
-
-
-def _decoded(root: str, paths: list[str], shape: tuple[int, int, int]) -> torch.Tensor:
-    """The images at ``paths`` (under ``root``) as uint8 NCHW at ``shape``: grey or RGB, resized (bilinear)."""
-    channels, height, width = shape
-    out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
-    for index, path in enumerate(paths):
-        with Image.open(os.path.join(root, path)) as image:
-            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-            out[index] = np.asarray(image).reshape(height, width, channels).transpose(2, 0, 1)
-    return torch.from_numpy(out)
 
 
 @dataclass(frozen=True)

@@ -98,12 +98,19 @@ def load_image_folder(root: str, image_size: int | None) -> dict[str, Any]:
     train, test, one_folder = official_splits(root, "image_folder")
     out: dict[str, Any] = {"classes": train.classes, "paths": train.rows["path"] if one_folder else None}
     for split, listing in (("train", train), ("test", test)):
-        images = np.empty((len(listing), 3, size, size), dtype=np.uint8)
-        for i, path in enumerate(listing.rows["path"]):
-            with Image.open(os.path.join(root, path)) as image:
-                image = image.convert("RGB").resize((size, size), Image.BILINEAR)
-                images[i] = np.asarray(image).transpose(2, 0, 1)
+        images = decode_images(root, listing.rows["path"], (3, size, size))
         out[split] = (images, np.asarray(listing.rows["label"], dtype=np.int64))
+    return out
+
+
+def decode_images(root: str, paths: list[str], shape: tuple[int, int, int]) -> np.ndarray:
+    """The images at ``paths`` (under ``root``) as uint8 NCHW at ``shape``: grey or RGB, resized (bilinear)."""
+    channels, height, width = shape
+    out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
+    for index, path in enumerate(paths):
+        with Image.open(os.path.join(root, path)) as image:
+            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            out[index] = np.asarray(image).reshape(height, width, channels).transpose(2, 0, 1)
     return out
 
 
