@@ -1,4 +1,5 @@
 # The resolved config, the expanded runs and the helpers the rules share (soupflow.plan: parse time, torch-free).
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ sys.path.insert(
     0, str(Path(workflow.basedir) / "src")
 )  # works with or without `pip install -e .`
 
+from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 
 from soupflow.plan import layout
@@ -46,13 +48,20 @@ except ConfigError as error:
 
 # The pipelines: one per seed of `replicates` (the config with that top-level seed), in results/ for the
 # top-level seed and results/replicates/<seed> for the others; without replicates, results/ alone. Every rule
-# of a pipeline names its files under the {pipeline} wildcard; the analysis reads the top-level seed's.
+# of a pipeline names its files under PIPELINE's folders; the analysis reads the top-level seed's.
 PIPELINES = pipelines(CONFIG)  # {folder: that pipeline's config}
 MAIN = layout.RESULTS
 REPLICATED = CONFIG["replicates"] is not None
-PIPELINE = layout.Folders(
-    "{pipeline}"
-)  # the folders of one pipeline, as rule path patterns
+# The folders of one pipeline as path patterns of the rules: under the {pipeline} wildcard where there are
+# several, plain results/ where there is one. A pattern that starts with a wildcard has no constant prefix, and
+# Snakemake then tries every such output pattern of every rule on every file of the DAG; with results/ each
+# file is tried on the few rules that write under its folder (bench/dag.py measures the parse).
+PIPELINE = layout.Folders("{pipeline}" if len(PIPELINES) > 1 else MAIN)
+
+
+def pipeline_of(wildcards):
+    """The folder of the job's pipeline: its {pipeline} wildcard, or results/ where there is one pipeline."""
+    return wildcards.get("pipeline", MAIN)
 
 
 # Every job's config: its pipeline's, resolved above, as a param Snakemake does not compare
@@ -60,14 +69,29 @@ PIPELINE = layout.Folders(
 RESOLVED = {folder: untracked(resolved) for folder, resolved in PIPELINES.items()}
 
 
+def per_job(function):
+    """An input, param or resource function that Snakemake calls for every job, its signature read once:
+    Snakemake reads it twice per job and call otherwise (inspect.signature; 0.7 s of a 10,000-point parse for
+    the fine-tunes' three). The same mark Snakemake's own helpers (snakemake.ioutils) put on theirs.
+    """
+    overwrite_function_params(function, inspect.signature(function).parameters)
+    return function
+
+
+@per_job
 def resolved(wildcards):
     """The config of the job's pipeline (the only config its job reads)."""
-    return RESOLVED[wildcards.pipeline]
+    return RESOLVED[pipeline_of(wildcards)]
+
+
+# What each job's `config` param is: the one pipeline's config itself when there are no replicates (a
+# constant costs Snakemake nothing per job), else `resolved`, which picks the job's pipeline.
+JOB_CONFIG = resolved if len(RESOLVED) > 1 else RESOLVED[MAIN]
 
 
 def replicate_seed(wildcards):
     """The top-level seed of the job's pipeline."""
-    return PIPELINES[wildcards.pipeline]["seed"]
+    return PIPELINES[pipeline_of(wildcards)]["seed"]
 
 
 def in_main(pattern):
@@ -116,6 +140,7 @@ if GPUS and DEVICES > GPUS:
     )
 
 
+@per_job
 def gpus_per_run(wildcards):
     """The GPUs a training job takes: one per process where this machine has GPUs, and on a cluster (the
     nodes the SLURM profile asks for; `--set-resources finetune:gpu=0 init:gpu=0` trains on CPU nodes).
@@ -156,7 +181,7 @@ def shift_corruptions(wildcards):
 def shift_data(wildcards):
     """A prepared shift set: its tensors (prepare_shift), or the listing of its streamed files (prepare_shift_listing)."""
     streamed = shift_streamed(SHIFT_SETS[wildcards.shift], CONFIG["data"]["format"])
-    folder = SHIFT_FOLDER.format(pipeline=wildcards.pipeline, shift=wildcards.shift)
+    folder = SHIFT_FOLDER.format(pipeline=pipeline_of(wildcards), shift=wildcards.shift)
     return layout.shift_data_file(folder, streamed)
 
 
@@ -195,6 +220,7 @@ def soups_inputs(wildcards):
     return inputs
 
 
+@per_job
 def init_of(wildcards):
     """The checkpoint a run starts from: the shared init, or a branch point of the pretraining."""
     branch = ALL_RUNS[wildcards.run_id].get("branch_epoch")
@@ -211,6 +237,7 @@ def run_start():
     return init_of if branches else rules.init.output.model
 
 
+@per_job
 def run_params(wildcards):
     """A run's hyperparameters without None values: exactly what its id hashes, so that a new optional
     hyperparameter (default None) never re-triggers finished runs through Snakemake's params trigger.

@@ -20,7 +20,7 @@ rule prepare_data:
             if CONFIG["data"]["normalize"] == "pretrained"
             else None
         ),
-        config=resolved,
+        config=JOB_CONFIG,
     script:
         "../scripts/prepare_data.py"
 
@@ -35,7 +35,7 @@ rule resolved_config:
         "../../envs/soupflow.yaml"
     params:
         # the rerun trigger: rewritten whenever the config changes (nothing depends on it)
-        resolved=lambda wildcards: PIPELINES[wildcards.pipeline],
-        config=resolved,  # what it writes: the config every job of this pipeline is handed
+        resolved=lambda wildcards: PIPELINES[pipeline_of(wildcards)],
+        config=JOB_CONFIG,  # what it writes: the config every job of this pipeline is handed
     script:
         "../scripts/resolved_config.py"

@@ -21,6 +21,6 @@ rule finetune:
         hp=run_params,
         model=tracked(CONFIG, "model"),
         code=TRAINING_VERSION,  # soupflow.plan.versions: bumped when results change on purpose
-        config=resolved,
+        config=JOB_CONFIG,
     script:
         "../scripts/finetune.py"

@@ -22,6 +22,6 @@ rule init:
             else None
         ),
         code=TRAINING_VERSION,  # soupflow.plan.versions: bumped when results change on purpose
-        config=resolved,
+        config=JOB_CONFIG,
     script:
         "../scripts/make_init.py"

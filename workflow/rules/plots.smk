@@ -26,7 +26,9 @@ rule learning_curves:
     each run named by its hyperparameters from the runs table."""
     input:
         histories=expand(rules.finetune.output.history, run_id=RUNS, allow_missing=True),
-        runs=rules.run_table.output[0],
+        # a path, not rules.run_table.output: an input that cites a rule's output makes Snakemake hash the
+        # whole histories list once per history (quadratic: 27 s of a 10,000-point parse)
+        runs=layout.runs_table(PIPELINE.metrics),
     output:
         report(
             layout.learning_curves_file(PIPELINE.plots),

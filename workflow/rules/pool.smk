@@ -20,6 +20,6 @@ rule pool_checkpoint:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
         model=tracked(CONFIG, "model"),
-        config=resolved,
+        config=JOB_CONFIG,
     script:
         "../scripts/pool_checkpoint.py"

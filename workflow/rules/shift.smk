@@ -21,7 +21,7 @@ rule prepare_shift:
     params:
         source=shift_source,  # rerun triggers: where the set comes from, and how it is corrupted
         corruptions=shift_corruptions,
-        config=resolved,
+        config=JOB_CONFIG,
     script:
         "../scripts/prepare_shift.py"
 
@@ -55,7 +55,7 @@ rule shift_scores:
     resources:
         gpu=GPU_JOB,  # one GPU per job; plain --cores N runs at most one per visible GPU
     params:
-        config=resolved,
+        config=JOB_CONFIG,
     script:
         "../scripts/shift_scores.py"
 

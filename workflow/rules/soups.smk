@@ -22,6 +22,6 @@ rule soups:
         specs=SOUPS,  # the entries as written: editing one reruns the job, which cooks only that soup
         options={name: soup_options(spec) for name, spec in SOUPS.items()},  # and a changed default too
         cache=f"{PIPELINE.soups}/.cache",  # each soup's files under the hash of what they depend on
-        config=resolved,
+        config=JOB_CONFIG,
     script:
         "../scripts/make_soups.py"

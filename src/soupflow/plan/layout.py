@@ -18,7 +18,8 @@ def _subfolder(name: str) -> property:
 
 @dataclass(frozen=True)
 class Folders:
-    """The folders of one pipeline (``results/``, or a replicate's folder; the rules pass ``{pipeline}``).
+    """The folders of one pipeline (``results/``, or a replicate's folder; the rules pass ``{pipeline}`` when
+    there are replicates).
     A run's folder under ``runs`` is named by its id (``soupflow.plan.grid.run_id``)."""
 
     pipeline: str
