@@ -105,7 +105,8 @@ def test_runs_of_two_processes_load_in_plain_timm_and_soup_with_runs_of_one(tmp_
     config["grid"] = {"lr": [0.01, 0.03]}
     config["soups"] = [{"recipe": "uniform"}, {"recipe": "greedy"}]
     config["analysis"] = {**config["analysis"], "branching": {"epochs": [], "perturbations": []}}
-    result = snakemake(tmp_path, config, "--config", "training={devices_per_run: 2}")
+    # the runs and their table (the soups come once, below, over these runs and one more)
+    result = snakemake(tmp_path, config, "results/metrics/runs.parquet", "--config", "training={devices_per_run: 2}")
     assert result.returncode == 0, result.stderr[-4000:]
     runs = pd.read_parquet(tmp_path / "results/metrics/runs.parquet")
     for run_id in runs.run_id:

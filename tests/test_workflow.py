@@ -386,10 +386,11 @@ def test_replicates_are_pooled_from_each_pipeline_and_a_new_one_plans_only_its_j
     assert "results/replicates/2/" in plan.stdout and "wildcards: pipeline=results," not in plan.stdout
 
     # editing one soup entry reruns the soups job, which restores the other soups instead of cooking them
+    # (the soups job of the top-level pipeline only: what follows it was checked above)
     uniform = results / "soups/uniform/model.safetensors"
     before = uniform.read_bytes()
     edited = {**config, "soups": [{"recipe": "best_individual"}, {"recipe": "uniform"}, {"recipe": "greedy", "tie": "gt"}]}
-    result = snakemake(tmp_path, edited)
+    result = snakemake(tmp_path, edited, str(uniform.relative_to(tmp_path)))
     assert result.returncode == 0, result.stderr[-3000:]
     log = (results / "logs/soups.log").read_text()
     assert "soup uniform: unchanged" in log and "soup best_individual: unchanged" in log

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from soupflow.core.models import checkpoint_metadata, count_parameters, load_checkpoint, save_checkpoint, set_threads
 from soupflow.jobs.context import JobContext
 from soupflow.jobs.finetune import scored_row
-from soupflow.plan.catalog import HYPERPARAMETER_NAMES
 from soupflow.plan.model_file import WeightsError
 from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet
 from soupflow.store.tables import RunMetrics, metrics_row_table
@@ -48,8 +47,7 @@ def score_pool_checkpoint(config: dict, spec: PoolSpec, paths: PoolPaths, thread
     except RuntimeError as error:
         raise WeightsError(f"config key 'pool.checkpoints' names {spec.source!r}, which does not fit model.name "
                            f"{config['model']['name']!r}: {str(error).splitlines()[0]}") from None
-    row = RunMetrics(spec.pool_id, dict.fromkeys(HYPERPARAMETER_NAMES), "ok", "", 0, 0, float("nan"), 0.0, 0.0, count_parameters(model),
-                     context.device.type, source=spec.source)
+    row = RunMetrics.outside(spec.pool_id, spec.source, count_parameters(model), context.device.type)
     outputs = scored_row(context, model, row)
     log.info("%s (%s): val accuracy %.4f, test accuracy %.4f", spec.pool_id, spec.source, row.val_accuracy,
              row.test_accuracy)

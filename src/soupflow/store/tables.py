@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soupflow.plan.catalog import HYPERPARAMETERS
+from soupflow.plan.catalog import HYPERPARAMETER_NAMES, HYPERPARAMETERS
 from soupflow.store.io import atomic_write_parquet
 
 ARROW_TYPES = {float: pa.float64(), int: pa.int64(), str: pa.string(), bool: pa.bool_()}
@@ -52,6 +52,14 @@ class RunMetrics:
     ema_test_accuracy: float | None = None
     ema_test_loss: float | None = None
     source: str | None = None  # an outside checkpoint's file (config section pool); null for the grid's runs
+
+    @classmethod
+    def outside(cls, run_id: str, source: str, n_parameters: int, device: str) -> RunMetrics:
+        """The row of an outside checkpoint (config section ``pool``): no hyperparameter of the grid's and no
+        training here (no steps, epochs or seconds; train loss NaN); its scores are set as a run's are."""
+        return cls(run_id, dict.fromkeys(HYPERPARAMETER_NAMES), "ok", "", resumed_from_step=0, epochs_done=0,
+                   train_loss=NAN, train_seconds=0.0, train_images_per_second=0.0, n_parameters=n_parameters,
+                   device=device, source=source)
 
     def set_scores(self, prefix: str, accuracy: float, loss: float) -> None:
         """``<prefix>_accuracy`` and ``<prefix>_loss`` (prefix ``val``, ``test``, ``ema_val``, ``ema_test``)."""
