@@ -41,7 +41,7 @@ rule soups_table:
     conda:
         "../../envs/soupflow.yaml"
     script:
-        "../scripts/table.py"
+        "../scripts/soups_table.py"
 
 
 rule trace_table:

@@ -231,21 +231,29 @@ RECIPES: dict[str, RecipeTraits] = {traits.name: traits for traits in (
 )}
 
 
+def option_holders() -> dict[str, list[tuple[str, Option]]]:
+    """Each recipe option's name → (recipe, its declaration) for every recipe that declares it, in the
+    catalog's order: what the schema (``recipe_option_schemas``) and docs/keys.md (``keys``) describe."""
+    holders: dict[str, list[tuple[str, Option]]] = {}
+    for traits in RECIPES.values():
+        for option in traits.options:
+            holders.setdefault(option.name, []).append((traits.name, option))
+    return holders
+
+
 def recipe_option_schemas() -> dict[str, dict[str, Any]]:
     """The JSON schema of every recipe's own options, for the config schema's soup entries: each option once,
     described with the recipes that take it (docs/keys.md shows their defaults). An option two recipes declare
     has one schema."""
     schemas: dict[str, dict[str, Any]] = {}
-    holders: dict[str, list[str]] = {}
-    for traits in RECIPES.values():
-        for option in traits.options:
-            if option.name in schemas and schemas[option.name]["schema"] != option.schema:
-                raise RuntimeError(f"recipe option {option.name!r} is declared with two schemas")
-            schemas.setdefault(option.name, {"schema": option.schema, "meaning": option.meaning})
-            holders.setdefault(option.name, []).append(traits.name)
-    return {name: {**entry["schema"], "description": f"{', '.join(holders[name])}"
-                                                      f"{' only' if len(holders[name]) == 1 else ''} - {entry['meaning']}."}
-            for name, entry in schemas.items()}
+    for name, held in option_holders().items():
+        first = held[0][1]
+        if any(option.schema != first.schema for _, option in held):
+            raise RuntimeError(f"recipe option {name!r} is declared with two schemas")
+        recipes = [recipe for recipe, _ in held]
+        only = " only" if len(recipes) == 1 else ""
+        schemas[name] = {**first.schema, "description": f"{', '.join(recipes)}{only} - {first.meaning}."}
+    return schemas
 
 
 #: train images BatchNorm statistics are re-estimated on (a soup's ``bn: recompute``, ``model.init_bn: recompute``)

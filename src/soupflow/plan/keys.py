@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from soupflow.plan.catalog import RECIPES, SOUP_OPTIONS
+from soupflow.plan.catalog import SOUP_OPTIONS, option_holders
 from soupflow.plan.config import DEFAULTS, load_schema
 
 #: The unit of a key, by its last name: what a number of it counts (keys not listed are unitless or names).
@@ -103,12 +103,13 @@ def _rows(schema: dict[str, Any], node: dict[str, Any], path: str, defaults: Any
 
 def _recipe_defaults() -> dict[str, str]:
     """Each recipe-only option's defaults, with the recipes that have each: ``"5 (greedy_random, pruned_random)"``."""
-    holders: dict[str, dict[str, list[str]]] = {}
-    for recipe, traits in RECIPES.items():
-        for option, value in traits.defaults.items():
-            holders.setdefault(option, {}).setdefault(_shown(value), []).append(recipe)
-    return {option: "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
-            for option, by_value in holders.items()}
+    shown: dict[str, str] = {}
+    for name, held in option_holders().items():
+        by_value: dict[str, list[str]] = {}
+        for recipe, option in held:
+            by_value.setdefault(_shown(option.default), []).append(recipe)
+        shown[name] = "; ".join(f"{value} ({', '.join(recipes)})" for value, recipes in by_value.items())
+    return shown
 
 
 def key_rows() -> list[KeyRow]:

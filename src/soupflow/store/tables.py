@@ -190,15 +190,21 @@ def _concatenated(paths: list[str]) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def concat_parquet(paths: list[str], out: str, shift: str | None = None) -> pd.DataFrame:
-    """One table from many one-job tables (soups, traces), written atomically; the soups table with the shift
-    sets' scores of each soup joined (``shift``: their table, ``with_shift_columns``)."""
+def concat_parquet(paths: list[str], out: str) -> pd.DataFrame:
+    """One table from many one-job tables (soup traces, shift scores), written atomically."""
     table = _concatenated(paths)
-    if shift is not None:
-        table = pa.Table.from_pandas(with_shift_columns(table.to_pandas(), pd.read_parquet(shift)),
-                                     preserve_index=False)
     atomic_write_parquet(table, out)
     return table.to_pandas()
+
+
+def write_soups_table(parts: list[str], out: str, shift: str | None = None) -> pd.DataFrame:
+    """``metrics/soups.parquet``: every soup's rows (``parts``: the soups job's per-soup tables), with each shift
+    set's scores of each soup joined where there are shift sets (``shift``: their table; ``with_shift_columns``)."""
+    if shift is None:
+        return concat_parquet(parts, out)
+    table = with_shift_columns(_concatenated(parts).to_pandas(), pd.read_parquet(shift))
+    atomic_write_parquet(pa.Table.from_pandas(table, preserve_index=False), out)
+    return table
 
 
 #: Columns the runs table adds to every run's metrics row: where the run's files are. A soup job reads a
