@@ -57,6 +57,7 @@ def test_plain_cores_n_runs_one_gpu_job_per_visible_gpu(tmp_path):
     """With one visible GPU and `--cores 4` (no --resources, no profile), fine-tunes run one at a time; with
     none they run side by side. (No GPU here: torch finds no CUDA and the jobs train on the CPU.)"""
     import os
+    import shutil
 
     from conftest import SMOKE, snakemake
 
@@ -65,7 +66,10 @@ def test_plain_cores_n_runs_one_gpu_job_per_visible_gpu(tmp_path):
     for gpus in ("0", ""):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus}
         work = tmp_path / f"gpus{gpus or 'none'}"
-        work.mkdir()
+        if gpus == "":  # the first workflow's data and init, file times kept: only the fine-tunes run again
+            shutil.copytree(tmp_path / "gpus0", work, ignore=shutil.ignore_patterns("runs"), symlinks=True)
+        else:
+            work.mkdir()
         result = snakemake(work, config, "--until", "finetune", env=env,
                            cores=("--cores", "4"))
         assert result.returncode == 0, result.stderr[-3000:]

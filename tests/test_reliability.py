@@ -230,13 +230,34 @@ def _kill_mid_fine_tune(work, config):
     process.wait()
 
 
-def test_a_killed_workflow_goes_on_with_unlock_and_a_plain_rerun(tmp_path):
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A workflow killed with kill -9 (Snakemake and its fine-tune) once the fine-tune saved a training state:
+    (folder, config). Each test works on a copy of it, so the data, the init and the first part of the
+    fine-tune are made once."""
+    work = tmp_path_factory.mktemp("killed")
+    config = _long_smoke(work)
+    _kill_mid_fine_tune(work, config)
+    return work, config
+
+
+def _copy_of(killed, tmp_path):
+    """A copy of the killed workflow in ``tmp_path``, file times kept (Snakemake compares them), and of its
+    config (a test may edit it)."""
+    import copy
+    import shutil
+
+    work, config = killed
+    shutil.copytree(work, tmp_path, dirs_exist_ok=True, symlinks=True)
+    return copy.deepcopy(config)
+
+
+def test_a_killed_workflow_goes_on_with_unlock_and_a_plain_rerun(killed, tmp_path):
     """kill -9 of Snakemake and its fine-tune mid-run: `snakemake --unlock`, then the same plain command
     finishes through the default profile, the run resumes from its saved state and its log keeps both parts."""
     from conftest import snakemake
 
-    config = _long_smoke(tmp_path)
-    _kill_mid_fine_tune(tmp_path, config)
+    config = _copy_of(killed, tmp_path)
     assert snakemake(tmp_path, config, "--unlock").returncode == 0
     result = snakemake(tmp_path, config)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -246,16 +267,16 @@ def test_a_killed_workflow_goes_on_with_unlock_and_a_plain_rerun(tmp_path):
     assert (tmp_path / "results" / "summary.txt").exists()
 
 
-def test_a_state_saved_before_the_init_was_retrained_is_not_resumed(tmp_path):
+def test_a_state_saved_before_the_init_was_retrained_is_not_resumed(killed, tmp_path):
     """The issue's trial: a fine-tune killed mid-run, then pretrain.lr changed: the init is retrained and the
-    run starts over from it (one log line says why) instead of resuming the state of the old init."""
+    run starts over from it (one log line says why) instead of resuming the state of the old init. The target
+    is the runs table: the soups after it have nothing to do with the resume."""
     from conftest import snakemake
 
-    config = _long_smoke(tmp_path)
-    _kill_mid_fine_tune(tmp_path, config)
+    config = _copy_of(killed, tmp_path)
     config["pretrain"]["lr"] = 0.02
     assert snakemake(tmp_path, config, "--unlock").returncode == 0
-    result = snakemake(tmp_path, config)
+    result = snakemake(tmp_path, config, "results/metrics/runs.parquet")
     assert result.returncode == 0, result.stderr[-3000:]
     log = next((tmp_path / "results" / "runs").glob("*/train.log")).read_text()
     assert "discarding" in log and "starting weights" in log and "resumes at epoch" not in log
