@@ -56,7 +56,8 @@ REPLICATED = CONFIG["replicates"] is not None
 # several, plain results/ where there is one. A pattern that starts with a wildcard has no constant prefix, and
 # Snakemake then tries every such output pattern of every rule on every file of the DAG; with results/ each
 # file is tried on the few rules that write under its folder (bench/dag.py measures the parse).
-PIPELINE = layout.Folders("{pipeline}" if len(PIPELINES) > 1 else MAIN)
+SEVERAL_PIPELINES = len(PIPELINES) > 1
+PIPELINE = layout.Folders("{pipeline}" if SEVERAL_PIPELINES else MAIN)
 
 
 def pipeline_of(wildcards):
@@ -71,8 +72,8 @@ RESOLVED = {folder: untracked(resolved) for folder, resolved in PIPELINES.items(
 
 def per_job(function):
     """An input, param or resource function that Snakemake calls for every job, its signature read once:
-    Snakemake reads it twice per job and call otherwise (inspect.signature; 0.7 s of a 10,000-point parse for
-    the fine-tunes' three). The same mark Snakemake's own helpers (snakemake.ioutils) put on theirs.
+    Snakemake reads it twice per job and call otherwise (inspect.signature: ~0.25 s per function of the
+    fine-tunes in a 10,000-point parse). The same mark Snakemake's own helpers (snakemake.ioutils) put on theirs.
     """
     overwrite_function_params(function, inspect.signature(function).parameters)
     return function
@@ -86,7 +87,7 @@ def resolved(wildcards):
 
 # What each job's `config` param is: the one pipeline's config itself when there are no replicates (a
 # constant costs Snakemake nothing per job), else `resolved`, which picks the job's pipeline.
-JOB_CONFIG = resolved if len(RESOLVED) > 1 else RESOLVED[MAIN]
+JOB_CONFIG = resolved if SEVERAL_PIPELINES else RESOLVED[MAIN]
 
 
 def replicate_seed(wildcards):
