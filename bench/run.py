@@ -1,7 +1,7 @@
 """soupflow's benchmark: prints each speed/memory figure next to its baseline and ratio, and writes them to
 results/bench/<section>.parquet.
 
-    .venv/bin/python bench/run.py            # soups, train, dag (about 10 minutes on 2 CPU cores)
+    .venv/bin/python bench/run.py            # soups, train, dag (about 20 minutes on 2 CPU cores; dag ~12)
     .venv/bin/python bench/run.py --only dag # one section: soups | train | dag | selection | data
     .venv/bin/python bench/run.py --only train --device cuda --precisions fp32,bf16   # options of train
     .venv/bin/python bench/run.py --only data   # the files data path on 2,000 vs 20,000 224 px JPEGs
