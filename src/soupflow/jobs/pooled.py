@@ -25,7 +25,7 @@ import torch
 from soupflow.core.stats import Comparison, PooledComparison, compare, pooled_compare
 from soupflow.report.figures import plot_replicates
 from soupflow.report.summary import format_pooled
-from soupflow.store.io import atomic_write_parquet, atomic_write_text, open_safetensors
+from soupflow.store.io import atomic_write_parquet, atomic_write_text, read_tensors
 from soupflow.store.prepared import test_rows
 from soupflow.store.tables import POOLED_SCHEMA, best_run, typed_table
 
@@ -51,20 +51,15 @@ class PooledPaths:
 Scored = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # soup logits, best individual's logits, labels
 
 
-def _read(path: str, *names: str) -> list[torch.Tensor]:
-    with open_safetensors(path) as handle:
-        return [handle.get_tensor(name) for name in names]
-
-
 def _scored(replicate: Replicate) -> dict[str, Scored]:
     """{soup: (its test logits, the best individual's, the labels)} of one replicate."""
     best = best_run(pd.read_parquet(replicate.runs))
     if best is None:
         raise ValueError(f"replicate {replicate.seed}: no usable run in {replicate.runs}")
-    (reference,) = _read(best.outputs_file, "test_logits")
+    (reference,) = read_tensors(best.outputs_file, "test_logits")
     out = {}
     for soup, path in replicate.outputs.items():
-        logits, labels = _read(path, "test_logits", "test_labels")
+        logits, labels = read_tensors(path, "test_logits", "test_labels")
         if logits.shape != reference.shape:
             raise ValueError(f"replicate {replicate.seed}: {path} and {best.outputs_file} score different test images")
         out[soup] = (logits, reference, labels)

@@ -27,7 +27,7 @@ from soupflow.plan.catalog import CORRUPTED_SHIFT
 from soupflow.store.data import TensorData, decode_images
 from soupflow.store.datasets import open_data
 from soupflow.store.files import TABLE_SCHEMA, FileData, list_folder
-from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet, open_safetensors
+from soupflow.store.io import atomic_save_safetensors, atomic_write_parquet, open_safetensors, read_tensors
 from soupflow.store.tables import best_run
 
 log = logging.getLogger("soupflow")
@@ -102,12 +102,8 @@ def score_shift(config: dict[str, Any], shift_set: str, inputs: ShiftInputs, out
     def shifted(model_path: str) -> torch.Tensor:
         return evaluator.logits(load_checkpoint(model_path, context.device)).cpu()
 
-    def cached_test_logits(outputs_path: str) -> torch.Tensor:
-        with open_safetensors(outputs_path) as handle:  # the logits only, not the cached features beside them
-            return handle.get_tensor("test_logits")
-
     usable = runs[runs["status"] == "ok"]
-    models = [Scored("run", row.run_id, "", cached_test_logits(row.outputs_file), shifted(row.model_file))
+    models = [Scored("run", row.run_id, "", *read_tensors(row.outputs_file, "test_logits"), shifted(row.model_file))
               for row in usable.itertuples()]
     reference = next(model for model in models if model.name == best.run_id)
     models.append(Scored("ensemble", f"ensemble of {len(models)} runs", "",

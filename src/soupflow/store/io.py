@@ -119,6 +119,13 @@ def open_safetensors(path: str | os.PathLike):
         raise _damaged(path, str(error)) from None
 
 
+def read_tensors(path: str | os.PathLike, *names: str) -> list[torch.Tensor]:
+    """Only the named tensors of a safetensors file, in that order: the others (a run's cached features beside
+    its logits) are never read. Unchecked against the file's sha256, which covers every tensor."""
+    with open_safetensors(path) as handle:
+        return [handle.get_tensor(name) for name in names]
+
+
 def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, checked against the sha256 recorded when soupflow wrote it."""
     with open_safetensors(path) as handle:
